@@ -1,0 +1,1 @@
+"""Pure core of napari-histo: numpy / torch / dask only; never imports Qt, napari or magicgui."""
