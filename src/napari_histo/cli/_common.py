@@ -39,7 +39,9 @@ def run_guarded(fn: Callable[[Any], int], args: Any) -> int:
         error("interrupted")
         return 130
     except Exception as exc:  # last resort: still one line, details only on request
-        error(f"unexpected {type(exc).__name__}: {exc} (set NAPARI_HISTO_DEBUG=1 for the traceback)")
+        error(
+            f"unexpected {type(exc).__name__}: {exc} (set NAPARI_HISTO_DEBUG=1 for the traceback)"
+        )
         import os
 
         if os.environ.get("NAPARI_HISTO_DEBUG"):
@@ -102,5 +104,7 @@ def drain_with_bar(gen, desc: str = "", quiet: bool = False):
 def add_device_argument(parser) -> None:
     """The common ``--device auto|cpu|cuda`` option."""
     parser.add_argument(
-        "--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N (default: auto)"
+        "--device",
+        default="auto",
+        help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N (default: auto)",
     )

@@ -36,7 +36,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise HistoError("device 'cuda' was asked for, but torch sees no CUDA GPU here; use --device cpu or auto")
+            raise HistoError(
+                "device 'cuda' was asked for, but torch sees no CUDA GPU here; use --device cpu or auto"
+            )
         return torch.device(name)
     if name == "cpu":
         return torch.device("cpu")

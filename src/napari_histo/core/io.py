@@ -57,7 +57,9 @@ def to_rgb_uint8(array: np.ndarray, source: str = "image") -> np.ndarray:
     if a.ndim == 2:
         a = a[..., None]
     if a.ndim != 3:
-        raise ImageReadError(f"{source}: expected a 2D RGB or grayscale image, got an array of shape {a.shape}")
+        raise ImageReadError(
+            f"{source}: expected a 2D RGB or grayscale image, got an array of shape {a.shape}"
+        )
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise ImageReadError(f"{source}: the image is empty (shape {a.shape})")
     channels = a.shape[-1]
@@ -173,7 +175,9 @@ def _read_with_pillow(path: Path) -> np.ndarray:
     except UnidentifiedImageError:
         raise ImageReadError(f"{name}: not a readable image file") from None
     except Image.DecompressionBombError:
-        raise ImageReadError(f"{name}: image dimensions are too large to read into memory") from None
+        raise ImageReadError(
+            f"{name}: image dimensions are too large to read into memory"
+        ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "truncated" in reason.lower():
@@ -296,7 +300,9 @@ def _dask_to_rgb(d: da.Array, axes: str, name: str) -> da.Array:
     for ax in list(axes):
         if ax not in "YXC":
             if d.shape[axes.index(ax)] != 1:
-                raise ImageReadError(f"{name}: holds a stack ({axes} {d.shape}); cannot show as one slide")
+                raise ImageReadError(
+                    f"{name}: holds a stack ({axes} {d.shape}); cannot show as one slide"
+                )
             d = d[tuple(0 if a == ax else slice(None) for a in axes)]
             axes = axes.replace(ax, "")
     if "C" not in axes:
@@ -339,7 +345,9 @@ def is_slide(path: str | os.PathLike) -> bool:
 
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
-            return len(series.levels) > 1 or _yx_pixels(series.shape, series.axes) > SLIDE_MIN_PIXELS
+            return (
+                len(series.levels) > 1 or _yx_pixels(series.shape, series.axes) > SLIDE_MIN_PIXELS
+            )
     except Exception:
         return False
 
@@ -357,7 +365,9 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
 
-            tifffile.imwrite(tmp, image, compression="zlib", photometric="rgb" if image.ndim == 3 else None)
+            tifffile.imwrite(
+                tmp, image, compression="zlib", photometric="rgb" if image.ndim == 3 else None
+            )
         else:
             Image.fromarray(image).save(tmp, format=_pil_format(path))
     return path
@@ -393,7 +403,9 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
         raise ImageReadError(f"{name}: cannot read labels: {exc}") from None
     a = np.squeeze(a)
     if a.ndim != 2 or not (np.issubdtype(a.dtype, np.integer) or a.dtype == bool):
-        raise ImageReadError(f"{name}: labels must be a 2D integer image, found {a.dtype} {a.shape}")
+        raise ImageReadError(
+            f"{name}: labels must be a 2D integer image, found {a.dtype} {a.shape}"
+        )
     return a
 
 

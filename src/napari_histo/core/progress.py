@@ -57,7 +57,9 @@ class Progress:
 ProgressGen = Generator[Progress, None, R]
 
 
-def drain(gen: Generator[Progress, None, R], callback: Callable[[Progress], Any] | None = None) -> R:
+def drain(
+    gen: Generator[Progress, None, R], callback: Callable[[Progress], Any] | None = None
+) -> R:
     """Run a progress generator to its end and return its result.
 
     Parameters

@@ -1,0 +1,155 @@
+"""Reading tiles and slides, and what happens to every file users may feed us."""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_histo.core.errors import ImageReadError, InputWarning
+from napari_histo.core.io import (
+    is_slide,
+    read_image,
+    read_labels,
+    read_slide,
+    to_rgb_uint8,
+    write_image,
+    write_labels,
+)
+
+# What each bad input must give (see shared/data/bad_inputs/README.md): an RGB image, or an error
+# whose message names the file and contains the given words.
+READABLE = ["all_black.png", "blank_white.png", "cmyk.jpg", "grayscale.png", "pen_mark_green.png",
+            "rgb_float32.tif", "rgb_float32_nan.tif", "rgb_uint16.tif", "rgba.png", "thin_3x1000.png",
+            "tiny_1x1.png"]  # fmt: skip
+REFUSED = {
+    "empty.png": "empty",
+    "not_an_image.png": "not a readable image",
+    "truncated.png": "truncated",
+    "huge_header.png": "too large",
+    "five_channel.tif": "5 channels",
+}
+
+
+@pytest.mark.parametrize("name", READABLE)
+def test_readable_bad_inputs_become_rgb_uint8(bad_inputs, name):
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        img = read_image(bad_inputs / name)
+    assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
+
+
+@pytest.mark.parametrize(("name", "words"), sorted(REFUSED.items()))
+def test_broken_files_are_refused_clearly(bad_inputs, name, words):
+    with pytest.raises(ImageReadError) as err:
+        read_image(bad_inputs / name)
+    msg = str(err.value)
+    assert name in msg and words in msg and "\n" not in msg
+
+
+def test_other_dtypes_match_the_8bit_tile(bad_inputs):
+    """uint16, float32 and RGBA versions of the same crop come back as (almost) the same pixels."""
+    ref = read_image(bad_inputs / "rgba.png").astype(int)
+    for name in ("rgb_uint16.tif", "rgb_float32.tif"):
+        img = read_image(bad_inputs / name).astype(int)
+        assert img.shape == ref.shape
+        assert np.abs(img - ref).max() <= 1, name
+
+
+def test_nan_pixels_become_white_with_a_warning(bad_inputs):
+    with pytest.warns(InputWarning, match="NaN"):
+        img = read_image(bad_inputs / "rgb_float32_nan.tif")
+    raw = tifffile.imread(bad_inputs / "rgb_float32_nan.tif")
+    nan = np.isnan(raw).any(axis=-1)
+    assert nan.any()
+    assert (img[nan] == 255).all()
+    clean = read_image(bad_inputs / "rgb_float32.tif")
+    assert np.array_equal(img[~nan], clean[~nan])
+
+
+def test_grayscale_is_repeated_to_rgb(bad_inputs):
+    img = read_image(bad_inputs / "grayscale.png")
+    assert np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 1], img[..., 2])
+
+
+def test_to_rgb_uint8_conversions():
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[..., 3] = 0  # fully transparent: background, i.e. white
+    assert (to_rgb_uint8(rgba) == 255).all()
+    chw = np.full((3, 5, 7), 0.5, np.float32)
+    assert to_rgb_uint8(chw).shape == (5, 7, 3)
+    assert to_rgb_uint8(chw)[0, 0, 0] == 128
+    assert to_rgb_uint8(np.full((2, 2), 65535, np.uint16)).max() == 255
+    with pytest.raises(ImageReadError, match="2 channels"):
+        to_rgb_uint8(np.zeros((5, 5, 2), np.uint8), "x")
+    with pytest.raises(ImageReadError, match="shape"):
+        to_rgb_uint8(np.zeros((2, 5, 5, 3), np.uint8), "x")
+
+
+def test_real_tile_roundtrip(monuseg, tmp_path):
+    src = next((monuseg / "images").glob("*.png"))
+    img = read_image(src)
+    assert img.shape == (1000, 1000, 3)
+    for suffix in (".png", ".tif"):
+        out = write_image(tmp_path / f"x{suffix}", img)
+        assert np.array_equal(read_image(out), img)
+    labels = read_labels(monuseg / "masks" / f"{src.stem}.tif")
+    out = write_labels(tmp_path / "l.tif", labels)
+    back = read_labels(out)
+    assert back.dtype == np.uint32 and np.array_equal(back, labels)
+    assert not list(tmp_path.glob(".*tmp*")), "temporary files left behind"
+
+
+def test_svs_opens_lazily_as_a_pyramid(svs_path):
+    assert is_slide(svs_path)
+    levels = read_slide(svs_path)
+    assert levels[0].shape == (2967, 2220, 3) and levels[0].dtype == np.uint8
+    assert len(levels) >= 2 and max(levels[-1].shape[:2]) <= 1024
+    for a, b in itertools.pairwise(levels):
+        assert b.shape[0] == a.shape[0] // 2 and b.shape[1] == a.shape[1] // 2
+    # Lazy: a level is a dask graph until computed; a small region reads real tissue.
+    import dask.array as da
+
+    assert isinstance(levels[0], da.Array)
+    patch = np.asarray(levels[0][1000:1256, 1000:1256])
+    assert patch.shape == (256, 256, 3) and 50 < patch.mean() < 250 and patch.std() > 10
+
+
+def write_pyramid(path, image, levels=3, tile=256):
+    """A tiled pyramidal TIFF (SubIFDs), the layout slide scanners' converters write."""
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        tif.write(
+            image, subifds=levels - 1, tile=(tile, tile), photometric="rgb", compression="zlib"
+        )
+        for i in range(1, levels):
+            f = 2**i
+            tif.write(
+                image[::f, ::f],
+                subfiletype=1,
+                tile=(tile, tile),
+                photometric="rgb",
+                compression="zlib",
+            )
+
+
+def test_pyramidal_tiff_written_from_real_tiles(monuseg, tmp_path):
+    tiles = [read_image(p) for p in sorted((monuseg / "images").glob("*.png"))[:4]]
+    mosaic = np.concatenate([np.concatenate(tiles[:2], axis=1), np.concatenate(tiles[2:], axis=1)])
+    path = tmp_path / "mosaic.ome.tif"
+    write_pyramid(path, mosaic)
+    assert is_slide(path)
+    levels = read_slide(path)
+    assert [lv.shape[:2] for lv in levels[:3]] == [(2000, 2000), (1000, 1000), (500, 500)]
+    assert np.array_equal(np.asarray(levels[0][1500:1600, 200:300]), mosaic[1500:1600, 200:300])
+    assert np.array_equal(np.asarray(levels[1]), mosaic[::2, ::2])
+
+
+def test_slide_errors_are_clear(bad_inputs):
+    with pytest.raises(ImageReadError, match="empty"):
+        read_slide(bad_inputs / "empty.png")
+    with pytest.raises(ImageReadError, match=r"not_an_image\.png"):
+        read_slide(bad_inputs / "not_an_image.png")
