@@ -1,0 +1,77 @@
+"""Measurements table, GeoJSON polygons and CSV export on real MoNuSeg nuclei."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from skimage.draw import disk
+
+from napari_histo.core.export import label_polygons, nuclei_geojson, write_csv, write_geojson
+from napari_histo.core.io import read_image, read_labels
+from napari_histo.core.measure import COLUMNS, measure_nuclei
+
+
+def _two_disks():
+    lab = np.zeros((60, 80), np.int32)
+    lab[disk((20, 20), 8)] = 1
+    lab[disk((40, 55), 12)] = 7
+    return lab
+
+
+def test_measurements_of_known_shapes():
+    t = measure_nuclei(_two_disks(), offset=(100, 1000))
+    assert list(t) == list(COLUMNS)
+    assert t["label"].tolist() == [1, 7]
+    assert t["area"][0] == (_two_disks() == 1).sum()
+    assert t["centroid_y"].tolist() == pytest.approx([120, 140], abs=0.01)
+    assert t["centroid_x"].tolist() == pytest.approx([1020, 1055], abs=0.01)
+    assert t["perimeter"][1] == pytest.approx(2 * np.pi * 12, rel=0.1)
+    assert (t["eccentricity"] < 0.3).all()
+    assert np.isnan(t["mean_hematoxylin"]).all()
+
+
+def test_empty_labels_give_empty_table():
+    t = measure_nuclei(np.zeros((10, 10), np.uint32))
+    assert all(len(v) == 0 for v in t.values())
+
+
+def test_polygons_trace_the_outline():
+    polys = label_polygons(_two_disks(), offset=(5, 3))
+    assert set(polys) == {1, 7}
+    p = polys[7]
+    assert np.array_equal(p[0], p[-1])
+    # Shoelace area of the outline matches the pixel area within a pixel-edge margin.
+    x, y = p[:, 0], p[:, 1]
+    area = 0.5 * abs(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
+    assert area == pytest.approx((_two_disks() == 7).sum(), rel=0.08)
+    assert x.mean() == pytest.approx(55 + 3, abs=1) and y.mean() == pytest.approx(40 + 5, abs=1)
+
+
+def test_real_tile_exports(monuseg, tmp_path):
+    name = "TCGA-A7-A13E-01Z-00-DX1"
+    image = read_image(monuseg / "images" / f"{name}.png")
+    labels = read_labels(monuseg / "masks" / f"{name}.tif")
+    table = measure_nuclei(labels, image)
+    n = len(np.unique(labels)) - 1
+    assert len(table["label"]) == n == 314
+    # Nuclei are haematoxylin-rich compared with the tile as a whole.
+    from skimage.color import rgb2hed
+
+    assert np.median(table["mean_hematoxylin"]) > np.median(rgb2hed(image)[..., 0])
+    gj = write_geojson(tmp_path / "n.geojson", labels, table)
+    data = json.loads(gj.read_text())
+    assert data["type"] == "FeatureCollection"
+    assert len(data["features"]) >= n - 3  # 1-pixel annotations have no outline
+    f = data["features"][0]
+    assert f["properties"]["objectType"] == "detection" and f["geometry"]["type"] == "Polygon"
+    assert "area" in f["properties"]["measurements"]
+    rows = list(csv.DictReader(write_csv(tmp_path / "n.csv", table).open()))
+    assert len(rows) == n and float(rows[0]["area"]) == table["area"][0]
+
+
+def test_geojson_without_measurements():
+    gj = nuclei_geojson(_two_disks())
+    assert [f["properties"]["label"] for f in gj["features"]] == [1, 7]
