@@ -1,0 +1,145 @@
+"""Slide-scale segmentation: tiled with halos on dask == untiled, ids unique, zarr pyramid."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_histo.core.errors import HistoError
+from napari_histo.core.io import read_image
+from napari_histo.core.progress import drain
+from napari_histo.core.slide import (
+    SlideTiling,
+    open_labels_pyramid,
+    segment_slide_iter,
+    tissue_grid,
+)
+
+HALO = 48
+
+
+class ThresholdSegmenter:
+    """A deterministic, strictly local segmenter: haematoxylin threshold, components < HALO wide."""
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        from scipy import ndimage
+        from skimage.color import rgb2hed
+
+        mask = ndimage.binary_opening(rgb2hed(rgb)[..., 0] > 0.06, iterations=1)
+        labels, _ = ndimage.label(mask)
+        for idx, sl in enumerate(ndimage.find_objects(labels), start=1):
+            if sl is not None and max(s.stop - s.start for s in sl) >= HALO:
+                labels[sl][labels[sl] == idx] = 0
+        return labels
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> None:
+    """Every object of ``a`` is exactly one object of ``b`` (ids may differ), and vice versa."""
+    assert np.array_equal(a > 0, b > 0)
+    pairs = np.unique(np.stack([a[a > 0], b[b > 0]]), axis=1)
+    assert len(np.unique(pairs[0])) == pairs.shape[1], "an object was split across tiles"
+    assert len(np.unique(pairs[1])) == pairs.shape[1], "two objects were merged"
+
+
+@pytest.fixture(scope="module")
+def tile(monuseg):
+    return read_image(sorted((monuseg / "images").glob("*.png"))[0])
+
+
+def test_tiled_equals_untiled(tile, tmp_path):
+    seg = ThresholdSegmenter()
+    image = tile[:700, :900]  # not a multiple of the tile size
+    untiled = seg(image)
+    result = drain(
+        segment_slide_iter(
+            [image], seg, tmp_path / "s.zarr", SlideTiling(tile=256, halo=HALO, min_tissue=0)
+        )
+    )
+    levels = open_labels_pyramid(result.zarr_path)
+    tiled = np.asarray(levels[0])
+    assert tiled.shape == image.shape[:2] and tiled.dtype == np.uint32
+    _same_partition(untiled, tiled)
+    assert result.n_nuclei == len(np.unique(untiled)) - 1 > 100
+    # Objects crossing block borders exist, so the seam handling was exercised.
+    crossing = np.unique(np.concatenate([untiled[:, 255:257].ravel(), untiled[255:257, :].ravel()]))
+    assert (crossing > 0).sum() >= 3
+
+
+def test_blank_blocks_are_skipped_and_progress_reported(tile, tmp_path):
+    image = np.full((600, 600, 3), 250, np.uint8)
+    image[:256, :256] = tile[:256, :256]
+    calls = []
+
+    def seg(rgb):
+        calls.append(rgb.shape)
+        return ThresholdSegmenter()(rgb)
+
+    grid = tissue_grid(image[::4, ::4], image.shape[:2], 256)
+    assert grid[0, 0] > 0.5 and grid[2, 2] == 0
+    gen = segment_slide_iter(
+        [image, image[::4, ::4]], seg, tmp_path / "b.zarr", SlideTiling(tile=256, halo=HALO)
+    )
+    events = []
+    result = drain(gen, events.append)
+    assert len(calls) == result.n_tissue_blocks < result.n_blocks == 9
+    assert [e.step for e in events] == list(range(1, 7)) and events[-1].total == 6
+    assert not (tmp_path / ".b.zarr.partial").exists()
+
+
+def test_cancel_leaves_no_output(tile, tmp_path):
+    gen = segment_slide_iter(
+        [tile], ThresholdSegmenter(), tmp_path / "c.zarr", SlideTiling(tile=256, halo=HALO)
+    )
+    next(gen)
+    gen.close()
+    assert not (tmp_path / "c.zarr").exists()
+    assert not (tmp_path / ".c.zarr.partial").exists()
+
+
+def test_pyramid_levels(tile, tmp_path):
+    big = np.concatenate([tile, tile[:, ::-1]], axis=1)  # 1000 x 2000
+    result = drain(
+        segment_slide_iter(
+            [big], ThresholdSegmenter(), tmp_path / "p.zarr", SlideTiling(tile=512, halo=HALO)
+        )
+    )
+    levels = open_labels_pyramid(result.zarr_path)
+    assert [lv.shape for lv in levels] == [(1000, 2000), (500, 1000)]
+    assert np.array_equal(np.asarray(levels[1]), np.asarray(levels[0])[::2, ::2])
+
+
+def test_bad_tiling():
+    with pytest.raises(HistoError):
+        SlideTiling(tile=64, halo=40)
+
+
+@pytest.mark.slow
+def test_same_result_on_a_process_cluster(tile, tmp_path):
+    import sys
+
+    import cloudpickle
+    from dask.distributed import Client, LocalCluster
+
+    cloudpickle.register_pickle_by_value(
+        sys.modules[__name__]
+    )  # workers cannot import test modules
+    image = tile[:600, :600]
+    tiling = SlideTiling(tile=256, halo=HALO, min_tissue=0)
+    local = drain(
+        segment_slide_iter([image], ThresholdSegmenter(), tmp_path / "local.zarr", tiling)
+    )
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        remote = drain(
+            segment_slide_iter(
+                [image], ThresholdSegmenter(), tmp_path / "remote.zarr", tiling, client=client
+            )
+        )
+        assert len(client.scheduler_info()["workers"]) == 2
+    a = np.asarray(open_labels_pyramid(local.zarr_path)[0])
+    b = np.asarray(open_labels_pyramid(remote.zarr_path)[0])
+    assert np.array_equal(a, b)
