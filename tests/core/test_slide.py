@@ -143,3 +143,46 @@ def test_same_result_on_a_process_cluster(tile, tmp_path):
     a = np.asarray(open_labels_pyramid(local.zarr_path)[0])
     b = np.asarray(open_labels_pyramid(remote.zarr_path)[0])
     assert np.array_equal(a, b)
+
+
+def test_export_whole_slide_matches_per_tile_measurements(tile, tmp_path):
+    import csv
+    import json
+
+    from napari_histo.core.measure import measure_nuclei
+    from napari_histo.core.slide import export_slide_iter
+
+    image = tile[:600, :700]
+    result = drain(
+        segment_slide_iter(
+            [image],
+            ThresholdSegmenter(),
+            tmp_path / "e.zarr",
+            SlideTiling(tile=256, halo=HALO, min_tissue=0),
+        )
+    )
+    n = drain(
+        export_slide_iter(result.zarr_path, image, tmp_path / "e.geojson", tmp_path / "e.csv")
+    )
+    assert n == result.n_nuclei
+    labels = np.asarray(open_labels_pyramid(result.zarr_path)[0])
+    direct = measure_nuclei(labels, image)
+    rows = sorted(csv.DictReader((tmp_path / "e.csv").open()), key=lambda r: int(r["label"]))
+    assert [int(r["label"]) for r in rows] == direct["label"].tolist()
+    assert [float(r["area"]) for r in rows] == direct["area"].tolist()
+    cy = np.array([float(r["centroid_y"]) for r in rows])
+    assert np.allclose(cy, direct["centroid_y"], atol=1e-3)
+    features = json.loads((tmp_path / "e.geojson").read_text())["features"]
+    assert len(features) >= n - 5
+
+
+def test_pyramidal_tiff_writer_roundtrip(tile, tmp_path):
+    from napari_histo.core.io import read_slide
+    from napari_histo.core.slide import write_pyramidal_tiff_iter
+
+    big = np.concatenate([tile, tile], axis=0)[:, :900]  # 2000 x 900
+    out = drain(write_pyramidal_tiff_iter(big, tmp_path / "n.tif", tile=256))
+    levels = read_slide(out)
+    assert [lv.shape[:2] for lv in levels] == [(2000, 900), (1000, 450)]
+    assert np.array_equal(np.asarray(levels[0]), big)
+    assert np.array_equal(np.asarray(levels[1]), big[::2, ::2])

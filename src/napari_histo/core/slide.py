@@ -321,3 +321,111 @@ def open_labels_pyramid(path: str | os.PathLike) -> list:
     if not meta:
         raise HistoError(f"{path}: not a labels pyramid written by napari-histo")
     return [da.from_zarr(group[d["path"]]) for d in meta[0]["datasets"]]
+
+
+def export_slide_iter(
+    labels_zarr: str | os.PathLike,
+    image_level0=None,
+    geojson: str | os.PathLike | None = None,
+    csv: str | os.PathLike | None = None,
+) -> Generator[Progress, None, int]:
+    """Measure and outline every nucleus of a slide's label zarr, block by block (yields progress).
+
+    Each nucleus is handled once, by the block that owns it (its id says which), on that block's
+    window, so nuclei crossing block borders are whole. Writes QuPath GeoJSON and/or CSV
+    atomically; returns the number of nuclei.
+    """
+    import json
+
+    import zarr
+
+    from .atomic import atomic_path
+    from .export import nuclei_geojson
+    from .measure import measure_nuclei
+
+    group = zarr.open_group(str(labels_zarr), mode="r")
+    info = group.attrs.get("napari_histo")
+    if not info:
+        raise HistoError(f"{labels_zarr}: not a labels zarr written by napari-histo segment")
+    t, h, per = int(info["tile"]), int(info["halo"]), int(info["ids_per_block"])
+    lab0 = group["0"]
+    H, W = lab0.shape
+    nby, nbx = -(-H // t), -(-W // t)
+    tables: list[dict] = []
+    features: list[dict] = []
+    for i in range(nby):
+        for j in range(nbx):
+            r0, c0 = max(i * t - h, 0), max(j * t - h, 0)
+            r1, c1 = min((i + 1) * t + h, H), min((j + 1) * t + h, W)
+            window = np.asarray(lab0[r0:r1, c0:c1])
+            mine = (window // per) == (i * nbx + j)
+            window = np.where(mine & (window > 0), window, 0)
+            if not window.any():
+                continue
+            img = None if image_level0 is None else np.asarray(image_level0[r0:r1, c0:c1])
+            table = measure_nuclei(window, img, offset=(r0, c0))
+            tables.append(table)
+            if geojson is not None:
+                features += nuclei_geojson(window, table, offset=(r0, c0))["features"]
+        yield Progress(step=i + 1, total=nby, stage="export")
+    merged = (
+        {k: np.concatenate([tb[k] for tb in tables]) for k in tables[0]}
+        if tables
+        else measure_nuclei(np.zeros((1, 1), np.uint32))
+    )
+    if geojson is not None:
+        with atomic_path(geojson) as tmp:
+            tmp.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    if csv is not None:
+        from .export import write_csv
+
+        write_csv(csv, merged)
+    return len(merged["label"])
+
+
+def write_pyramidal_tiff_iter(
+    level0, path: str | os.PathLike, tile: int = 512, top_size: int = 1024
+) -> Generator[Progress, None, Path]:
+    """Write an RGB dask/numpy image as a tiled pyramidal TIFF (SubIFDs), band by band, atomically.
+
+    Memory holds one band of tiles per level at a time; the reduced levels are made by
+    striding the level-0 graph lazily.
+    """
+    import dask.array as da
+    import tifffile
+
+    from .atomic import atomic_path
+
+    arr = level0 if isinstance(level0, da.Array) else da.from_array(level0, chunks=(tile, tile, -1))
+    shapes, level = [], arr
+    while True:
+        shapes.append(level)
+        if max(level.shape[:2]) <= top_size:
+            break
+        level = level[::2, ::2]
+    total = sum(-(-lv.shape[0] // tile) for lv in shapes)
+    done = 0
+
+    def tiles(lv):
+        nonlocal done
+        for r in range(0, lv.shape[0], tile):
+            band = np.asarray(lv[r : r + tile])
+            for c in range(0, lv.shape[1], tile):
+                block = band[:, c : c + tile]
+                if block.shape[:2] != (tile, tile):
+                    pad = np.full((tile, tile, 3), 255, np.uint8)
+                    pad[: block.shape[0], : block.shape[1]] = block
+                    block = pad
+                yield block
+            done += 1
+
+    path = Path(path)
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=True) as tif:
+        for k, lv in enumerate(shapes):
+            opts = {"subifds": len(shapes) - 1} if k == 0 else {"subfiletype": 1}
+            tif.write(
+                tiles(lv.astype(np.uint8)), shape=lv.shape, dtype=np.uint8, tile=(tile, tile),
+                photometric="rgb", compression="zlib", **opts,
+            )  # fmt: skip
+            yield Progress(step=done, total=total, stage="write", message=f"level {k}")
+    return path
