@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -51,7 +52,7 @@ def split_label(
         raise HistoError("draw a line of at least two points across the nucleus to split")
     cut = np.zeros(labels.shape, bool)
     h, w = labels.shape
-    for (r0, c0), (r1, c1) in zip(pts[:-1], pts[1:], strict=True):
+    for (r0, c0), (r1, c1) in itertools.pairwise(pts):
         rr, cc = draw_line(r0, c0, r1, c1)
         ok = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
         cut[rr[ok], cc[ok]] = True
