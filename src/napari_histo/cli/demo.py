@@ -122,9 +122,9 @@ def save_window_screenshot(viewer, path: str | os.PathLike) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    viewer.window._qt_window.resize(1600, 1000)
     viewer.window.show()
-    for _ in range(20):
+    viewer.window.resize(1600, 1000)
+    for _ in range(30):
         QApplication.processEvents()
     viewer.window.screenshot(str(path), canvas_only=False, flash=False)
     return path

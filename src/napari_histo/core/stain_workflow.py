@@ -1,0 +1,154 @@
+"""The stain-normalization workflow as progress generators: prepare a normalizer, apply it.
+
+The napari widget and scripts share these: a template (one image or several regions), a method,
+optionally a DCGMM refit on the user's images, then every target image normalized in turn. Large
+images (pyramids of dask arrays) are normalized lazily, chunk by chunk, with stain statistics
+estimated once on a coarse level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import HistoError
+from .progress import Progress
+from .regions import pick_level
+
+METHODS = ("dcgmm", "macenko", "reinhard", "vahadane")
+
+#: Images up to this many pixels are normalized in memory; larger ones lazily.
+IN_MEMORY_PIXELS = 4096 * 4096
+
+
+@dataclass
+class NormalizedImage:
+    """One normalized input.
+
+    ``image`` has the structure of the input: an array, or a list of lazy pyramid levels.
+    ``class_map`` (uint8, class index) and ``probabilities`` (float32, (H, W, K)) are computed on
+    the in-memory image or, for a pyramid, on a level of at most 2048 pixels a side
+    (``class_level`` says which).
+    """
+
+    name: str
+    image: Any
+    class_map: np.ndarray | None = None
+    probabilities: np.ndarray | None = None
+    class_level: int = 0
+    class_names: tuple[str, ...] = ()
+    notes: list[str] = field(default_factory=list)
+
+
+def prepare_normalizer(
+    method: str,
+    templates: Sequence[np.ndarray],
+    fit_on: Sequence[np.ndarray] | None = None,
+    steps: int = 200,
+    device: str = "auto",
+    model: str | Path | None = None,
+    seed: int = 0,
+) -> Generator[Progress, None, Any]:
+    """Make a normalizer fitted to ``templates`` (yields progress; returns the normalizer).
+
+    Parameters
+    ----------
+    method : str
+        ``dcgmm``, ``macenko``, ``reinhard`` or ``vahadane``.
+    templates : list of arrays
+        Template images or regions; their statistics are pooled.
+    fit_on : list of arrays, optional
+        DCGMM only: refit the network on these images first (else the shipped fitted model).
+    steps : int
+        DCGMM refit steps.
+    model : path, optional
+        A saved normalizer to start from instead of the shipped one.
+    """
+    from .stain import fit_dcgmm, get_normalizer, load_normalizer
+
+    method = method.lower()
+    if method not in METHODS:
+        raise HistoError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if not templates:
+        raise HistoError("no template chosen: pick a template image (or draw rectangles on one)")
+    if model is not None:
+        normalizer = load_normalizer(model)
+    elif method == "dcgmm" and fit_on:
+        normalizer = yield from fit_dcgmm(list(fit_on), steps=steps, device=device, seed=seed)
+    else:
+        normalizer = get_normalizer(method, device=device)
+    yield Progress(step=0, total=None, stage="template", message="estimating template statistics")
+    normalizer.fit(list(templates) if len(templates) > 1 else templates[0])
+    return normalizer
+
+
+def normalize_images(
+    normalizer,
+    targets: Sequence[tuple[str, Any]],
+    class_maps: bool = False,
+    probabilities: bool = False,
+) -> Generator[Progress, None, list[NormalizedImage]]:
+    """Normalize each ``(name, image_or_levels)``; yields one event per image with the result.
+
+    Each event's ``payload`` is the :class:`NormalizedImage` of that image, so a GUI can show
+    results as they come; the full list is returned at the end.
+    """
+    results = []
+    n = len(targets)
+    for i, (name, data) in enumerate(targets, start=1):
+        levels = list(data) if isinstance(data, (list, tuple)) else [data]
+        result = _normalize_one(normalizer, name, levels, class_maps, probabilities)
+        results.append(result)
+        yield Progress(step=i, total=n, stage="normalize", message=name, payload=result)
+    return results
+
+
+def _normalize_one(
+    normalizer, name: str, levels: list, class_maps: bool, probabilities: bool
+) -> NormalizedImage:
+    import warnings
+
+    from .errors import InputWarning
+
+    notes: list[str] = []
+    full = levels[0]
+    big = len(levels) > 1 or int(np.prod(full.shape[:2])) > IN_MEMORY_PIXELS
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InputWarning)
+        if big:
+            k = pick_level(levels)
+            sample = np.asarray(levels[k])
+            stats = normalizer.source_stats(sample)
+            out_levels = [lazy_transform(lv, normalizer, stats) for lv in levels]
+            image = out_levels if len(levels) > 1 else out_levels[0]
+        else:
+            k = 0
+            sample = np.asarray(full)
+            image = normalizer.transform(sample)
+        cmap = probs = None
+        if (class_maps or probabilities) and hasattr(normalizer, "class_probabilities"):
+            probs = normalizer.class_probabilities(sample)
+            cmap = np.argmax(probs, axis=-1).astype(np.uint8)
+            if not probabilities:
+                probs = None
+    notes += [str(w.message) for w in caught if issubclass(w.category, InputWarning)]
+    names = tuple(getattr(normalizer, "class_names", ()) or ())
+    return NormalizedImage(name, image, cmap, probs, k, names, notes)
+
+
+def lazy_transform(level, normalizer, stats):
+    """A dask array normalizing ``level`` chunk by chunk with fixed source statistics."""
+    import dask.array as da
+
+    arr = level if isinstance(level, da.Array) else da.from_array(level, chunks=(1024, 1024, -1))
+    if arr.chunksize[-1] != arr.shape[-1]:
+        arr = arr.rechunk({-1: -1})
+
+    def block(b: np.ndarray) -> np.ndarray:
+        return normalizer.transform(np.asarray(b)[..., :3], source_stats=stats)
+
+    return arr.map_blocks(block, dtype=np.uint8, chunks=(*arr.chunks[:2], (3,)))

@@ -1,0 +1,169 @@
+"""Shared pieces of the dock widgets: running core generators in a worker, layer helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import napari
+
+
+def rgb_image_layers(viewer: napari.Viewer) -> list:
+    """The viewer's image layers that hold RGB(A) data, in layer-list order."""
+    from napari.layers import Image
+
+    return [lyr for lyr in viewer.layers if isinstance(lyr, Image) and lyr.rgb]
+
+
+def layer_levels(layer) -> list:
+    """A layer's data as a list of pyramid levels (one level for an in-memory image)."""
+    return list(layer.data) if layer.multiscale else [layer.data]
+
+
+def add_or_update_image(viewer: napari.Viewer, name: str, data, **kwargs):
+    """Replace the data of our layer called ``name`` or add a new image layer."""
+    if name in viewer.layers:
+        layer = viewer.layers[name]
+        layer.data = data
+        return layer
+    return viewer.add_image(data, name=name, **kwargs)
+
+
+def add_or_update_labels(viewer: napari.Viewer, name: str, data, **kwargs):
+    """Replace the data of our labels layer called ``name`` or add a new one."""
+    if name in viewer.layers:
+        layer = viewer.layers[name]
+        layer.data = data
+        for key, value in kwargs.items():
+            setattr(layer, key, value)
+        return layer
+    return viewer.add_labels(data, name=name, **kwargs)
+
+
+def notify_error(msg: str) -> None:
+    """A napari error notification with one clear line."""
+    from napari.utils.notifications import show_error
+
+    show_error(msg)
+
+
+def notify_info(msg: str) -> None:
+    from napari.utils.notifications import show_info
+
+    show_info(msg)
+
+
+def error_message(exc: BaseException) -> str:
+    """The user-facing line for an exception: our messages as they are, others with their type."""
+    from ..core.errors import HistoError
+
+    if isinstance(exc, HistoError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+class JobRunner:
+    """Runs one core progress generator at a time in a ``thread_worker``.
+
+    Drives a napari progress bar from the generator's :class:`Progress` events, forwards them to
+    ``on_event`` on the main thread (where layers may be touched), and cancels with ``cancel()``
+    (the worker's ``quit()``: the generator is closed between two events).
+    """
+
+    def __init__(
+        self,
+        on_busy: Callable[[bool], Any] | None = None,
+        on_status: Callable[[str], Any] | None = None,
+    ):
+        self.worker = None
+        self._pbar = None
+        self._on_busy = on_busy or (lambda busy: None)
+        self._on_status = on_status or (lambda text: None)
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def start(
+        self,
+        gen_func: Callable[..., Generator],
+        *args,
+        description: str = "",
+        on_event: Callable[[Any], Any] | None = None,
+        on_done: Callable[[Any], Any] | None = None,
+        on_cancelled: Callable[[], Any] | None = None,
+        **kwargs,
+    ):
+        """Start ``gen_func(*args, **kwargs)`` in a worker; returns the worker."""
+        from napari.qt.threading import create_worker
+        from napari.utils import progress
+
+        if self.worker is not None:
+            raise RuntimeError("a job is already running")
+        worker = create_worker(gen_func, *args, _start_thread=False, **kwargs)
+        self._pbar = progress(total=0, desc=description)
+        self.worker = worker
+
+        def yielded(event):
+            from ..core.progress import Progress
+
+            if isinstance(event, Progress):
+                if event.total and self._pbar.total != event.total:
+                    self._pbar.total = event.total
+                self._pbar.n = event.step
+                self._pbar.set_description(f"{description} {event.stage}".strip())
+                if event.metrics:
+                    self._pbar.set_postfix({k: f"{v:.4g}" for k, v in event.metrics.items()})
+                self._pbar.refresh()
+                self._on_status(str(event))
+            if on_event is not None:
+                on_event(event)
+
+        def returned(result):
+            if on_done is not None:
+                on_done(result)
+
+        def errored(exc):
+            msg = error_message(exc)
+            self._on_status(f"failed: {msg}")
+            notify_error(msg)
+
+        def aborted():
+            self._on_status("cancelled")
+            if on_cancelled is not None:
+                on_cancelled()
+
+        def finished():
+            if self._pbar is not None:
+                self._pbar.close()
+            self._pbar = None
+            self.worker = None
+            self._on_busy(False)
+
+        worker.yielded.connect(yielded)
+        worker.returned.connect(returned)
+        worker.errored.connect(errored)
+        worker.aborted.connect(aborted)
+        worker.finished.connect(finished)
+        self._on_busy(True)
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        """Ask the running job to stop at its next progress event."""
+        if self.worker is not None:
+            self._on_status("cancelling…")
+            self.worker.quit()
+
+
+def qimage_icon(rgb: np.ndarray):
+    """A QIcon from a small RGB uint8 array."""
+    from qtpy.QtGui import QIcon, QImage, QPixmap
+
+    rgb = np.ascontiguousarray(rgb[..., :3], dtype=np.uint8)
+    h, w = rgb.shape[:2]
+    qimg = QImage(rgb.data, w, h, 3 * w, QImage.Format.Format_RGB888).copy()
+    return QIcon(QPixmap.fromImage(qimg))

@@ -1,0 +1,520 @@
+"""The "Stain normalization" dock widget: pick a template by eye, fit, preview class maps, normalize.
+
+Thin over :mod:`napari_histo.core.stain_workflow`: it gathers inputs, runs the core generators in a
+worker, and adds layers in the worker's callbacks on the main thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import QSize
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ._common import (
+    JobRunner,
+    add_or_update_image,
+    add_or_update_labels,
+    error_message,
+    layer_levels,
+    notify_error,
+    notify_info,
+    qimage_icon,
+    rgb_image_layers,
+)
+
+if TYPE_CHECKING:
+    import napari
+
+METHOD_LABELS = {
+    "DCGMM (deep GMM)": "dcgmm",
+    "Macenko": "macenko",
+    "Reinhard": "reinhard",
+    "Vahadane": "vahadane",
+}
+#: Class-map colours (the DCGMM paper's convention): label value = class index + 1.
+CLASS_COLOURS = {"background": "#3060ff", "surrounding tissue": "#30c030", "nuclei": "#ff3030"}
+WHOLE_IMAGE = "(whole image)"
+
+
+@dataclass
+class Candidate:
+    """A template candidate: an open layer, or an image file from a folder."""
+
+    name: str
+    layer: Any = None
+    path: Path | None = None
+
+
+class StainNormalizationWidget(QWidget):
+    """Pick a stain template by eye, fit a normalizer, preview class maps and normalized layers."""
+
+    def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.normalizer = None  # the fitted normalizer; replaced only when a fit succeeds
+        self.candidates: list[Candidate] = []
+        self._made_layers: set[str] = set()
+        self.runner = JobRunner(on_busy=self._set_busy, on_status=self._set_status)
+        self._build()
+        self.refresh_candidates()
+        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            event.connect(self._on_layers_changed)
+
+    # ------------------------------------------------------------------ layout
+    def _build(self) -> None:
+        layout = QVBoxLayout(self)
+
+        box = QGroupBox("1. Template (click a thumbnail)")
+        v = QVBoxLayout(box)
+        self.gallery = QListWidget()
+        self.gallery.setViewMode(QListWidget.ViewMode.IconMode)
+        self.gallery.setIconSize(QSize(96, 96))
+        self.gallery.setResizeMode(QListWidget.ResizeMode.Adjust)
+        self.gallery.setMinimumHeight(140)
+        self.gallery.setMovement(QListWidget.Movement.Static)
+        self.gallery.setSpacing(4)
+        self.gallery.currentRowChanged.connect(self._on_template_clicked)
+        v.addWidget(self.gallery)
+        row = QHBoxLayout()
+        self.add_folder_btn = QPushButton("Add images from folder…")
+        self.add_folder_btn.clicked.connect(self._choose_folder)
+        row.addWidget(self.add_folder_btn)
+        v.addLayout(row)
+        form = QFormLayout()
+        self.roi_combo = QComboBox()
+        self.roi_combo.setToolTip(
+            "Rectangles of a Shapes layer drawn on the template: their regions become the template"
+        )
+        form.addRow("Template regions:", self.roi_combo)
+        v.addLayout(form)
+        self.template_label = QLabel("no template chosen")
+        v.addWidget(self.template_label)
+        layout.addWidget(box)
+
+        box = QGroupBox("2. Method and images")
+        form = QFormLayout(box)
+        self.method_combo = QComboBox()
+        self.method_combo.addItems(list(METHOD_LABELS))
+        self.method_combo.currentTextChanged.connect(self._on_method_changed)
+        form.addRow("Method:", self.method_combo)
+        self.target_combo = QComboBox()
+        form.addRow("Normalize:", self.target_combo)
+        self.all_images = QCheckBox("all open images")
+        form.addRow("", self.all_images)
+        self.refit = QCheckBox("refit DCGMM on the images to normalize")
+        self.refit.setToolTip("Unchecked: use the shipped DCGMM fitted on public H&E (instant)")
+        form.addRow("", self.refit)
+        self.steps = QSpinBox()
+        self.steps.setRange(1, 100_000)
+        self.steps.setValue(200)
+        form.addRow("Refit steps:", self.steps)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(["auto", "cpu", "cuda"])
+        form.addRow("Device:", self.device_combo)
+        layout.addWidget(box)
+
+        box = QGroupBox("3. Preview and result")
+        v = QVBoxLayout(box)
+        self.show_classes = QCheckBox("class map (nuclei / surrounding tissue / background)")
+        self.show_classes.setChecked(True)
+        v.addWidget(self.show_classes)
+        self.show_probs = QCheckBox("per-class probability images")
+        v.addWidget(self.show_probs)
+        self.reuse = QCheckBox("re-use the current normalizer (no new fit)")
+        self.reuse.setToolTip(
+            "Apply the normalizer fitted or loaded last, e.g. a lab's saved template"
+        )
+        self.reuse.setEnabled(False)
+        v.addWidget(self.reuse)
+        legend = " ".join(f'<span style="color:{c}">■ {n}</span>' for n, c in CLASS_COLOURS.items())
+        self.legend = QLabel(legend)
+        v.addWidget(self.legend)
+        row = QHBoxLayout()
+        self.run_btn = QPushButton("Fit && normalize")
+        self.run_btn.clicked.connect(self.run)
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.cancel_btn.clicked.connect(self.runner.cancel)
+        row.addWidget(self.run_btn)
+        row.addWidget(self.cancel_btn)
+        v.addLayout(row)
+        self.compare_btn = QPushButton("Before / after side by side")
+        self.compare_btn.setCheckable(True)
+        self.compare_btn.toggled.connect(self._toggle_compare)
+        v.addWidget(self.compare_btn)
+        row = QHBoxLayout()
+        self.save_btn = QPushButton("Save normalizer…")
+        self.save_btn.clicked.connect(self._save_dialog)
+        self.load_btn = QPushButton("Load normalizer…")
+        self.load_btn.clicked.connect(self._load_dialog)
+        row.addWidget(self.save_btn)
+        row.addWidget(self.load_btn)
+        v.addLayout(row)
+        layout.addWidget(box)
+
+        self.status = QLabel("ready")
+        self.status.setWordWrap(True)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+        self._on_method_changed(self.method_combo.currentText())
+
+    # ------------------------------------------------------------------ candidates
+    def _on_layers_changed(self, event=None) -> None:
+        self.refresh_candidates()
+
+    def refresh_candidates(self) -> None:
+        """Rebuild the gallery (open RGB layers + folder images) and the layer choosers."""
+        from ..core.regions import thumbnail
+
+        chosen = self.current_template()
+        files = [c for c in self.candidates if c.path is not None]
+        layers = [
+            Candidate(lyr.name, layer=lyr)
+            for lyr in rgb_image_layers(self.viewer)
+            if lyr.name not in self._made_layers
+        ]
+        self.candidates = layers + files
+        self.gallery.blockSignals(True)
+        self.gallery.clear()
+        for cand in self.candidates:
+            try:
+                thumb = thumbnail(cand.layer.data if cand.layer is not None else _read(cand.path))
+                icon = qimage_icon(thumb)
+            except Exception:
+                icon = None
+            item = QListWidgetItem(cand.name if len(cand.name) < 18 else cand.name[:16] + "…")
+            item.setToolTip(cand.name if cand.path is None else str(cand.path))
+            if icon is not None:
+                item.setIcon(icon)
+            self.gallery.addItem(item)
+        if chosen is not None:
+            for i, cand in enumerate(self.candidates):
+                if cand.name == chosen.name and cand.path == chosen.path:
+                    self.gallery.setCurrentRow(i)
+        self.gallery.blockSignals(False)
+
+        from napari.layers import Shapes
+
+        keep = self.roi_combo.currentText()
+        self.roi_combo.clear()
+        self.roi_combo.addItem(WHOLE_IMAGE)
+        self.roi_combo.addItems([lyr.name for lyr in self.viewer.layers if isinstance(lyr, Shapes)])
+        if keep:
+            self.roi_combo.setCurrentText(keep)
+        keep = self.target_combo.currentText()
+        self.target_combo.clear()
+        self.target_combo.addItems([c.name for c in layers])
+        if keep:
+            self.target_combo.setCurrentText(keep)
+
+    def add_folder(self, folder: str | Path) -> int:
+        """Add every image of ``folder`` to the gallery; returns how many were added."""
+        from ..core.io import list_images
+
+        paths = list_images(folder)
+        known = {c.path for c in self.candidates}
+        new = [Candidate(p.stem, path=p) for p in paths if p not in known]
+        self.candidates += new
+        self.refresh_candidates()
+        if not new:
+            notify_info(f"no new images found in {folder}")
+        return len(new)
+
+    def _choose_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Folder with candidate template images")
+        if folder:
+            self.add_folder(folder)
+
+    def current_template(self) -> Candidate | None:
+        row = self.gallery.currentRow()
+        return self.candidates[row] if 0 <= row < len(self.candidates) else None
+
+    def select_template(self, name: str) -> None:
+        """Select the candidate called ``name`` (as a click on its thumbnail does)."""
+        for i, cand in enumerate(self.candidates):
+            if cand.name == name:
+                self.gallery.setCurrentRow(i)
+                return
+        raise ValueError(f"no template candidate called {name!r}")
+
+    def _on_template_clicked(self, row: int) -> None:
+        cand = self.current_template()
+        if cand is None:
+            return
+        if cand.layer is None:
+            # Show the chosen file in the viewer: the user sees the template they picked.
+            name = f"template: {cand.name}"
+            if name not in self.viewer.layers:
+                try:
+                    self.viewer.add_image(_read(cand.path), name=name, rgb=True)
+                except Exception as exc:
+                    notify_error(error_message(exc))
+                    return
+            cand.layer = self.viewer.layers[name]
+        else:
+            self.viewer.layers.selection.active = cand.layer
+        self.template_label.setText(f"template: <b>{cand.name}</b>")
+
+    # ------------------------------------------------------------------ inputs
+    def template_images(self) -> list[np.ndarray]:
+        """The template as arrays: the whole image, or the regions of the chosen Shapes layer."""
+        from ..core.errors import HistoError
+        from ..core.regions import crop_rectangles, pick_level
+
+        cand = self.current_template()
+        if cand is None:
+            raise HistoError("no template chosen: click a thumbnail in the gallery first")
+        data = cand.layer.data if cand.layer is not None else _read(cand.path)
+        levels = list(data) if getattr(cand.layer, "multiscale", False) else [data]
+        _check_rgb(cand.name, levels[0])
+        roi = self.roi_combo.currentText()
+        if roi and roi != WHOLE_IMAGE:
+            shapes = self.viewer.layers[roi]
+            rects = [
+                shapes.data[i]
+                for i, kind in enumerate(shapes.shape_type)
+                if kind in ("rectangle", "polygon")
+            ]
+            if not rects:
+                raise HistoError(
+                    f"Shapes layer '{roi}' has no rectangles: draw one or more on the template"
+                )
+            base = cand.layer
+            verts = [
+                base.world_to_data(v) if base is not None else v
+                for v in (np.asarray(r) for r in rects)
+            ]
+            return crop_rectangles(levels[0], verts, source=cand.name)
+        return [np.asarray(levels[pick_level(levels)])]
+
+    def target_layers(self) -> list:
+        from ..core.errors import HistoError
+
+        layers = [
+            c.layer for c in self.candidates if c.layer is not None and c.name in self.viewer.layers
+        ]
+        layers = [lyr for lyr in layers if not lyr.name.startswith("template: ")] or layers
+        if not self.all_images.isChecked():
+            name = self.target_combo.currentText()
+            layers = [lyr for lyr in layers if lyr.name == name]
+        if not layers:
+            raise HistoError(
+                "no image to normalize: open an RGB H&E image (grayscale and label layers cannot be normalized)"
+            )
+        for lyr in layers:
+            _check_rgb(lyr.name, layer_levels(lyr)[0])
+        return layers
+
+    # ------------------------------------------------------------------ run
+    def run(self):
+        """Fit the normalizer to the template and normalize the chosen images (in a worker)."""
+        if self.runner.running:
+            return None
+        reuse = self.reuse.isChecked() and self.normalizer is not None
+        try:
+            templates = [] if reuse else self.template_images()
+            layers = self.target_layers()
+        except Exception as exc:
+            notify_error(error_message(exc))
+            self._set_status(error_message(exc))
+            return None
+        method = METHOD_LABELS[self.method_combo.currentText()]
+        targets = [(lyr.name, layer_levels(lyr) if lyr.multiscale else lyr.data) for lyr in layers]
+        fit_on = None
+        if method == "dcgmm" and self.refit.isChecked():
+            from ..core.regions import pick_level
+
+            fit_on = [
+                np.asarray(lv[pick_level(lv)]) if isinstance(lv, list) else np.asarray(lv)
+                for _, lv in targets
+            ]
+        return self.runner.start(
+            _job,
+            self.normalizer if reuse else method,
+            templates,
+            targets,
+            fit_on,
+            self.steps.value(),
+            self.device_combo.currentText(),
+            self.show_classes.isChecked(),
+            self.show_probs.isChecked(),
+            description="Stain normalization",
+            on_event=self._on_event,
+            on_done=self._on_done,
+        )
+
+    def _on_event(self, event) -> None:
+        from ..core.stain_workflow import NormalizedImage
+
+        payload = getattr(event, "payload", None)
+        if isinstance(payload, NormalizedImage):
+            self._show_result(payload)
+
+    def _on_done(self, normalizer) -> None:
+        self.normalizer = normalizer
+        self.reuse.setEnabled(True)
+        self._set_status(f"done: {getattr(normalizer, 'name', 'normalizer')} applied")
+
+    def _show_result(self, res) -> None:
+        source = self.viewer.layers[res.name] if res.name in self.viewer.layers else None  # noqa: SIM401
+        kwargs = {}
+        if source is not None:
+            kwargs = {"scale": source.scale, "translate": source.translate}
+        out_name = f"{res.name} normalized"
+        self._made_layers.add(out_name)
+        multiscale = isinstance(res.image, list)
+        add_or_update_image(
+            self.viewer, out_name, res.image, rgb=True, multiscale=multiscale, **kwargs
+        )
+        scale = np.asarray(kwargs.get("scale", (1.0, 1.0)))[-2:] * (2**res.class_level)
+        if res.class_map is not None and self.show_classes.isChecked():
+            names = list(res.class_names or CLASS_COLOURS)
+            name = f"{res.name} classes"
+            self._made_layers.add(name)
+            layer = add_or_update_labels(
+                self.viewer,
+                name,
+                res.class_map.astype(np.uint8) + 1,
+                colormap=_class_colormap(names),
+                opacity=0.45,
+                scale=scale,
+            )
+            layer.metadata["classes"] = {i + 1: n for i, n in enumerate(names)}
+        if res.probabilities is not None:
+            names = list(res.class_names or CLASS_COLOURS)
+            for k in range(res.probabilities.shape[-1]):
+                cname = names[k] if k < len(names) else f"class {k}"
+                name = f"{res.name} P({cname})"
+                self._made_layers.add(name)
+                add_or_update_image(
+                    self.viewer,
+                    name,
+                    res.probabilities[..., k],
+                    colormap="gray",
+                    contrast_limits=(0, 1),
+                    visible=False,
+                    scale=scale,
+                )
+        for note in res.notes:
+            notify_info(note)
+
+    # ------------------------------------------------------------------ misc
+    def _toggle_compare(self, on: bool) -> None:
+        self.viewer.grid.enabled = on
+        if on:
+            self.viewer.grid.shape = (1, -1)
+
+    def save(self, path: str | Path) -> None:
+        """Save the fitted normalizer (atomic write in the core)."""
+        from ..core.errors import HistoError
+
+        if self.normalizer is None:
+            raise HistoError("nothing to save yet: fit a normalizer first")
+        self.normalizer.save(path)
+        self._set_status(f"saved to {path}")
+
+    def load(self, path: str | Path) -> None:
+        """Load a saved normalizer; it becomes the current one."""
+        from ..core.stain import load_normalizer
+
+        self.normalizer = load_normalizer(path)
+        self.reuse.setEnabled(True)
+        self.reuse.setChecked(True)
+        method = getattr(self.normalizer, "name", None)
+        for label, key in METHOD_LABELS.items():
+            if key == method:
+                self.method_combo.setCurrentText(label)
+        self._set_status(f"loaded {Path(path).name}")
+
+    def _save_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Save normalizer", "normalizer.json", "Normalizer (*.json *.safetensors)"
+        )
+        if path:
+            try:
+                self.save(path)
+            except Exception as exc:
+                notify_error(error_message(exc))
+
+    def _load_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Load normalizer", "", "Normalizer (*.json *.safetensors)"
+        )
+        if path:
+            try:
+                self.load(path)
+            except Exception as exc:
+                notify_error(error_message(exc))
+
+    def _on_method_changed(self, text: str) -> None:
+        dcgmm = METHOD_LABELS.get(text) == "dcgmm"
+        for w in (self.refit, self.steps, self.show_classes, self.show_probs, self.legend):
+            w.setEnabled(dcgmm)
+
+    def _set_busy(self, busy: bool) -> None:
+        self.run_btn.setEnabled(not busy)
+        self.cancel_btn.setEnabled(busy)
+
+    def _set_status(self, text: str) -> None:
+        self.status.setText(text)
+
+
+def _job(method, templates, targets, fit_on, steps, device, class_maps, probabilities):
+    """The worker: fit (unless ``method`` is already a normalizer), then normalize each image."""
+    from ..core.stain_workflow import normalize_images, prepare_normalizer
+
+    if isinstance(method, str):
+        normalizer = yield from prepare_normalizer(
+            method, templates, fit_on=fit_on, steps=steps, device=device
+        )
+    else:
+        normalizer = method
+    yield from normalize_images(
+        normalizer, targets, class_maps=class_maps, probabilities=probabilities
+    )
+    return normalizer
+
+
+def _read(path: Path) -> np.ndarray:
+    from ..core.io import read_image
+
+    return read_image(path)
+
+
+def _check_rgb(name: str, data) -> None:
+    from ..core.errors import HistoError
+
+    if data.ndim != 3 or data.shape[-1] not in (3, 4):
+        raise HistoError(
+            f"'{name}' is not an RGB image (shape {tuple(data.shape)}); choose an H&E colour image"
+        )
+
+
+def _class_colormap(names: list[str]):
+    from napari.utils.colormaps import DirectLabelColormap
+
+    colors = {None: "transparent", 0: "transparent"}
+    for i, n in enumerate(names):
+        colors[i + 1] = CLASS_COLOURS.get(n, "yellow")
+    return DirectLabelColormap(color_dict=colors)
+
+
+__all__ = ["StainNormalizationWidget"]
