@@ -8,6 +8,8 @@ from .core.resources import resource_path
 HE_TILE = "he_monuseg_TCGA-A7-A13E.png"
 HE_TILE_NUCLEI = "he_monuseg_TCGA-A7-A13E_nuclei.tif"
 HE_TARGET = "he_tiatoolbox_target.png"
+TILE_LAYER = "H&E tile (MoNuSeg TCGA-A7-A13E)"
+TARGET_LAYER = "H&E template (tiatoolbox target)"
 
 
 def he_tile() -> list[tuple]:
@@ -15,7 +17,7 @@ def he_tile() -> list[tuple]:
     image = read_image(resource_path("samples", HE_TILE))
     nuclei = read_labels(resource_path("samples", HE_TILE_NUCLEI)).astype("uint32")
     return [
-        (image, {"name": "H&E tile (MoNuSeg TCGA-A7-A13E)", "rgb": True}, "image"),
+        (image, {"name": TILE_LAYER, "rgb": True}, "image"),
         (
             nuclei,
             {"name": "ground-truth nuclei (MoNuSeg)", "visible": False, "opacity": 0.5},
@@ -27,7 +29,7 @@ def he_tile() -> list[tuple]:
 def he_target() -> list[tuple]:
     """A 1000x1000 H&E stain-normalization target from tiatoolbox (BSD-3-Clause)."""
     image = read_image(resource_path("samples", HE_TARGET))
-    return [(image, {"name": "H&E template (tiatoolbox target)", "rgb": True}, "image")]
+    return [(image, {"name": TARGET_LAYER, "rgb": True}, "image")]
 
 
 def ihc_image() -> list[tuple]:

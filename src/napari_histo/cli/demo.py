@@ -94,6 +94,7 @@ def build_demo_viewer(sample: str = "he_tile", template: bool = True, show: bool
     import napari
 
     from .. import __name__ as pkg
+    from .._sample_data import TARGET_LAYER, TILE_LAYER
 
     viewer = napari.Viewer(title="napari-histo demo", show=show)
     plugin = pkg.replace("_", "-")
@@ -101,8 +102,17 @@ def build_demo_viewer(sample: str = "he_tile", template: bool = True, show: bool
         viewer.open_sample(plugin, "he_target")
     if sample != "none":
         viewer.open_sample(plugin, sample)
+    widgets = {}
     for display_name in widget_names():
-        viewer.window.add_plugin_dock_widget(plugin, display_name, tabify=True)
+        _, widgets[display_name] = viewer.window.add_plugin_dock_widget(
+            plugin, display_name, tabify=True
+        )
+    stain = widgets.get("Stain normalization")
+    if stain is not None and TARGET_LAYER in viewer.layers:
+        # Ready to go: the bundled template is picked, the tile is the image to normalize.
+        stain.select_template(TARGET_LAYER)
+        if TILE_LAYER in viewer.layers:
+            stain.target_combo.setCurrentText(TILE_LAYER)
     viewer.reset_view()
     return viewer
 
