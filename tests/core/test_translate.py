@@ -104,7 +104,9 @@ def test_save_load_round_trip_identical(model_dir, images):
 
     a = load_translator(model_dir, "ihc2he", device="cpu")
     b = load_translator(model_dir / "weights.safetensors", "ihc2he", device="cpu")
-    for (ka, va), (kb, vb) in zip(a.net.state_dict().items(), b.net.state_dict().items()):
+    for (ka, va), (kb, vb) in zip(
+        a.net.state_dict().items(), b.net.state_dict().items(), strict=True
+    ):
         assert ka == kb and torch.equal(va, vb)
     crop = images[0][:40, :40]
     assert np.array_equal(translate(crop, a, tile=64), translate(crop, b, tile=64))
@@ -137,7 +139,7 @@ def test_load_rejects_foreign_files(tmp_path):
 
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"not safetensors at all")
-    with pytest.raises(HistoError, match="junk.safetensors"):
+    with pytest.raises(HistoError, match=r"junk\.safetensors"):
         load_translator(junk)
     other = tmp_path / "other.safetensors"
     save_file({"w": np.zeros(3, np.float32)}, str(other))

@@ -110,14 +110,17 @@ class JobRunner:
         def yielded(event):
             from ..core.progress import Progress
 
-            if isinstance(event, Progress):
-                if event.total and self._pbar.total != event.total:
-                    self._pbar.total = event.total
-                self._pbar.n = event.step
-                self._pbar.set_description(f"{description} {event.stage}".strip())
+            # An event queued before a cancel can arrive after ``finished`` closed the bar, and
+            # the bar's own updates may let ``finished`` run: hold one reference.
+            pbar = self._pbar
+            if isinstance(event, Progress) and pbar is not None:
+                if event.total and pbar.total != event.total:
+                    pbar.total = event.total
+                pbar.n = event.step
+                pbar.set_description(f"{description} {event.stage}".strip())
                 if event.metrics:
-                    self._pbar.set_postfix({k: f"{v:.4g}" for k, v in event.metrics.items()})
-                self._pbar.refresh()
+                    pbar.set_postfix({k: f"{v:.4g}" for k, v in event.metrics.items()})
+                pbar.refresh()
                 self._on_status(str(event))
             if on_event is not None:
                 on_event(event)

@@ -28,14 +28,13 @@ DEFAULT_MODEL = "ihc2he_default"
 
 
 def _translate_job(
-    image: np.ndarray, model: str, direction: str, device: str, tile: int, with_quality: bool
+    image: np.ndarray, model, direction: str, device: str, tile: int, with_quality: bool
 ) -> Generator:
-    """Load, translate tile by tile, optionally score the round trip; returns (result, scores)."""
+    """Translate tile by tile, optionally score the round trip; returns (result, scores)."""
     from ..core.progress import Progress
-    from ..core.translate import load_translator, translate_iter
+    from ..core.translate import Translator, load_translator, translate_iter
 
-    yield Progress(0, None, stage="load model")
-    tr = load_translator(model, direction, device)
+    tr = model if isinstance(model, Translator) else load_translator(model, direction, device)
     result = yield from translate_iter(image, tr, tile=tile)
     scores = None
     if with_quality:
@@ -47,6 +46,23 @@ def _translate_job(
         back = yield from translate_iter(result, back_model, tile=tile)
         scores = quality_scores(back, image, names=("round trip", "input"))
     return result, scores
+
+
+def _import_torch_safely(with_piq: bool) -> None:
+    """Import torch (and piq) on the main thread, with triton hidden.
+
+    piq imports torchvision, which imports torch._dynamo, which tries ``import triton``; loading
+    triton's LLVM after napari has made its OpenGL context segfaults the whole process (seen with
+    torch 2.14 / triton under Mesa). Inference here never uses triton, so it is marked absent.
+    """
+    import sys
+
+    if "triton" not in sys.modules:
+        sys.modules["triton"] = None  # makes ``import triton`` raise ImportError
+    import torch  # noqa: F401
+
+    if with_piq:
+        import piq  # noqa: F401
 
 
 class TranslateWidget(QWidget):
@@ -121,7 +137,9 @@ class TranslateWidget(QWidget):
         self.cancel_btn.setEnabled(busy)
 
     def _set_status(self, text: str) -> None:
-        self.status_label.setText(text)
+        # A tile event queued before a cancel may arrive after the job ended: keep "cancelled".
+        if self.runner.running:
+            self.status_label.setText(text)
 
     # ------------------------------------------------------------------ actions
 
@@ -142,12 +160,27 @@ class TranslateWidget(QWidget):
         except Exception as exc:
             notify_error(error_message(exc))
             return None
+        _import_torch_safely(with_piq=self.quality_check.isChecked())
+
+        from ..core.translate import load_translator
+
+        try:  # a few MB: loading here makes a wrong folder or device one immediate message
+            model = load_translator(
+                self.model_edit.text().strip() or DEFAULT_MODEL,
+                self.direction_combo.currentText(),
+                self.device_combo.currentText(),
+            )
+        except Exception as exc:
+            msg = error_message(exc)
+            self.status_label.setText(f"failed: {msg}")
+            notify_error(msg)
+            return None
         self._input_layer = layer
         self.metrics_label.setText("")
         return self.runner.start(
             _translate_job,
             image,
-            self.model_edit.text().strip() or DEFAULT_MODEL,
+            model,
             self.direction_combo.currentText(),
             self.device_combo.currentText(),
             256,
@@ -169,7 +202,7 @@ class TranslateWidget(QWidget):
         if src is not None:
             kwargs = {"scale": src.scale, "translate": src.translate}
         add_or_update_image(self.viewer, name, image, rgb=True, **kwargs)
-        self._set_status(f"done: {name}")
+        self.status_label.setText(f"done: {name}")
         if scores:
             from ..core.quality import METRIC_BY_KEY
 
