@@ -1,0 +1,1 @@
+"""Nuclei segmentation: architectures, training targets, losses, post-processing, inference."""

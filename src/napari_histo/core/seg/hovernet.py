@@ -1,0 +1,106 @@
+"""HoVer-Net-style network (Graham et al. 2019): nuclear-pixel and horizontal/vertical branches.
+
+A U-Net encoder shared by two decoders: the NP branch predicts nucleus vs background (2-class
+softmax), the HV branch the horizontal and vertical distances of each nuclear pixel to its
+nucleus centroid. Instances come from a marker-controlled watershed on the HV gradients.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import spec
+from .losses import dice_loss, hv_loss
+from .postprocess import instances_from_hover
+from .targets import hv_maps
+from .unet import UNetDecoder, UNetEncoder, level_widths
+
+
+class HoVerNet(nn.Module):
+    """Shared encoder, one decoder per branch. ``base=16``: about 2.7 M parameters.
+
+    ``forward`` returns ``(np_logits (B, 2, H, W), hv (B, 2, H, W))``; sides multiples of 16.
+    """
+
+    depth = 4
+
+    def __init__(self, in_channels: int = 3, base: int = 16) -> None:
+        super().__init__()
+        widths = level_widths(base, self.depth)
+        self.encoder = UNetEncoder(in_channels, widths)
+        self.np_decoder = UNetDecoder(widths)
+        self.hv_decoder = UNetDecoder(widths)
+        self.np_head = nn.Conv2d(widths[0], 2, 1)
+        self.hv_head = nn.Conv2d(widths[0], 2, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.encoder(x)
+        return self.np_head(self.np_decoder(feats)), self.hv_head(self.hv_decoder(feats))
+
+
+def invert_hv(hv: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
+    """Express HV vectors predicted on ``rot90(flip(x), k)`` in the frame of ``x``.
+
+    Only the vector components; the pixels must already be moved back
+    (:func:`.spec.invert_spatial`). With ``h`` along columns and ``v`` along rows, a
+    ``torch.rot90`` by one quarter maps a vector ``(h, v)`` to ``(v, -h)`` and the flip of the
+    columns maps it to ``(-h, v)``; this applies the inverses in reverse order.
+    """
+    h, v = hv[:, 0], hv[:, 1]
+    for _ in range(k % 4):
+        h, v = -v, h
+    if flip:
+        h = -h
+    return torch.stack([h, v], dim=1)
+
+
+class HoVerNetSpec:
+    """``hovernet``: NP branch (cross-entropy + Dice) and HV branch (MSE + MSGE)."""
+
+    name = "hovernet"
+    size_multiple = 2**HoVerNet.depth
+    #: Post-processing settings (see :func:`.postprocess.instances_from_hover`).
+    min_size = 10
+
+    def build(self, base: int = 16, **kwargs: Any) -> nn.Module:
+        """A fresh :class:`HoVerNet` (``base`` = width of the first level)."""
+        return HoVerNet(base=base, **kwargs)
+
+    def make_targets(self, labels: np.ndarray) -> dict[str, np.ndarray]:
+        """``np`` (H, W) int64 nucleus mask and ``hv`` (2, H, W) float32 maps."""
+        labels = np.asarray(labels)
+        return {"np": (labels > 0).astype(np.int64), "hv": hv_maps(labels)}
+
+    def train_loss(
+        self, model: nn.Module, x: torch.Tensor, targets: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        np_logits, hv = model(x)
+        fg = targets["np"].long()
+        np_term = F.cross_entropy(np_logits, fg) + dice_loss(torch.softmax(np_logits, 1), fg)
+        return np_term + hv_loss(hv, targets["hv"], fg)
+
+    def predict(self, model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``np`` (B, 1, H, W) nucleus probability, ``hv`` (B, 2, H, W) clamped to [-1, 1]."""
+        model.eval()
+        with torch.no_grad():
+            np_logits, hv = model(x)
+        return {"np": torch.softmax(np_logits, 1)[:, 1:], "hv": hv.clamp(-1.0, 1.0)}
+
+    def invert_tta(
+        self, maps: dict[str, torch.Tensor], k: int, flip: bool
+    ) -> dict[str, torch.Tensor]:
+        out = spec.invert_spatial(maps, k, flip)
+        if "hv" in out:
+            out["hv"] = invert_hv(out["hv"], k, flip)
+        return out
+
+    def instances(self, maps: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        return instances_from_hover(maps["np"], maps["hv"], min_size=self.min_size)
+
+
+HOVERNET = spec.register(HoVerNetSpec())

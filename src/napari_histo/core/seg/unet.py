@@ -1,0 +1,153 @@
+"""A compact U-Net predicting ternary (background / inside / boundary) logits.
+
+Also holds :class:`TernarySpec`, the part of the :class:`~.spec.ArchSpec` shared by every
+architecture whose output is ternary probabilities (``unet``, ``fullnet``, ``maskrcnn``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import spec
+from .losses import dice_loss, weighted_cross_entropy
+from .postprocess import instances_from_ternary
+from .targets import INSIDE, ternary_labels, weight_map
+
+
+class TernarySpec:
+    """Targets, prediction, TTA inversion and post-processing of ternary architectures.
+
+    Subclasses set ``name``, ``size_multiple`` and implement ``build`` (and may override
+    ``train_loss``). ``make_targets`` gives ``ternary`` (int64), ``weight`` (float32, FullNet weight
+    map) and ``instances`` (int64, the labels themselves, for varCE).
+    """
+
+    name = "ternary"
+    size_multiple = 1
+    #: Post-processing settings (see :func:`.postprocess.instances_from_ternary`).
+    min_size = 10
+    grow: int | str | None = "half"
+
+    def build(self, **kwargs: Any) -> nn.Module:
+        raise NotImplementedError
+
+    def make_targets(self, labels: np.ndarray) -> dict[str, np.ndarray]:
+        """``ternary`` (H, W) int64, ``weight`` (H, W) float32, ``instances`` (H, W) int64."""
+        labels = np.asarray(labels)
+        return {
+            "ternary": ternary_labels(labels),
+            "weight": weight_map(labels),
+            "instances": labels.astype(np.int64),
+        }
+
+    def train_loss(
+        self, model: nn.Module, x: torch.Tensor, targets: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """Weighted cross-entropy + soft Dice on the nucleus classes."""
+        logits = model(x)
+        return weighted_cross_entropy(logits, targets["ternary"], targets["weight"]) + dice_loss(
+            torch.softmax(logits, 1), targets["ternary"], classes=(INSIDE, INSIDE + 1)
+        )
+
+    def predict(self, model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"ternary": softmax probabilities (B, 3, H, W)}``; puts the model in eval mode."""
+        model.eval()
+        with torch.no_grad():
+            return {"ternary": torch.softmax(model(x), dim=1)}
+
+    def invert_tta(
+        self, maps: dict[str, torch.Tensor], k: int, flip: bool
+    ) -> dict[str, torch.Tensor]:
+        return spec.invert_spatial(maps, k, flip)
+
+    def instances(self, maps: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        return instances_from_ternary(maps["ternary"], min_size=self.min_size, grow=self.grow)
+
+
+def double_conv(cin: int, cout: int) -> nn.Sequential:
+    """Two 3x3 convolutions, each with BatchNorm and ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+def level_widths(base: int, depth: int = 4) -> list[int]:
+    """Channel widths of the levels of a U-Net: ``base * 2**i`` for ``i = 0..depth``."""
+    return [base * 2**i for i in range(depth + 1)]
+
+
+class UNetEncoder(nn.Module):
+    """Contracting path: returns the feature map of every level, finest first."""
+
+    def __init__(self, in_channels: int, widths: list[int]) -> None:
+        super().__init__()
+        cins = [in_channels, *widths[:-1]]
+        self.levels = nn.ModuleList(double_conv(c, w) for c, w in zip(cins, widths, strict=True))
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = []
+        for i, level in enumerate(self.levels):
+            x = level(x if i == 0 else self.pool(x))
+            feats.append(x)
+        return feats
+
+
+class UNetDecoder(nn.Module):
+    """Expanding path with skip connections: encoder features -> finest-level features."""
+
+    def __init__(self, widths: list[int]) -> None:
+        super().__init__()
+        n = len(widths) - 1
+        self.ups = nn.ModuleList(
+            nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in range(n)
+        )
+        self.levels = nn.ModuleList(double_conv(2 * widths[i], widths[i]) for i in range(n))
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        x = feats[-1]
+        for i in reversed(range(len(self.levels))):
+            x = self.levels[i](torch.cat([feats[i], self.ups[i](x)], dim=1))
+        return x
+
+
+class UNet(nn.Module):
+    """U-Net (Ronneberger 2015) with BatchNorm, 4 poolings, widths ``base * (1, 2, 4, 8, 16)``.
+
+    ``base=16`` gives about 1.9 M parameters. Input sides must be multiples of 16.
+    """
+
+    depth = 4
+
+    def __init__(self, in_channels: int = 3, out_channels: int = 3, base: int = 16) -> None:
+        super().__init__()
+        widths = level_widths(base, self.depth)
+        self.encoder = UNetEncoder(in_channels, widths)
+        self.decoder = UNetDecoder(widths)
+        self.head = nn.Conv2d(widths[0], out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.decoder(self.encoder(x)))
+
+
+class UNetSpec(TernarySpec):
+    """``unet``: ternary U-Net trained with weighted cross-entropy + Dice."""
+
+    name = "unet"
+    size_multiple = 2**UNet.depth
+
+    def build(self, base: int = 16, **kwargs: Any) -> nn.Module:
+        """A fresh :class:`UNet` (``base`` = width of the first level)."""
+        return UNet(base=base, **kwargs)
+
+
+UNET = spec.register(UNetSpec())
