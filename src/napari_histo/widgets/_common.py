@@ -43,6 +43,25 @@ def add_or_update_labels(viewer: napari.Viewer, name: str, data, **kwargs):
     return viewer.add_labels(data, name=name, **kwargs)
 
 
+def import_torch_safely(with_piq: bool = False) -> None:
+    """Import torch (and optionally piq) on the main thread, with triton hidden.
+
+    torchvision and piq import torch._dynamo, which tries ``import triton``; loading triton's LLVM
+    after napari has made its OpenGL context segfaults the whole process (seen with torch 2.14 /
+    triton under Mesa). Our inference and training never use triton, so it is marked absent, and
+    the import happens here, before a worker thread could trigger it.
+    """
+    import sys
+
+    if "triton" not in sys.modules:
+        sys.modules["triton"] = None  # makes ``import triton`` raise ImportError
+    import torch  # noqa: F401
+    import torchvision  # noqa: F401
+
+    if with_piq:
+        import piq  # noqa: F401
+
+
 def notify_error(msg: str) -> None:
     """A napari error notification with one clear line."""
     from napari.utils.notifications import show_error
@@ -80,6 +99,7 @@ class JobRunner:
     ):
         self.worker = None
         self._pbar = None
+        self._cancelling = False
         self._on_busy = on_busy or (lambda busy: None)
         self._on_status = on_status or (lambda text: None)
 
@@ -104,6 +124,7 @@ class JobRunner:
         if self.worker is not None:
             raise RuntimeError("a job is already running")
         worker = create_worker(gen_func, *args, _start_thread=False, **kwargs)
+        self._cancelling = False
         self._pbar = progress(total=0, desc=description)
         self.worker = worker
 
@@ -113,6 +134,8 @@ class JobRunner:
             # An event queued before a cancel can arrive after ``finished`` closed the bar, and
             # the bar's own updates may let ``finished`` run: hold one reference.
             pbar = self._pbar
+            if self._cancelling or self.worker is not worker:
+                return  # queued before the cancel: the status stays "cancelled"
             if isinstance(event, Progress) and pbar is not None:
                 if event.total and pbar.total != event.total:
                     pbar.total = event.total
@@ -158,6 +181,7 @@ class JobRunner:
     def cancel(self) -> None:
         """Ask the running job to stop at its next progress event."""
         if self.worker is not None:
+            self._cancelling = True
             self._on_status("cancelling…")
             self.worker.quit()
 

@@ -33,6 +33,7 @@ from ._common import (
     add_or_update_image,
     add_or_update_labels,
     error_message,
+    import_torch_safely,
     layer_levels,
     notify_error,
     notify_info,
@@ -298,9 +299,12 @@ class StainNormalizationWidget(QWidget):
                     f"Shapes layer '{roi}' has no rectangles: draw one or more on the template"
                 )
             base = cand.layer
+            # Vertex by vertex: Shapes data -> world -> template pixels (scale/translate aware).
             verts = [
-                base.world_to_data(v) if base is not None else v
-                for v in (np.asarray(r) for r in rects)
+                np.array([base.world_to_data(shapes.data_to_world(p)) for p in r])
+                if base is not None
+                else np.asarray(r)
+                for r in rects
             ]
             return crop_rectangles(levels[0], verts, source=cand.name)
         return [np.asarray(levels[pick_level(levels)])]
@@ -346,6 +350,7 @@ class StainNormalizationWidget(QWidget):
                 np.asarray(lv[pick_level(lv)]) if isinstance(lv, list) else np.asarray(lv)
                 for _, lv in targets
             ]
+        import_torch_safely()
         return self.runner.start(
             _job,
             self.normalizer if reuse else method,

@@ -19,7 +19,14 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._common import JobRunner, add_or_update_image, error_message, notify_error, rgb_image_layers
+from ._common import (
+    JobRunner,
+    add_or_update_image,
+    error_message,
+    import_torch_safely,
+    notify_error,
+    rgb_image_layers,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -47,22 +54,6 @@ def _translate_job(
         scores = quality_scores(back, image, names=("round trip", "input"))
     return result, scores
 
-
-def _import_torch_safely(with_piq: bool) -> None:
-    """Import torch (and piq) on the main thread, with triton hidden.
-
-    piq imports torchvision, which imports torch._dynamo, which tries ``import triton``; loading
-    triton's LLVM after napari has made its OpenGL context segfaults the whole process (seen with
-    torch 2.14 / triton under Mesa). Inference here never uses triton, so it is marked absent.
-    """
-    import sys
-
-    if "triton" not in sys.modules:
-        sys.modules["triton"] = None  # makes ``import triton`` raise ImportError
-    import torch  # noqa: F401
-
-    if with_piq:
-        import piq  # noqa: F401
 
 
 class TranslateWidget(QWidget):
@@ -160,7 +151,7 @@ class TranslateWidget(QWidget):
         except Exception as exc:
             notify_error(error_message(exc))
             return None
-        _import_torch_safely(with_piq=self.quality_check.isChecked())
+        import_torch_safely(with_piq=self.quality_check.isChecked())
 
         from ..core.translate import load_translator
 

@@ -1,0 +1,155 @@
+"""Fit the shipped DCGMM stain model (``resources/stain/dcgmm_default``).
+
+Data: the 13 MoNuSeg 2018 training tiles of ../shared/data (40x H&E from several hospitals,
+CC BY-NC-SA 4.0) and the TIAToolbox stain-normalisation target (BSD-3-Clause). The fitted
+weights inherit MoNuSeg's non-commercial share-alike licence. The fit is unsupervised (no
+labels) and reproducible (fixed seed); on one CPU thread it takes a few minutes::
+
+    nohup nice -n 15 .venv/bin/python scripts/fit_dcgmm_default.py > /tmp/dcgmm_default.log 2>&1 &
+
+Writes ``weights.safetensors``, ``card.json`` and ``card.md``, each atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+MONUSEG = DATA / "monuseg2018_train_subset" / "images"
+TIA_TARGET = DATA / "stain" / "tiatoolbox_target" / "target_image.png"
+OUT = ROOT / "resources" / "stain" / "dcgmm_default"
+
+LICENSE = (
+    "CC BY-NC-SA 4.0 (inherited from the MoNuSeg 2018 training tiles; the TIAToolbox target "
+    "image is BSD-3-Clause)"
+)
+
+
+def card_markdown(card: dict) -> str:
+    tr = card["training"]
+    ev = card.get("evaluation", {})
+    lines = [
+        "# dcgmm_default: the shipped DCGMM stain model",
+        "",
+        "A deep convolutional Gaussian mixture model of H&E stain colour (Zanjani et al., MIDL 2018),",
+        "fitted unsupervised with napari-histo. The network reads the optical density of a tile and",
+        f"assigns every pixel to {card['classes']} classes ordered by density: "
+        + ", ".join(card["class_names"])
+        + ". It carries no template: `get_normalizer('dcgmm').fit(template)` adds one.",
+        "",
+        f"- **data**: {card['data']}",
+        f"- **license**: {card['license']}",
+        f"- **command**: `{card['command']}`",
+        f"- **architecture**: {card['architecture']}; the network sees the density at 1/{card['scale']}"
+        " resolution, logits are upsampled bilinearly",
+        "- **training**: "
+        + ", ".join(
+            f"{k}={tr[k]}"
+            for k in ("steps", "batch_size", "crop", "lr", "seed", "precision", "device", "seconds")
+            if k in tr
+        ),
+        f"- **final loss** (mixture negative log-likelihood per pixel, {tr['final_loss_over']}): "
+        f"{tr['final_loss']}",
+    ]
+    if ev:
+        lines.append(
+            f"- **loss on the whole training images** (each its own M-step): {ev['loss_full_images']:.4f}"
+            f" (a new untrained network: {ev['loss_untrained']:.4f})"
+        )
+        lines.append(
+            "- **mean density of each class** on the training images: "
+            + ", ".join(
+                f"{n} {d:.3f}"
+                for n, d in zip(card["class_names"], ev["class_mean_density"], strict=True)
+            )
+        )
+    lines += [
+        "",
+        "Licence note: weights fitted on MoNuSeg are non-commercial and share-alike; a model you",
+        "refit from these weights inherits that licence (the refit's card says so).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--crop", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from napari_histo.core.io import read_image
+    from napari_histo.core.stain.dcgmm import DCGMM, DCGMMNormalizer, fit_dcgmm
+
+    torch.set_num_threads(args.threads)
+    paths = [*sorted(MONUSEG.glob("*.png")), TIA_TARGET]
+    images = [read_image(p) for p in paths]
+    command = "nice -n 15 .venv/bin/python scripts/fit_dcgmm_default.py " + shlex.join(
+        a for a in (argv if argv is not None else sys.argv[1:])
+    )
+    card = {
+        "name": "dcgmm_default",
+        "data": (
+            f"{len(paths) - 1} MoNuSeg 2018 training tiles (1000x1000, 40x H&E, TCGA: breast, kidney, "
+            "lung, prostate, colon; CC BY-NC-SA 4.0) and the TIAToolbox stain-normalisation target "
+            "(1000x1000 H&E, BSD-3-Clause)"
+        ),
+        "data_files": [p.name for p in paths],
+        "license": LICENSE,
+        "command": command.strip(),
+    }
+    t0 = time.perf_counter()
+    gen = fit_dcgmm(
+        images,
+        steps=args.steps,
+        device="cpu",
+        seed=args.seed,
+        batch_size=args.batch_size,
+        crop=args.crop,
+        lr=args.lr,
+        start=None,
+        card=card,
+    )
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as stop:
+            norm: DCGMMNormalizer = stop.value
+            break
+        if ev.step % 50 == 0 or ev.step == args.steps:
+            print(f"{ev}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    untrained = DCGMMNormalizer(DCGMM(norm.classes, norm.model.scale), device="cpu")
+    norm.card["evaluation"] = {
+        "loss_full_images": norm.loss(images),
+        "loss_untrained": untrained.loss(images),
+        "class_mean_density": _class_densities(norm, images),
+    }
+    norm.save_folder(args.out, card_markdown(norm.card_json("weights.safetensors")))
+    print(f"wrote {args.out} in {time.perf_counter() - t0:.0f} s; card: {norm.card}", flush=True)
+    return 0
+
+
+def _class_densities(norm, images) -> list[float]:
+    """Mean density of each class, pooled over the images (gamma-weighted)."""
+    stats = [norm.source_stats(im).values for im in images]
+    mass = sum(st["weight"] for st in stats)
+    dsum = sum(st["weight"] * st["mean"][:, 0] for st in stats)
+    return [round(float(v), 4) for v in dsum / np.maximum(mass, 1e-9)]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""The "Stain normalization" dock widget, driven as a user would through a headless viewer."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from napari_histo.core.io import read_image
+
+pytestmark = pytest.mark.gui
+
+CROP = (slice(300, 556), slice(300, 556))
+
+
+@pytest.fixture
+def viewer_and_widget(make_napari_viewer, monuseg, shared_data):
+    viewer = make_napari_viewer()
+    tiles = sorted((monuseg / "images").glob("*.png"))
+    viewer.add_image(read_image(tiles[0])[CROP], name="lung", rgb=True)
+    viewer.add_image(
+        read_image(shared_data / "stain" / "tiatoolbox_target" / "target_image.png")[CROP],
+        name="target",
+        rgb=True,
+    )
+    _, widget = viewer.window.add_plugin_dock_widget("napari-histo", "Stain normalization")
+    return viewer, widget
+
+
+def _wait(qtbot, widget, timeout=60_000):
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=timeout)
+
+
+def test_gallery_lists_open_rgb_images(viewer_and_widget):
+    viewer, widget = viewer_and_widget
+    assert [c.name for c in widget.candidates] == ["lung", "target"]
+    assert widget.gallery.count() == 2
+    assert not widget.gallery.item(0).icon().isNull()
+    viewer.add_labels(np.zeros((10, 10), np.uint8), name="not an image")
+    assert widget.gallery.count() == 2
+
+
+def test_macenko_normalizes_towards_template(qtbot, viewer_and_widget):
+    viewer, widget = viewer_and_widget
+    widget.select_template("target")
+    widget.method_combo.setCurrentText("Macenko")
+    widget.target_combo.setCurrentText("lung")
+    widget.run()
+    _wait(qtbot, widget)
+    out = viewer.layers["lung normalized"].data
+    src, tgt = viewer.layers["lung"].data, viewer.layers["target"].data
+    assert out.shape == src.shape and out.dtype == np.uint8
+    # Macenko's promise: the output's stain vectors (H and E in optical density) are the
+    # template's. (Mean colour need not move towards the template's: intensities are scaled by
+    # the 99th concentration percentile, and torchstain's Macenko brightens this crop too.)
+    norm = widget.normalizer
+    assert norm is not None
+    stains = {k: norm.source_stats(a).values["stains"] for k, a in (("src", src), ("tgt", tgt), ("out", out))}
+    before = np.abs(stains["src"] - stains["tgt"]).sum()
+    after = np.abs(stains["out"] - stains["tgt"]).sum()
+    assert after < 0.5 * before
+    # Normalized layers are ours: they are not offered as template candidates.
+    assert "lung normalized" not in [c.name for c in widget.candidates]
+
+
+def test_dcgmm_refit_shows_class_map(qtbot, viewer_and_widget):
+    viewer, widget = viewer_and_widget
+    widget.select_template("target")
+    widget.method_combo.setCurrentText("DCGMM (deep GMM)")
+    widget.all_images.setChecked(True)
+    widget.refit.setChecked(True)
+    widget.steps.setValue(3)
+    widget.show_probs.setChecked(True)
+    widget.run()
+    _wait(qtbot, widget, timeout=120_000)
+    classes = viewer.layers["lung classes"]
+    assert classes.data.shape == (256, 256) and classes.data.dtype == np.uint8
+    assert set(np.unique(classes.data)) <= {1, 2, 3}
+    assert classes.metadata["classes"] == {1: "background", 2: "surrounding tissue", 3: "nuclei"}
+    assert viewer.layers["lung P(nuclei)"].data.shape == (256, 256)
+    assert viewer.layers["target normalized"].data.shape == (256, 256, 3)
+
+
+def test_cancel_keeps_previous_normalizer(qtbot, viewer_and_widget):
+    viewer, widget = viewer_and_widget
+    widget.select_template("target")
+    widget.method_combo.setCurrentText("Reinhard")
+    widget.run()
+    _wait(qtbot, widget)
+    previous = widget.normalizer
+    assert previous is not None
+
+    widget.method_combo.setCurrentText("DCGMM (deep GMM)")
+    widget.refit.setChecked(True)
+    widget.steps.setValue(100_000)
+    worker = widget.run()
+    qtbot.waitUntil(lambda: "fit" in widget.status.text(), timeout=60_000)
+    with qtbot.waitSignal(worker.aborted, timeout=30_000):
+        widget.cancel_btn.click()
+    _wait(qtbot, widget)
+    assert widget.normalizer is previous
+    assert widget.status.text() == "cancelled"
+
+
+def test_gui_stays_responsive_during_fit(qtbot, viewer_and_widget):
+    from qtpy.QtCore import QTimer
+
+    viewer, widget = viewer_and_widget
+    widget.select_template("target")
+    widget.method_combo.setCurrentText("DCGMM (deep GMM)")
+    widget.refit.setChecked(True)
+    widget.steps.setValue(25)
+    beats: list[float] = []
+    timer = QTimer()
+    timer.setInterval(20)
+    timer.timeout.connect(lambda: beats.append(time.perf_counter()))
+    timer.start()
+    worker = widget.run()
+    # Measured while the fit runs; adding the result layers afterwards is napari's own work.
+    worker.returned.connect(lambda _: timer.stop())
+    _wait(qtbot, widget, timeout=120_000)
+    timer.stop()
+    gaps = np.diff(beats)
+    assert len(beats) > 10
+    assert gaps.max() < 0.020 + 0.100, f"main thread blocked for {gaps.max() * 1000:.0f} ms"
+
+
+def test_bad_inputs_give_notifications(qtbot, viewer_and_widget, bad_inputs):
+    viewer, widget = viewer_and_widget
+    # No template chosen yet.
+    widget.gallery.setCurrentRow(-1)
+    assert widget.run() is None
+    assert "no template" in widget.status.text()
+    # A grayscale layer cannot be normalized.
+    gray = read_image(bad_inputs / "grayscale.png")[..., 0]
+    viewer.add_image(gray, name="gray")
+    widget.select_template("target")
+    assert "gray" not in [c.name for c in widget.candidates]
+    # An empty region layer is refused with a message.
+    viewer.add_shapes(name="regions")
+    widget.roi_combo.setCurrentText("regions")
+    assert widget.run() is None
+    assert "no rectangles" in widget.status.text()
+
+
+def test_multi_roi_template(qtbot, viewer_and_widget):
+    viewer, widget = viewer_and_widget
+    rects = [
+        np.array([[10, 10], [10, 100], [100, 100], [100, 10]]),
+        np.array([[150, 150], [150, 250], [250, 250], [250, 150]]),
+    ]
+    viewer.add_shapes(rects, shape_type="rectangle", name="regions")
+    widget.select_template("target")
+    widget.roi_combo.setCurrentText("regions")
+    crops = widget.template_images()
+    assert [c.shape for c in crops] == [(90, 90, 3), (100, 100, 3)]
+    widget.method_combo.setCurrentText("Reinhard")
+    widget.run()
+    _wait(qtbot, widget)
+    assert "lung normalized" in viewer.layers
+
+
+def test_save_and_load_roundtrip(qtbot, viewer_and_widget, tmp_path):
+    viewer, widget = viewer_and_widget
+    widget.select_template("target")
+    widget.method_combo.setCurrentText("Macenko")
+    widget.run()
+    _wait(qtbot, widget)
+    first = viewer.layers["lung normalized"].data.copy()
+    path = tmp_path / "lab_template.json"
+    widget.save(path)
+    widget.normalizer = None
+    widget.load(path)
+    assert widget.reuse.isChecked()
+    viewer.layers.remove("lung normalized")
+    widget.roi_combo.setCurrentText("(whole image)")
+    widget.gallery.setCurrentRow(-1)  # no template needed: the loaded normalizer carries it
+    widget.run()
+    _wait(qtbot, widget)
+    assert np.array_equal(viewer.layers["lung normalized"].data, first)
