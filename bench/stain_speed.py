@@ -2,19 +2,22 @@
 
 Usage::
 
-    nice -n 5 .venv/bin/python bench/stain_speed.py [--sizes 1024 4096] [--threads 2]
+    nice -n 5 .venv/bin/python bench/stain_speed.py [--sizes 1024 4096] [--threads 2 1]
         [--repeats 3] [--device cpu] [--json OUT]
 
 The images are mosaics of the 13 MoNuSeg tiles (real H&E from several hospitals) cut to
 SIZE x SIZE; the template is the TIAToolbox target. A timed call is the whole job on a new
 image: estimating its stain statistics and transforming it (``normalizer.transform(image)``;
 torchstain's ``normalize(I, stains=False)``), best of ``--repeats`` after a warm-up.
-torchstain is optional (``pip install torchstain``); without it only our methods are timed.
+Every measurement runs in a fresh process (so no thread pool left spinning by the previous
+candidate competes with the next). torchstain is optional (``pip install torchstain``);
+without it only our methods are timed.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -85,10 +88,36 @@ def torchstain_fn(method: str, backend: str, template):
     return lambda im: norm.normalize(prep(im))
 
 
+def time_one(candidate: str, size: int, threads: int, repeats: int, device: str) -> dict:
+    """Time one candidate (``ours:METHOD`` or ``torchstain:METHOD:BACKEND``) in this process."""
+    import torch
+
+    from napari_histo.core.io import read_image
+
+    torch.set_num_threads(threads)
+    template = read_image(DATA / "stain" / "tiatoolbox_target" / "target_image.png")
+    kind, method, *rest = candidate.split(":")
+    if kind == "ours":
+        fn, name = ours(method, template, device), f"napari-histo {method} ({device})"
+    else:
+        fn, name = torchstain_fn(method, rest[0], template), f"torchstain {method} ({rest[0]})"
+    image = mosaic(size)
+    fn(mosaic(256))  # warm-up
+    seconds = _time(lambda: fn(image), repeats)
+    return {
+        "method": name,
+        "size": size,
+        "threads": threads,
+        "seconds": round(seconds, 4),
+        "mpx_per_s": round(size * size / 1e6 / seconds, 3),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+    }
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096])
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, nargs="+", default=[2, 1])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
@@ -96,69 +125,86 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--no-torchstain", action="store_true")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--omp-wait-policy",
+        default="PASSIVE",
+        help="OMP_WAIT_POLICY of every measured process (default PASSIVE: idle OpenMP threads "
+        "sleep instead of spinning, which keeps 2 threads fast on a shared, loaded machine; "
+        "'default' leaves the environment as it is)",
+    )
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: time one candidate
     args = parser.parse_args(argv)
 
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    import numpy as np
-    import torch
+    if args.one:
+        row = time_one(args.one, args.sizes[0], args.threads[0], args.repeats, args.device)
+        print("ROW " + json.dumps(row), flush=True)
+        return 0
 
-    from napari_histo.core.io import read_image
+    import subprocess
 
-    torch.set_num_threads(args.threads)
-    template = read_image(DATA / "stain" / "tiatoolbox_target" / "target_image.png")
-    warm = mosaic(256)
-    candidates: list[tuple[str, object]] = []
-    for m in args.methods:
-        candidates.append((f"napari-histo {m} ({args.device})", ours(m, template, args.device)))
+    candidates = [f"ours:{m}" for m in args.methods]
     if not args.no_torchstain:
-        try:
-            import torchstain  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec("torchstain") is None:
             print("torchstain is not installed: only napari-histo is timed", file=sys.stderr)
         else:
-            for m in ("macenko", "reinhard"):
-                for backend in ("numpy", "torch"):
-                    candidates.append(
-                        (f"torchstain {m} ({backend})", torchstain_fn(m, backend, template))
-                    )
+            candidates += [
+                f"torchstain:{m}:{b}" for m in ("macenko", "reinhard") for b in ("numpy", "torch")
+            ]
     rows = []
     for size in args.sizes:
-        image = mosaic(size)
         repeats = args.repeats if size <= 2048 else max(1, args.repeats - 1)
-        for name, fn in candidates:
-            fn(warm)
-            seconds = _time(lambda fn=fn, image=image: fn(image), repeats)
-            row = {
-                "method": name,
-                "size": size,
-                "seconds": round(seconds, 4),
-                "mpx_per_s": round(size * size / 1e6 / seconds, 3),
-            }
-            rows.append(row)
-            print(
-                f"{name:38s} {size:5d}^2  {seconds:8.3f} s  {row['mpx_per_s']:8.2f} Mpx/s",
-                flush=True,
-            )
+        for threads in args.threads:
+            for cand in candidates:
+                # A fresh process per measurement: no thread pool (OpenMP, OpenBLAS) left
+                # spinning by the previous candidate competes with this one.
+                env = dict(
+                    os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads)
+                )
+                if args.omp_wait_policy.lower() != "default":
+                    env["OMP_WAIT_POLICY"] = args.omp_wait_policy
+                cmd = [sys.executable, __file__, "--one", cand, "--sizes", str(size)]
+                cmd += [
+                    "--threads",
+                    str(threads),
+                    "--repeats",
+                    str(repeats),
+                    "--device",
+                    args.device,
+                ]
+                res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+                lines = [ln for ln in res.stdout.splitlines() if ln.startswith("ROW ")]
+                if res.returncode or not lines:
+                    print(f"{cand} {size}: failed\n{res.stderr[-2000:]}", file=sys.stderr)
+                    continue
+                row = json.loads(lines[-1][4:])
+                rows.append(row)
+                print(
+                    f"{row['method']:38s} {size:5d}^2 {threads} thr {row['seconds']:8.3f} s "
+                    f"{row['mpx_per_s']:8.2f} Mpx/s (load {row['load_average_1min']})",
+                    flush=True,
+                )
+    import torch
+
     result = {
         "machine": {
             "cpu": platform.processor() or platform.machine(),
-            "threads": args.threads,
+            "cores": os.cpu_count(),
             "torch": torch.__version__,
-            "numpy": np.__version__,
-            "load_average": os.getloadavg(),
+            "omp_wait_policy": args.omp_wait_policy,
         },
         "rows": rows,
     }
-    by = {(r["method"], r["size"]): r["mpx_per_s"] for r in rows}
+    by = {(r["method"], r["size"], r["threads"]): r["mpx_per_s"] for r in rows}
     checks = {}
     for size in args.sizes:
-        mac = by.get((f"napari-histo macenko ({args.device})", size))
-        ref = by.get(("torchstain macenko (torch)", size))
-        if mac and ref:
-            checks[f"macenko_vs_torchstain_torch_{size}"] = round(mac / ref, 2)
-        dc = by.get((f"napari-histo dcgmm ({args.device})", size))
-        if dc:
-            checks[f"dcgmm_mpx_per_s_{size}"] = dc
+        for th in args.threads:
+            mac = by.get((f"napari-histo macenko ({args.device})", size, th))
+            ref = by.get(("torchstain macenko (torch)", size, th))
+            if mac and ref:
+                checks[f"macenko_vs_torchstain_torch_{size}_{th}thr"] = round(mac / ref, 2)
+            dc = by.get((f"napari-histo dcgmm ({args.device})", size, th))
+            if dc:
+                checks[f"dcgmm_mpx_per_s_{size}_{th}thr"] = dc
     result["checks"] = checks
     print(json.dumps(checks, indent=2))
     if args.json:

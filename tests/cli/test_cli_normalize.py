@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -119,7 +121,6 @@ def test_refit_and_saved_model(files, tmp_path, capsys):
     )
 
 
-@pytest.mark.filterwarnings("ignore::napari_histo.core.errors.InputWarning")
 def test_bad_inputs_one_line_each_and_the_rest_processed(files, bad_inputs, tmp_path, capsys):
     bad = sorted(p for p in bad_inputs.iterdir() if p.suffix != ".md")
     out = tmp_path / "out"
@@ -142,7 +143,9 @@ def test_bad_inputs_one_line_each_and_the_rest_processed(files, bad_inputs, tmp_
     assert any("rgb_float32_nan.tif" in ln and "NaN" in ln for ln in notes)
     for stem in ("thin_3x1000", "rgb_float32_nan", "pen_mark_green"):
         src = next(p for p in bad if p.stem == stem)
-        assert read_image(out / f"{stem}.png").shape == read_image(src).shape
+        with warnings.catch_warnings(record=True):
+            shape = read_image(src).shape
+        assert read_image(out / f"{stem}.png").shape == shape
 
 
 @pytest.mark.parametrize(

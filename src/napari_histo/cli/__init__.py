@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``napari-histo`` console script; returns the exit code."""
+    import os
+
+    # On a shared or busy machine, OpenMP threads that spin while waiting slow short torch ops
+    # about tenfold (bench/results/stain.md); the user's own setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from ._common import run_guarded
 
     args = build_parser().parse_args(argv)

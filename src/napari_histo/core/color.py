@@ -72,7 +72,8 @@ def _linear_lut(device: torch.device) -> torch.Tensor:
 
 
 def _lookup(lut: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    return lut[values.to(torch.int32)]
+    flat = values.reshape(-1).long()
+    return torch.index_select(lut, 0, flat).reshape(values.shape)
 
 
 # --------------------------------------------------------------------------- optical density

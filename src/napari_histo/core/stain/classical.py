@@ -46,7 +46,7 @@ MIN_TISSUE_FRACTION = 0.01
 #: Median chroma magnitude (HSD) of tissue below this: the image has no stain colour.
 MIN_CHROMA = 0.03
 #: Statistics use at most this many (evenly strided) tissue pixels of each image.
-MAX_STAT_PIXELS = 2**18
+MAX_STAT_PIXELS = 2**16
 
 
 @dataclass(eq=False)

@@ -105,14 +105,17 @@ class DCGMMNet(nn.Module):
         return self.conv9.out_channels
 
     def forward(self, d: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.conv2(F.relu(self.conv1(d))))
+        def act(x: torch.Tensor) -> torch.Tensor:
+            return F.relu(x, inplace=True)  # in place: a convolution's output is not kept
+
+        x = act(self.conv2(act(self.conv1(d))))
         x = F.max_pool2d(x, 2)
-        x = F.relu(self.conv4(F.relu(self.conv3(x))))
+        x = act(self.conv4(act(self.conv3(x))))
         x = F.max_pool2d(x, 2)
-        x = F.relu(self.conv5(x))
-        x = F.relu(self.conv6(F.interpolate(x, scale_factor=2, mode="nearest")))
-        x = F.relu(self.conv7(F.interpolate(x, scale_factor=2, mode="nearest")))
-        return self.conv9(F.relu(self.conv8(x)))
+        x = act(self.conv5(x))
+        x = act(self.conv6(F.interpolate(x, scale_factor=2, mode="nearest")))
+        x = act(self.conv7(F.interpolate(x, scale_factor=2, mode="nearest")))
+        return self.conv9(act(self.conv8(x)))
 
 
 class DCGMM(nn.Module):
@@ -315,8 +318,11 @@ class DCGMMNormalizer:
                 out[:, y0:y1, x0:x1] = res[:, y0 - ya : y1 - ya, x0 - xa : x1 - xa]
         return out
 
-    def _bands(self, rgb: torch.Tensor, low: torch.Tensor):
-        """Yield ``(rows, rgb band, gamma band (h, W, K))`` at full resolution."""
+    def _bands(self, rgb: torch.Tensor, low: torch.Tensor, hsd: bool = True):
+        """Yield ``(rows, HSD band (h, W, 3) or None, gamma band (K, h, W))`` at full resolution.
+
+        Gamma stays class-first: a softmax over a short last axis is several times slower.
+        """
         hgt, wid = rgb.shape[:2]
         s = self.model.scale
         step = max(s, (BAND_PIXELS // max(wid, 1)) // s * s)
@@ -331,21 +337,23 @@ class DCGMMNormalizer:
                 logits = up[:, r0 - a * s : r1 - a * s, :wid]
             else:
                 logits = low[:, r0:r1, :wid]
-            gamma = torch.softmax(logits, dim=0).permute(1, 2, 0)
-            yield slice(r0, r1), rgb[r0:r1], gamma
+            gamma = torch.softmax(logits, dim=0)
+            x = color.rgb_to_hsd(rgb[r0:r1]) if hsd else None
+            yield slice(r0, r1), x, gamma
 
-    def _class_sums(self, rgb: torch.Tensor, low: torch.Tensor | None = None) -> np.ndarray:
+    def _sums(self, bands) -> np.ndarray:
         """Sufficient statistics (K, 7): mass, sum of x (3), sum of x^2 (3), float64."""
-        low = self._low_logits(rgb) if low is None else low
         k = self.classes
-        acc = torch.zeros((k, 7), dtype=torch.float64, device=rgb.device)
-        for _, band, gamma in self._bands(rgb, low):
-            x = color.rgb_to_hsd(band).reshape(-1, 3)
-            g = gamma.reshape(-1, k)
-            acc[:, 0] += g.sum(0).double()
-            acc[:, 1:4] += (g.T @ x).double()
-            acc[:, 4:7] += (g.T @ (x * x)).double()
+        acc = None
+        for _, x, gamma in bands:
+            x = x.reshape(-1, 3)
+            g = gamma.reshape(k, -1)
+            part = torch.cat((g.sum(1)[:, None], g @ x, g @ (x * x)), dim=1).double()
+            acc = part if acc is None else acc + part
         return acc.cpu().numpy()
+
+    def _class_sums(self, rgb: torch.Tensor) -> np.ndarray:
+        return self._sums(self._bands(rgb, self._low_logits(rgb)))
 
     def _stats(self, images: list[np.ndarray]) -> SourceStats:
         tensors = [color.as_tensor(im, self.device) for im in images]
@@ -385,8 +393,8 @@ class DCGMMNormalizer:
             t = color.as_tensor(rgb, self.device)
             low = self._low_logits(t)
             out = np.empty((*rgb.shape[:2], self.classes), np.float32)
-            for rows, _, gamma in self._bands(t, low):
-                out[rows] = gamma.cpu().numpy()
+            for rows, _, gamma in self._bands(t, low, hsd=False):
+                out[rows] = gamma.permute(1, 2, 0).cpu().numpy()
         return out
 
     def class_map(self, image: Any) -> np.ndarray:
@@ -412,7 +420,12 @@ class DCGMMNormalizer:
                     warn_no_tissue(note)
                     return rgb
                 low = self._low_logits(t)
-                source_stats = stats_from_sums(self._class_sums(t, low))
+                bands = self._bands(t, low)
+                if t.shape[0] * t.shape[1] <= BAND_PIXELS:
+                    bands = list(bands)  # small enough to keep: one pass instead of two
+                source_stats = stats_from_sums(self._sums(bands))
+                if not isinstance(bands, list):
+                    bands = self._bands(t, low)
             else:
                 if source_stats.method != self.name:
                     raise HistoError(
@@ -420,17 +433,20 @@ class DCGMMNormalizer:
                     )
                 if not source_stats.tissue:
                     return rgb
-                low = self._low_logits(t)
+                bands = self._bands(t, self._low_logits(t))
             a, b = self._class_maps(source_stats)
+            # Valid HSD: no negative density, chroma inside the triangle's cx range (as the
+            # reference code), |cy| <= sqrt(3).
+            lo = torch.tensor([0.0, -1.0, -math.sqrt(3)], device=t.device)
+            hi = torch.tensor([math.inf, 2.0, math.sqrt(3)], device=t.device)
             out = torch.empty_like(t)
-            for rows, band, gamma in self._bands(t, low):
-                x = color.rgb_to_hsd(band)
-                y = x * (gamma @ a) + gamma @ b
-                d, cx, cy = y.unbind(-1)
-                y = torch.stack(
-                    (d.clamp(min=0), cx.clamp(-1.0, 2.0), cy.clamp(-math.sqrt(3), math.sqrt(3))), -1
+            for rows, x, gamma in bands:
+                g = gamma.reshape(self.classes, -1).T  # (N, K) view: matmul reads it transposed
+                x = x.reshape(-1, 3)
+                y = torch.addcmul(g @ b, x, g @ a).clamp_(lo, hi)
+                out[rows] = color.to_uint8(color.hsd_to_rgb(y)).reshape(
+                    x.shape[0] // out.shape[1], -1, 3
                 )
-                out[rows] = color.to_uint8(color.hsd_to_rgb(y))
             return out.cpu().numpy()
 
     def __call__(self, image: Any) -> np.ndarray:
@@ -472,8 +488,8 @@ class DCGMMNormalizer:
         }
         if self.target is not None:
             for key in ("weight", "mean", "std"):
-                tensors[f"template.{key}"] = torch.as_tensor(
-                    self.target.values[key], dtype=torch.float64
+                tensors[f"template.{key}"] = torch.tensor(
+                    np.ascontiguousarray(self.target.values[key]), dtype=torch.float64
                 )
         meta = {
             "format": FORMAT,
@@ -539,7 +555,7 @@ class DCGMMNormalizer:
 def stats_from_sums(sums: np.ndarray) -> SourceStats:
     """Per-class weight, mean and std from sufficient statistics (K, 7)."""
     sums = np.asarray(sums, np.float64)
-    mass = sums[:, 0]
+    mass = sums[:, 0].copy()
     denom = np.maximum(mass, 1e-9)[:, None]
     mean = sums[:, 1:4] / denom
     var = np.maximum(sums[:, 4:7] / denom - mean**2, 0.0)
