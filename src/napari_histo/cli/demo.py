@@ -102,11 +102,14 @@ def build_demo_viewer(sample: str = "he_tile", template: bool = True, show: bool
         viewer.open_sample(plugin, "he_target")
     if sample != "none":
         viewer.open_sample(plugin, sample)
-    widgets = {}
+    widgets, docks = {}, []
     for display_name in widget_names():
-        _, widgets[display_name] = viewer.window.add_plugin_dock_widget(
+        dock, widgets[display_name] = viewer.window.add_plugin_dock_widget(
             plugin, display_name, tabify=True
         )
+        docks.append(dock)
+    if docks:
+        docks[0].raise_()  # the workflow starts with the first tab (stain normalization)
     stain = widgets.get("Stain normalization")
     if stain is not None and TARGET_LAYER in viewer.layers:
         # Ready to go: the bundled template is picked, the tile is the image to normalize.

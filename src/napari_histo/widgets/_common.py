@@ -55,6 +55,7 @@ def import_torch_safely(with_piq: bool = False) -> None:
 
     if "triton" not in sys.modules:
         sys.modules["triton"] = None  # makes ``import triton`` raise ImportError
+    import pandas  # noqa: F401  (napari imports it when our first Labels layer arrives: 0.4 s)
     import torch  # noqa: F401
     import torchvision  # noqa: F401
 
@@ -123,19 +124,26 @@ class JobRunner:
 
         if self.worker is not None:
             raise RuntimeError("a job is already running")
-        worker = create_worker(gen_func, *args, _start_thread=False, **kwargs)
+        worker = create_worker(self._cancellable, gen_func, args, kwargs, _start_thread=False)
         self._cancelling = False
         self._pbar = progress(total=0, desc=description)
         self.worker = worker
 
+        state = {"returned": False}
+
         def yielded(event):
             from ..core.progress import Progress
 
-            # An event queued before a cancel can arrive after ``finished`` closed the bar, and
-            # the bar's own updates may let ``finished`` run: hold one reference.
-            pbar = self._pbar
-            if self._cancelling or self.worker is not worker:
-                return  # queued before the cancel: the status stays "cancelled"
+            if self._cancelling or self.worker is not worker or state["returned"]:
+                return  # queued before a cancel or the end: the final status stays
+            # Status and callback first: napari's Qt progress bar calls processEvents() when it
+            # is updated, so ``returned`` (the final status, the result layers) can run inside
+            # the bar update below and must not be overwritten by this older event afterwards.
+            if isinstance(event, Progress):
+                self._on_status(str(event))
+            if on_event is not None:
+                on_event(event)
+            pbar = self._pbar  # ``finished`` may close the bar during its own update
             if isinstance(event, Progress) and pbar is not None:
                 if event.total and pbar.total != event.total:
                     pbar.total = event.total
@@ -144,11 +152,9 @@ class JobRunner:
                 if event.metrics:
                     pbar.set_postfix({k: f"{v:.4g}" for k, v in event.metrics.items()})
                 pbar.refresh()
-                self._on_status(str(event))
-            if on_event is not None:
-                on_event(event)
 
         def returned(result):
+            state["returned"] = True
             if on_done is not None:
                 on_done(result)
 
@@ -183,7 +189,31 @@ class JobRunner:
         if self.worker is not None:
             self._cancelling = True
             self._on_status("cancelling…")
-            self.worker.quit()
+
+    def _cancellable(self, gen_func: Callable[..., Generator], args: tuple, kwargs: dict):
+        """Run ``gen_func`` in the worker thread; on cancel, close it there, then abort.
+
+        A napari worker that is quit simply stops resuming its generator, so the core's cleanup
+        (removing a half-trained model folder, a partial zarr...) would wait for garbage
+        collection. Here the core generator is closed in the worker thread first, and only then
+        is the worker told to quit: it emits ``aborted`` before resuming this generator again.
+        """
+        gen = gen_func(*args, **kwargs)
+        try:
+            while True:
+                if self._cancelling:
+                    gen.close()
+                    if self.worker is not None:
+                        self.worker.quit()
+                    yield None
+                    return None
+                try:
+                    event = next(gen)
+                except StopIteration as stop:
+                    return stop.value
+                yield event
+        finally:
+            gen.close()
 
 
 def qimage_icon(rgb: np.ndarray):

@@ -1,0 +1,225 @@
+"""Accuracy of the shipped segmentation model(s) on the held-out MoNuSeg tiles, beside a classical baseline.
+
+Usage::
+
+    nice -n 5 .venv/bin/python bench/seg_accuracy.py [--tta] [--json OUT]
+
+The validation split is that of ``scripts/train_seg_default.py`` (3 tiles of 1000 x 1000 px: the
+only colon tile, one prostate tile, the only lung adenocarcinoma tile; none was trained on). The
+baseline is the classical pipeline: haematoxylin channel by colour deconvolution (scikit-image
+``rgb2hed``), Otsu threshold, small-object removal, then a distance-transform watershed to split
+touching nuclei. Writes ``bench/results/seg_accuracy.json`` and regenerates ``bench/results/seg.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+KEYS = ("dice", "aji", "f1", "pq", "dq", "sq")
+
+
+def _train_script():
+    spec = importlib.util.spec_from_file_location(
+        "train_seg_default", ROOT / "scripts" / "train_seg_default.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def classical_baseline(
+    rgb: np.ndarray, min_size: int = 30, min_distance: int = 6, smooth: float = 2.0
+) -> np.ndarray:
+    """Haematoxylin (rgb2hed) Otsu threshold + distance-transform watershed instances.
+
+    ``min_distance`` and ``smooth`` were picked on four training tiles (not the held-out ones)
+    by ``--tune-baseline``.
+    """
+    from scipy import ndimage as ndi
+    from skimage.color import rgb2hed
+    from skimage.feature import peak_local_max
+    from skimage.filters import gaussian, threshold_otsu
+    from skimage.morphology import remove_small_holes, remove_small_objects
+    from skimage.segmentation import watershed
+
+    h = gaussian(rgb2hed(rgb)[..., 0], sigma=1.0)
+    mask = h > threshold_otsu(h)
+    mask = remove_small_holes(remove_small_objects(mask, max_size=min_size - 1), max_size=63)
+    dist = gaussian(ndi.distance_transform_edt(mask), sigma=smooth)
+    peaks = peak_local_max(
+        dist, min_distance=min_distance, labels=ndi.label(mask)[0], exclude_border=False
+    )
+    markers = np.zeros(mask.shape, np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    labels = watershed(-dist, markers, mask=mask)
+    return remove_small_objects(labels, max_size=min_size - 1).astype(np.uint32)
+
+
+def tune_baseline(train) -> dict:
+    """Grid-search the baseline's ``min_distance`` and ``smooth`` on training tiles (mean AJI)."""
+    import itertools
+
+    from napari_histo.core.metrics import aggregated_jaccard_index
+
+    best = (-1.0, {})
+    for md, sm in itertools.product((4, 6, 8, 10), (1.0, 2.0, 3.0)):
+        aji = float(
+            np.mean(
+                [
+                    aggregated_jaccard_index(
+                        lab, classical_baseline(img, min_distance=md, smooth=sm)
+                    )
+                    for _, img, lab in train
+                ]
+            )
+        )
+        print(f"baseline min_distance={md} smooth={sm}: AJI {aji:.3f}", flush=True)
+        best = max(best, (aji, {"min_distance": md, "smooth": sm}), key=lambda b: b[0])
+    return best[1]
+
+
+def score(method, val) -> dict:
+    from napari_histo.core.metrics import evaluate
+
+    per, seconds = {}, 0.0
+    for name, img, lab in val:
+        t0 = time.perf_counter()
+        pred = method(img)
+        seconds += time.perf_counter() - t0
+        res = evaluate(lab, pred)
+        per[name] = {k: round(float(res[k]), 4) for k in KEYS}
+        per[name]["n_pred"] = int(len(np.unique(pred)) - 1)
+        per[name]["n_true"] = int(len(np.unique(lab)) - 1)
+    mean = {k: round(float(np.mean([m[k] for m in per.values()])), 4) for k in KEYS}
+    return {**mean, "seconds": round(seconds, 2), "per_image": per}
+
+
+def model_method(ref: str, tta: bool):
+    from napari_histo.core.models import load_model
+    from napari_histo.core.progress import drain
+    from napari_histo.core.seg.inference import segment_iter
+
+    model = load_model(ref, "cpu")
+    return lambda img: drain(segment_iter(img, model, tta=tta)).labels
+
+
+def write_report() -> Path:
+    """Compose ``bench/results/seg.md`` from the JSON results that exist."""
+    acc_path, speed_path = RESULTS / "seg_accuracy.json", RESULTS / "seg_speed.json"
+    lines = ["# Nuclei segmentation: accuracy and speed", ""]
+    if acc_path.is_file():
+        acc = json.loads(acc_path.read_text())
+        lines += [
+            "## Accuracy on held-out MoNuSeg tiles",
+            "",
+            "```",
+            acc["command"],
+            "```",
+            "",
+            f"Validation split of `scripts/train_seg_default.py`: {', '.join(acc['tiles'])} "
+            "(1000 x 1000 px each; colon, prostate, lung adenocarcinoma; none was trained on). "
+            f"Machine: {acc['machine']}. Metrics: pixel Dice, AJI, object F1 (IoU > 0.5), PQ = DQ x SQ; "
+            "mean over the tiles.",
+            "",
+            "| method | Dice | AJI | F1 | PQ | DQ | SQ | seconds (3 Mpx) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name, r in acc["methods"].items():
+            lines.append(
+                f"| {name} | "
+                + " | ".join(f"{r[k]:.3f}" for k in KEYS)
+                + f" | {r['seconds']:.1f} |"
+            )
+        lines += ["", "Per tile (AJI / PQ / predicted vs true nuclei):", ""]
+        for name, r in acc["methods"].items():
+            cells = [
+                f"{t}: {m['aji']:.3f} / {m['pq']:.3f} / {m['n_pred']} vs {m['n_true']}"
+                for t, m in r["per_image"].items()
+            ]
+            lines.append(f"- {name}: " + "; ".join(cells))
+        lines.append("")
+    if speed_path.is_file():
+        sp = json.loads(speed_path.read_text())
+        lines += [
+            "## Speed",
+            "",
+            "```",
+            sp["command"],
+            "```",
+            "",
+            f"{sp['size']} x {sp['size']} px H&E (MoNuSeg tile), best of {sp['repeats']} after a warm-up; "
+            f"'pipeline' = `segment_iter` (tiling, blending, post-processing to instances), "
+            f"'maps' = the network's tiled prediction only. Machine: {sp['machine']}.",
+            "",
+            "| architecture | params | device | threads | TTA | tile | pipeline Mpx/s | maps Mpx/s |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in sp["rows"]:
+            lines.append(
+                f"| {r['arch']} | {r['params'] / 1e6:.2f} M | {r['device']} | {r['threads']} | "
+                f"{r['tta']} | {r['tile']} | {r['pipeline_mpx_s']:.3f} | {r['maps_mpx_s']:.3f} |"
+            )
+        for note in sp.get("notes", []):
+            lines += ["", note]
+        lines.append("")
+    out = RESULTS / "seg.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines))
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tta", action="store_true", help="also score the models with 8-fold TTA")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--tune-baseline",
+        action="store_true",
+        help="only grid-search the baseline on 4 training tiles",
+    )
+    p.add_argument("--json", type=Path, default=RESULTS / "seg_accuracy.json")
+    args = p.parse_args(argv)
+    import torch
+
+    from napari_histo.core.models import list_models
+
+    torch.set_num_threads(args.threads)
+    train, val = _train_script().load_split()
+    if args.tune_baseline:
+        print(tune_baseline(train[::3]))
+        return 0
+    methods = {"classical (rgb2hed + Otsu + watershed)": classical_baseline}
+    for info in list_models(user_dir=ROOT / "nonexistent"):
+        label = f"{info.name}{' (default)' if info.default else ''}"
+        methods[label] = model_method(info.ref, False)
+        if args.tta:
+            methods[f"{label} + TTA x8"] = model_method(info.ref, True)
+    results = {}
+    for name, fn in methods.items():
+        results[name] = score(fn, val)
+        print(name, {k: results[name][k] for k in (*KEYS, "seconds")}, flush=True)
+    cmd = "nice -n 5 .venv/bin/python bench/seg_accuracy.py" + (" --tta" if args.tta else "")
+    doc = {
+        "command": cmd,
+        "tiles": [n for n, _, _ in val],
+        "machine": f"{platform.machine()} CPU, {args.threads} threads, torch {torch.__version__}",
+        "methods": results,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(doc, indent=2) + "\n")
+    print(write_report())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""End-to-end whole-slide benchmark: read -> normalize -> infer -> post-process -> write.
+
+Builds a pyramidal TIFF of at least ``--size`` x ``--size`` pixels from the real MoNuSeg tiles
+(mirrored mosaics, so every tile is tissue), then runs ``napari-histo``'s slide segmentation
+through dask with 1 and 2 local workers and reports Mpx/s and peak memory.
+
+    python bench/slide.py --size 20480 --model default --workers 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "monuseg2018_train_subset" / "images"
+
+
+def build_slide(path: Path, size: int, tile: int = 512) -> Path:
+    """Write a size x size pyramidal TIFF made of real H&E tiles (streamed, bounded memory)."""
+    import tifffile
+
+    from napari_histo.core.io import read_image
+    from napari_histo.core.progress import drain
+    from napari_histo.core.slide import write_pyramidal_tiff_iter
+
+    tiles = [read_image(p) for p in sorted(DATA.glob("*.png"))]
+    th, tw = tiles[0].shape[:2]
+
+    import dask.array as da
+
+    def block(block_info=None):
+        loc = block_info[None]["array-location"]
+        (r0, r1), (c0, c1) = loc[0], loc[1]
+        out = np.empty((r1 - r0, c1 - c0, 3), np.uint8)
+        rr = np.arange(r0, r1)
+        cc = np.arange(c0, c1)
+        ti, tj = rr // th, cc // tw
+        for i in np.unique(ti):
+            for j in np.unique(tj):
+                k = (i * 7 + j * 3) % len(tiles)
+                t = tiles[k]
+                if (i + j) % 2:
+                    t = t[:, ::-1]
+                rsel = ti == i
+                csel = tj == j
+                out[np.ix_(rsel, csel)] = t[np.ix_(rr[rsel] % th, cc[csel] % tw)]
+        return out
+
+    arr = da.map_blocks(
+        block, chunks=((tile,) * (size // tile), (tile,) * (size // tile), (3,)), dtype=np.uint8
+    )
+    drain(write_pyramidal_tiff_iter(arr, path, tile=tile))
+    with tifffile.TiffFile(path) as tif:
+        assert tif.series[0].shape[:2] == (size, size)
+    return path
+
+
+def run_once(
+    slide: Path, out: Path, model: str, workers: int | None, normalize: bool, tile: int, halo: int
+) -> dict:
+    from napari_histo.core.cluster import dask_client
+    from napari_histo.core.io import read_slide
+    from napari_histo.core.progress import drain
+    from napari_histo.core.slide import SlideTiling, segment_slide_iter
+    from napari_histo.core.slide_models import ModelSegmenter
+
+    levels = read_slide(slide)
+    if normalize:
+        from napari_histo.core.regions import pick_level
+        from napari_histo.core.stain import get_normalizer
+        from napari_histo.core.stain_workflow import lazy_transform
+
+        norm = get_normalizer("macenko").fit(np.asarray(levels[-1]))
+        stats = norm.source_stats(np.asarray(levels[pick_level(levels)]))
+        levels = [lazy_transform(lv, norm, stats) for lv in levels]
+    seg = ModelSegmenter(model, "auto", False)
+    t0 = time.perf_counter()
+    with dask_client(None, workers) as client:
+        res = drain(
+            segment_slide_iter(levels, seg, out, SlideTiling(tile=tile, halo=halo), client=client)
+        )
+    dt = time.perf_counter() - t0
+    mpx = res.shape[0] * res.shape[1] / 1e6
+    return {
+        "workers": workers or 0,
+        "seconds": round(dt, 1),
+        "mpx": round(mpx, 1),
+        "mpx_per_s": round(mpx / dt, 3),
+        "nuclei": res.n_nuclei,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=20480)
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--tile", type=int, default=1024)
+    ap.add_argument("--halo", type=int, default=64)
+    ap.add_argument("--no-normalize", action="store_true")
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        t0 = time.perf_counter()
+        slide = build_slide(tmp / "bench_slide.tif", args.size)
+        print(
+            f"built {args.size}x{args.size} slide in {time.perf_counter() - t0:.0f}s ({slide.stat().st_size / 1e6:.0f} MB)",
+            file=sys.stderr,
+        )
+        for w in args.workers:
+            row = run_once(
+                slide,
+                tmp / f"out_{w}.zarr",
+                args.model,
+                w,
+                not args.no_normalize,
+                args.tile,
+                args.halo,
+            )
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+            row.update(peak_rss_main_mb=round(rss), peak_rss_worker_mb=round(kids))
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"size": args.size, "cpu_count": os.cpu_count(), "runs": rows}, indent=1)
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

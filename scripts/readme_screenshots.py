@@ -1,0 +1,84 @@
+"""Render the README's screenshots of the widgets in use (a real napari window under Xvfb).
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python scripts/readme_screenshots.py
+
+Writes docs/screenshot.png (the demo), docs/segment.png (Segment nuclei after a run on the
+bundled MoNuSeg tile) and docs/finetune.png (Fine-tune after a short run from corrected masks,
+here the tile's hand-drawn nuclei standing in for a user's corrections).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def wait(runner, timeout: float = 900) -> None:
+    from qtpy.QtWidgets import QApplication
+
+    t0 = time.time()
+    while runner.running and time.time() - t0 < timeout:
+        QApplication.processEvents()
+        time.sleep(0.02)
+    for _ in range(20):
+        QApplication.processEvents()
+
+
+def main() -> int:
+    os.environ.setdefault("NAPARI_HISTO_MODELS", tempfile.mkdtemp(prefix="napari-histo-models-"))
+    from napari_histo.cli.demo import build_demo_viewer, save_window_screenshot
+
+    docs = ROOT / "docs"
+    viewer = build_demo_viewer(show=False)
+    save_window_screenshot(viewer, docs / "screenshot.png")
+
+    inner = viewer.window.dock_widgets  # name -> our widget; its parent() is the dock
+    tile = "H&E tile (MoNuSeg TCGA-A7-A13E)"
+    seg = next(w for name, w in inner.items() if name.startswith("Segment nuclei"))
+    seg_dock = seg.parent()
+    seg_dock.raise_()
+    seg.image_combo.setCurrentText(tile)
+    seg.uncertainty.setChecked(False)
+    seg.project_edit.setText(tempfile.mkdtemp(prefix="napari-histo-project-"))
+    seg.run()
+    wait(seg.runner)
+    for name in ("H&E template (tiatoolbox target)",):
+        if name in viewer.layers:
+            viewer.layers[name].visible = False
+    viewer.camera.zoom *= 2.2
+    save_window_screenshot(viewer, docs / "segment.png")
+
+    # Fine-tune: the tile's top and bottom halves with their hand-drawn nuclei as corrected pairs.
+    image = viewer.layers[tile].data
+    truth = viewer.layers[next(n.name for n in viewer.layers if n.name.startswith("ground-truth"))].data
+    for part, rows in (("top", slice(0, 500)), ("bottom", slice(500, 1000))):
+        viewer.add_image(image[rows], name=f"tile {part}", rgb=True, visible=False)
+        lab = viewer.add_labels(truth[rows].astype("uint32"), name=f"tile {part} corrected", visible=False)
+        lab.metadata["napari_histo_image"] = f"tile {part}"
+    ft = next(w for name, w in inner.items() if name.startswith("Fine-tune"))
+    ft_dock = ft.parent()
+    ft_dock.raise_()
+    ft.refresh()
+    for i in range(ft.pair_list.count()):
+        item = ft.pair_list.item(i)
+        from qtpy.QtCore import Qt
+
+        item.setCheckState(Qt.CheckState.Checked if item.text().endswith("tile top corrected") else Qt.CheckState.Unchecked)
+    ft.val_combo.setCurrentText("current layer: tile bottom corrected")
+    ft.epochs.setValue(int(os.environ.get("SCREENSHOT_EPOCHS", "8")))
+    ft.run()
+    wait(ft.runner)
+    save_window_screenshot(viewer, docs / "finetune.png")
+    print(seg.status.text())
+    print(ft.status.text())
+    viewer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

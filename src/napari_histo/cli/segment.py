@@ -1,0 +1,169 @@
+"""``napari-histo segment``: nuclei instance labels for tiles (TIFF) and whole slides (zarr)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ._common import add_device_argument, drain_with_bar, error, for_each_file, note
+
+NAME = "segment"
+HELP = "segment nuclei in H&E tiles or whole slides with a trained model"
+DESCRIPTION = (
+    "Segment the nuclei of each IMAGE and write OUT/<stem>.tif (uint32 instance labels, same "
+    "height and width, 0 = background). A whole slide (SVS, pyramidal or very large TIFF) is "
+    "processed block by block and written to OUT/<stem>.zarr (a multiscale label pyramid); "
+    "--scheduler / --workers run it on a dask cluster. --geojson and --csv also write the "
+    "nuclei outlines (QuPath GeoJSON) and measurements."
+)
+ORDER = 20
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="tiles or whole slides")
+    parser.add_argument(
+        "--model",
+        default="default",
+        help="'default', a shipped model name, a model folder or its weights.safetensors",
+    )
+    add_device_argument(parser)
+    parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="multiple inference: average the predictions of the 8 dihedral transforms",
+    )
+    parser.add_argument(
+        "--tta-transforms",
+        type=int,
+        choices=(4, 8),
+        default=8,
+        help="with --tta: 8 (flips and rotations, default) or 4 (flips only; faster)",
+    )
+    parser.add_argument(
+        "--normalize",
+        metavar="TEMPLATE",
+        help="normalize each tile's stain to this template image (or a saved normalizer .json)",
+    )
+    parser.add_argument(
+        "--normalize-method",
+        default="macenko",
+        choices=("macenko", "reinhard", "vahadane", "dcgmm"),
+        help="stain normalization method for --normalize (default: macenko)",
+    )
+    parser.add_argument(
+        "--tile", type=int, default=None, help="tile size in pixels (default 256 CPU / 512 GPU)"
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--geojson", action="store_true", help="also write OUT/<stem>.geojson")
+    parser.add_argument("--csv", action="store_true", help="also write OUT/<stem>.csv")
+    parser.add_argument(
+        "--slide-tile", type=int, default=1024, help="block size for whole slides (default 1024)"
+    )
+    parser.add_argument(
+        "--scheduler", metavar="tcp://HOST:PORT", help="run slides on this dask scheduler"
+    )
+    parser.add_argument("--workers", type=int, help="run slides on N local worker processes")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or notes")
+
+
+def _normalizer(args):
+    from ..core.errors import HistoError
+    from ..core.io import read_image
+    from ..core.stain import get_normalizer, load_normalizer
+
+    template = Path(args.normalize)
+    if template.suffix.lower() == ".json" or template.is_dir():
+        return load_normalizer(template, device=args.device)
+    rgb = read_image(template)
+    try:
+        return get_normalizer(args.normalize_method, device=args.device).fit(rgb)
+    except HistoError as exc:
+        raise HistoError(f"template {template.name}: {exc}") from None
+
+
+def run(args) -> int:
+    import warnings
+
+    from ..core.errors import HistoError, InputWarning
+    from ..core.export import nuclei_geojson, write_csv
+    from ..core.io import is_slide, read_image, write_labels
+    from ..core.measure import measure_nuclei
+    from ..core.models import load_model
+    from ..core.seg.inference import segment_iter
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        error(f"{out}: exists and is not a folder")
+        return 2
+    model = load_model(args.model, args.device)
+    normalizer = _normalizer(args) if args.normalize else None
+    tta = (8 if args.tta_transforms == 8 else 4) if args.tta else False
+    if args.tile is not None and args.tile < 16:
+        raise HistoError(f"--tile must be at least 16 pixels, got {args.tile}")
+    out.mkdir(parents=True, exist_ok=True)
+
+    def slide(path: Path) -> str:
+        from ..core.cluster import dask_client
+        from ..core.io import read_slide
+        from ..core.slide import SlideTiling, export_slide_iter, segment_slide_iter
+        from ..core.slide_models import ModelSegmenter
+
+        if normalizer is not None and not args.quiet:
+            note(f"{path.name}: --normalize is not applied to whole slides")
+        levels = read_slide(path)
+        dest = out / f"{path.stem}.zarr"
+        segmenter = ModelSegmenter(model=str(model.path), device=args.device, tta=bool(tta))
+        # Blank windows of a slide are expected: no per-window "no tissue" notes.
+        with dask_client(args.scheduler, args.workers) as client, warnings.catch_warnings():
+            warnings.simplefilter("ignore", InputWarning)
+            res = drain_with_bar(
+                segment_slide_iter(
+                    levels, segmenter, dest, SlideTiling(tile=args.slide_tile), client
+                ),
+                desc=path.name,
+                quiet=args.quiet,
+            )
+        if args.geojson or args.csv:
+            drain_with_bar(
+                export_slide_iter(
+                    dest,
+                    levels[0],
+                    geojson=out / f"{path.stem}.geojson" if args.geojson else None,
+                    csv=out / f"{path.stem}.csv" if args.csv else None,
+                ),
+                desc=f"{path.name} export",
+                quiet=args.quiet,
+            )
+        return f"{res.n_nuclei} nuclei -> {dest}"
+
+    def tile(path: Path) -> str:
+        from ..core.atomic import atomic_write_text
+
+        rgb = read_image(path)
+        res = drain_with_bar(
+            segment_iter(rgb, model, tta=tta, normalizer=normalizer, tile=args.tile),
+            desc=path.name,
+            quiet=args.quiet,
+        )
+        dest = write_labels(out / f"{path.stem}.tif", res.labels)
+        if args.geojson or args.csv:
+            table = measure_nuclei(res.labels, rgb)
+            if args.csv:
+                write_csv(out / f"{path.stem}.csv", table)
+            if args.geojson:
+                import json
+
+                atomic_write_text(
+                    out / f"{path.stem}.geojson", json.dumps(nuclei_geojson(res.labels, table))
+                )
+        return f"{res.n_nuclei} nuclei -> {dest}"
+
+    def one(path: Path) -> str:
+        if path.is_file() and is_slide(path):
+            return slide(path)
+        return tile(path)
+
+    done, failures = for_each_file(args.images, one)
+    if not args.quiet:
+        for src, msg in done.items():
+            note(f"{src.name}: {msg}")
+    return 1 if failures else 0

@@ -1,0 +1,232 @@
+"""Segmenting an RGB image with a model: tiled prediction, multiple inference (TTA), instances.
+
+The flow::
+
+    image --to_rgb_uint8--> rgb --(normalizer.transform)--> tiles --spec.predict--> maps
+          (with TTA: every dihedral transform of a tile is predicted, un-done with
+           spec.invert_tta and averaged; the spread between them is kept as a map)
+    blended maps of the whole image --spec.instances--> labels, confidence
+
+Instances are made once, from the maps of the whole image, so a nucleus crossing a tile seam
+is one instance by construction (whole slides are cut into windows by ``core.slide``, which
+makes ids consistent across its own seams).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import HistoError, InputWarning
+from ..progress import Progress, drain
+from ..tiling import Predictor, TileSpec, predict_tiled_iter
+
+#: The 8 dihedral transforms ``(k, flip)``: input = rot90(flip(x) if flip else x, k).
+DIHEDRAL_8 = tuple((k, f) for f in (False, True) for k in range(4))
+#: The 4 flips (identity, horizontal, vertical = rot180 of horizontal, both = rot180).
+DIHEDRAL_4 = ((0, False), (0, True), (2, False), (2, True))
+#: Name of the TTA spread map in :attr:`SegResult.maps`.
+SPREAD_MAP = "tta_spread"
+#: Below this fraction of tissue pixels an image is treated as blank.
+MIN_TISSUE_FRACTION = 0.002
+
+
+@dataclass
+class SegResult:
+    """The result of segmenting one image.
+
+    Attributes
+    ----------
+    labels : (H, W) uint32
+        Instance labels, 0 = background.
+    confidence : (H, W) float32 in [0, 1]
+        Lower = less sure (correct there first). With TTA, disagreement between the
+        augmentations lowers it.
+    maps : dict
+        The blended maps ``name -> (C, H, W) float32`` (plus ``tta_spread`` with TTA).
+    notes : list of str
+        Things worth telling the user (no tissue found...).
+    """
+
+    labels: np.ndarray
+    confidence: np.ndarray
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_nuclei(self) -> int:
+        return len(np.unique(self.labels[self.labels > 0]))
+
+
+def tta_transforms(tta: bool | int | None) -> tuple[tuple[int, bool], ...]:
+    """The transforms of a ``tta`` setting: False/0/1 -> identity, True/8 -> 8, 4 -> 4 flips."""
+    if tta is True:  # before the numbers: True == 1
+        return DIHEDRAL_8
+    if tta is None or tta is False or tta in (0, 1):
+        return ((0, False),)
+    if tta == 8:
+        return DIHEDRAL_8
+    if tta == 4:
+        return DIHEDRAL_4
+    raise HistoError(f"tta must be False, True (8 transforms) or 4, got {tta!r}")
+
+
+def as_tile_spec(tile: TileSpec | int | None, device: Any = None) -> TileSpec:
+    """A :class:`TileSpec` from None (256 px on the CPU, 512 on a GPU), a size, or a spec."""
+    if isinstance(tile, TileSpec):
+        return tile
+    if tile is None:
+        gpu = getattr(device, "type", str(device)) == "cuda"
+        return TileSpec(tile=512, overlap=64, batch=8) if gpu else TileSpec()
+    size = int(tile)
+    if size < 16:
+        raise HistoError(f"tile size must be at least 16 pixels, got {size}")
+    return TileSpec(tile=size, overlap=max(8, min(64, size // 8)), batch=4)
+
+
+def tissue_fraction(rgb: np.ndarray) -> float:
+    """Fraction of pixels that look like stained tissue (neither white glass nor black)."""
+    small = rgb[:: max(1, rgb.shape[0] // 512), :: max(1, rgb.shape[1] // 512)]
+    f = small.astype(np.float32)
+    od = -np.log((f + 1.0) / 256.0).mean(axis=-1)
+    gray = f.mean(axis=-1)
+    tissue = (od > 0.12) & (gray > 20.0)
+    if float(gray.std()) < 1.0:  # a uniform image holds no nuclei whatever its colour
+        return 0.0
+    return float(tissue.mean())
+
+
+def make_predictor(model: Any, transforms=((0, False),)) -> Predictor:
+    """A tiling predictor for a loaded model: uint8 batch -> averaged maps (numpy).
+
+    With more than one transform, the maps of every transform are un-done with
+    ``spec.invert_tta`` and averaged, and ``tta_spread`` (the standard deviation between the
+    transforms, averaged over channels and maps) is added.
+    """
+    import torch
+
+    from .spec import to_input
+
+    net, spec, dev = model.net, model.spec, model.device
+    use_amp = getattr(dev, "type", "cpu") == "cuda"
+    amp_dtype = None
+    if use_amp:
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def predict(batch: np.ndarray) -> dict[str, np.ndarray]:
+        with torch.inference_mode():
+            x = to_input(batch, dev)
+            sums: dict[str, torch.Tensor] = {}
+            sqs: dict[str, torch.Tensor] = {}
+            for k, flip in transforms:
+                xt = torch.flip(x, dims=(3,)) if flip else x
+                xt = torch.rot90(xt, k, dims=(2, 3)) if k else xt
+                if use_amp:
+                    with torch.autocast("cuda", dtype=amp_dtype):
+                        maps = spec.predict(net, xt)
+                else:
+                    maps = spec.predict(net, xt)
+                maps = {n: m.float() for n, m in maps.items()}
+                if k or flip:
+                    maps = spec.invert_tta(maps, k, flip)
+                for n, m in maps.items():
+                    if n in sums:
+                        sums[n] += m
+                        sqs[n] += m * m
+                    else:
+                        sums[n] = m.clone()
+                        sqs[n] = m * m
+            count = float(len(transforms))
+            out = {n: s / count for n, s in sums.items()}
+            if len(transforms) > 1:
+                spreads = [
+                    (sqs[n] / count - out[n] * out[n]).clamp_min(0).sqrt().mean(dim=1, keepdim=True)
+                    for n in out
+                ]
+                out[SPREAD_MAP] = torch.stack(spreads).mean(dim=0)
+            return {n: torch.nan_to_num(m).cpu().numpy() for n, m in out.items()}
+
+    return predict
+
+
+def segment_iter(
+    image: np.ndarray,
+    net: Any = "default",
+    device: Any = "auto",
+    tta: bool | int = False,
+    normalizer: Any = None,
+    tile: TileSpec | int | None = None,
+) -> Generator[Progress, None, SegResult]:
+    """Segment nuclei in one RGB image; yields per-batch tile progress, returns a SegResult.
+
+    Parameters
+    ----------
+    image : array
+        Anything :func:`~napari_histo.core.io.to_rgb_uint8` accepts (RGB, RGBA, grayscale,
+        16-bit, float...).
+    net : LoadedModel or str
+        A loaded model, or what :func:`~napari_histo.core.models.load_model` takes.
+    device : str
+        Used only when ``net`` is not loaded yet.
+    tta : bool or int
+        Multiple inference: True = the 8 dihedral transforms, 4 = the 4 flips.
+    normalizer : object, optional
+        A fitted stain normalizer (``.transform(rgb) -> rgb``), applied first.
+    tile : TileSpec or int, optional
+        Tiling (default 256 px tiles with 32 px overlap on the CPU, 512/64 on a GPU).
+
+    Returns
+    -------
+    SegResult
+
+    Closing the generator between two tile batches cancels the work. A blank (no tissue) image
+    gets no nuclei and an :class:`~napari_histo.core.errors.InputWarning` note.
+    """
+    from ..io import to_rgb_uint8
+    from ..models import load_model
+
+    rgb = to_rgb_uint8(image, "image")
+    model = load_model(net, device)
+    h, w = rgb.shape[:2]
+    notes: list[str] = []
+    if tissue_fraction(rgb) < MIN_TISSUE_FRACTION:
+        msg = "no tissue found (the image is blank or uniform); no nuclei"
+        notes.append(msg)
+        warnings.warn(msg, InputWarning, stacklevel=2)
+        return SegResult(
+            labels=np.zeros((h, w), np.uint32),
+            confidence=np.ones((h, w), np.float32),
+            maps={},
+            notes=notes,
+        )
+    if normalizer is not None:
+        rgb = to_rgb_uint8(normalizer.transform(rgb), "normalized image")
+        if rgb.shape[:2] != (h, w):
+            raise HistoError(
+                f"the stain normalizer changed the image size from {(h, w)} to {rgb.shape[:2]}"
+            )
+    spec = as_tile_spec(tile, model.device)
+    predictor = make_predictor(model, tta_transforms(tta))
+    maps = yield from predict_tiled_iter(
+        rgb, predictor, spec, int(getattr(model.spec, "size_multiple", 1) or 1)
+    )
+    spread = maps.pop(SPREAD_MAP, None)
+    labels, conf = model.spec.instances(maps)
+    labels = np.asarray(labels).astype(np.uint32, copy=False)
+    conf = np.nan_to_num(np.asarray(conf, dtype=np.float32), nan=0.0)
+    if spread is not None:
+        conf = conf * np.clip(1.0 - 2.0 * spread[0], 0.0, 1.0)
+        maps[SPREAD_MAP] = spread
+    conf = np.clip(conf, 0.0, 1.0).astype(np.float32)
+    if labels.shape != (h, w):
+        raise HistoError(f"the model returned labels of shape {labels.shape} for an image {(h, w)}")
+    return SegResult(labels=labels, confidence=conf, maps=maps, notes=notes)
+
+
+def segment(image: np.ndarray, net: Any = "default", **kwargs: Any) -> SegResult:
+    """Blocking :func:`segment_iter`."""
+    return drain(segment_iter(image, net, **kwargs))

@@ -1,0 +1,151 @@
+"""The human-in-the-loop cycle as core calls: pick a model, segment, fine-tune, compare versions.
+
+The "Segment nuclei" and "Fine-tune" widgets use these; ``napari-histo train`` consumes the same
+project folders. Model versions live in the user's model folder (``NAPARI_HISTO_MODELS`` or
+``~/.napari-histo/models``), one folder each, written atomically by the training loop.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import HistoError
+from .progress import Progress
+
+
+@dataclass
+class ModelEntry:
+    """A model the user can choose: a shipped one or a fine-tuned version."""
+
+    label: str
+    ref: str
+    created: float = 0.0
+    shipped: bool = False
+
+
+def user_model_dir() -> Path:
+    """Where fine-tuned model versions are kept."""
+    env = os.environ.get("NAPARI_HISTO_MODELS")
+    return Path(env) if env else Path.home() / ".napari-histo" / "models"
+
+
+def available_models(user_dir: str | os.PathLike | None = None) -> list[ModelEntry]:
+    """Shipped models first, then the user's versions newest first."""
+    from .models import list_models
+
+    entries = []
+    for info in list_models(user_dir if user_dir is not None else user_model_dir()):
+        shipped = bool(getattr(info, "shipped", False))
+        created = float(getattr(info, "created", 0.0) or 0.0)
+        name = getattr(info, "name", str(info))
+        when = (
+            ""
+            if shipped or not created
+            else time.strftime(" (%Y-%m-%d %H:%M)", time.localtime(created))
+        )
+        label = f"{name} (shipped)" if shipped else f"{name}{when}"
+        entries.append(
+            ModelEntry(
+                label, str(getattr(info, "ref", getattr(info, "path", name))), created, shipped
+            )
+        )
+    shipped = [e for e in entries if e.shipped]
+    mine = sorted((e for e in entries if not e.shipped), key=lambda e: e.created, reverse=True)
+    return shipped + mine
+
+
+def segment_array_iter(
+    image: np.ndarray,
+    model: str = "default",
+    device: str = "auto",
+    tta: bool = False,
+    normalizer=None,
+) -> Generator[Progress, None, Any]:
+    """Segment one in-memory RGB image with a model name or folder (yields per-tile progress)."""
+    from .models import load_model
+    from .seg.inference import segment_iter
+
+    net = load_model(model, device=device)
+    return (yield from segment_iter(image, net, device=device, tta=tta, normalizer=normalizer))
+
+
+@dataclass
+class FineTuneResult:
+    """A new model version and how it compares with its parent on the held-back pair."""
+
+    model_dir: Path
+    parent: str
+    pairs: list[str]
+    before: dict[str, float] = field(default_factory=dict)
+    after: dict[str, float] = field(default_factory=dict)
+
+
+def fine_tune_iter(
+    pairs: Sequence[tuple[str, np.ndarray, np.ndarray]],
+    init: str = "default",
+    epochs: int = 10,
+    lr: float = 2e-4,
+    validation: tuple[str, np.ndarray, np.ndarray] | None = None,
+    device: str = "auto",
+    out_root: str | os.PathLike | None = None,
+    name: str | None = None,
+    seed: int = 0,
+) -> Generator[Progress, None, FineTuneResult]:
+    """Fine-tune ``init`` on corrected (name, image, labels) pairs into a new model version.
+
+    Yields training progress; closing the generator cancels and leaves no new version (the
+    training loop writes atomically). With a held-back ``validation`` pair, the parent and the new
+    version are both scored on it (AJI, Dice, PQ) for the before/after table.
+    """
+    from .metrics import aggregated_jaccard_index, dice, panoptic_quality
+    from .train import train_iter
+
+    if not pairs:
+        raise HistoError("no training pairs: correct a segmentation (or pick saved pairs) first")
+    for pname, img, lab in pairs:
+        if img.shape[:2] != lab.shape:
+            raise HistoError(f"{pname}: labels {lab.shape} do not match the image {img.shape[:2]}")
+    root = Path(out_root) if out_root is not None else user_model_dir()
+    parent = Path(init).name if os.sep in str(init) else str(init)
+    name = name or f"{parent}-ft-{time.strftime('%Y%m%d-%H%M%S')}"
+    out_dir = root / name
+    train_pairs = [(img, lab) for _, img, lab in pairs]
+    val_pairs = [(validation[1], validation[2])] if validation is not None else None
+    model_dir = yield from train_iter(
+        train_pairs,
+        out=out_dir,
+        init=init,
+        epochs=epochs,
+        lr=lr,
+        val_pairs=val_pairs,
+        device=device,
+        seed=seed,
+    )
+
+    def score(model_ref) -> dict[str, float]:
+        from .progress import drain
+
+        _, img, truth = validation
+        pred = drain(segment_array_iter(img, model=str(model_ref), device=device)).labels
+        pq = panoptic_quality(truth, pred)
+        return {
+            "AJI": float(aggregated_jaccard_index(truth, pred)),
+            "Dice": float(dice(truth, pred)),
+            "PQ": float(pq["pq"] if isinstance(pq, dict) else pq),
+        }
+
+    result = FineTuneResult(Path(model_dir), str(init), [p[0] for p in pairs])
+    if validation is not None:
+        yield Progress(
+            step=0, total=None, stage="compare", message="scoring parent and new version"
+        )
+        result.before = score(init)
+        result.after = score(model_dir)
+    return result

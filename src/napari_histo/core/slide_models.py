@@ -1,0 +1,27 @@
+"""A model as a picklable segmenter for slide processing: each dask worker loads it once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ModelSegmenter:
+    """Callable RGB window -> instance labels, by model name or folder.
+
+    Only the model's name travels to dask workers; each worker process loads the weights once
+    (the model registry caches loaded models) and reuses them for every tile it is given.
+    """
+
+    model: str = "default"
+    device: str = "auto"
+    tta: bool = False
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        from .progress import drain
+        from .seg_workflow import segment_array_iter
+
+        result = drain(segment_array_iter(rgb, model=self.model, device=self.device, tta=self.tta))
+        return np.asarray(result.labels, dtype=np.uint32)

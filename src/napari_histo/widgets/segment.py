@@ -1,0 +1,566 @@
+"""The "Segment nuclei" dock widget: run a model, correct its labels, autosave the corrections.
+
+Thin over the core: segmentation is :mod:`napari_histo.core.seg_workflow`, editing operations are
+:mod:`napari_histo.core.label_edit`, measurements :mod:`napari_histo.core.measure`, the correction
+folder :mod:`napari_histo.core.project`. Layers are touched only on the main thread.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ._common import (
+    JobRunner,
+    add_or_update_image,
+    error_message,
+    import_torch_safely,
+    layer_levels,
+    notify_error,
+    notify_info,
+    rgb_image_layers,
+)
+
+if TYPE_CHECKING:
+    import napari
+
+REGION_WHOLE = "whole image"
+REGION_VIEW = "current field of view"
+AUTOSAVE_DELAY_MS = 1500
+
+KEYS = {
+    "n": "next free label id (paint a new nucleus)",
+    "x": "delete the nucleus under the cursor",
+    "m": "merge: press on one nucleus, then on the other",
+    "s": "split the nucleus crossed by the last line drawn in 'cut lines'",
+}
+
+
+class SegmentWidget(QWidget):
+    """Segment nuclei into an editable Labels layer; correct; corrections autosave as training pairs."""
+
+    def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.runner = JobRunner(on_busy=self._set_busy, on_status=self._set_status)
+        self.labels_layer = None
+        self._image_name = ""
+        self._merge_first: int | None = None
+        self._dirty = False
+        self.last_saved: float | None = None
+        self._measure_generation = 0
+        self._measuring = None
+        self._measure_workers: set = set()
+        self._save_timer = QTimer(self)
+        self._save_timer.setSingleShot(True)
+        self._save_timer.setInterval(AUTOSAVE_DELAY_MS)
+        self._save_timer.timeout.connect(self.save_now)
+        self._build()
+        self.refresh_inputs()
+        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            event.connect(self.refresh_inputs)
+
+    # ------------------------------------------------------------------ layout
+    def _build(self) -> None:
+        layout = QVBoxLayout(self)
+        box = QGroupBox("Segment")
+        form = QFormLayout(box)
+        self.image_combo = QComboBox()
+        self.image_combo.currentTextChanged.connect(self._offer_saved)
+        form.addRow("Image:", self.image_combo)
+        self.model_combo = QComboBox()
+        form.addRow("Model:", self.model_combo)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(["auto", "cpu", "cuda"])
+        self.device_label = QLabel("")
+        row = QHBoxLayout()
+        row.addWidget(self.device_combo)
+        row.addWidget(self.device_label)
+        form.addRow("Device:", row)
+        self.tta = QCheckBox("multiple inference (flips + rotations, merged)")
+        form.addRow("", self.tta)
+        self.normalize = QCheckBox("normalize to the current stain template first")
+        self.normalize.setToolTip("Uses the normalizer fitted in the Stain normalization widget")
+        form.addRow("", self.normalize)
+        self.translate = QCheckBox("IHC image: translate to H&&E first (CycleGAN)")
+        self.translate.setToolTip(
+            "Runs the shipped IHC → H&E generator (see the Translate widget) before segmenting"
+        )
+        form.addRow("", self.translate)
+        self.region_combo = QComboBox()
+        form.addRow("Region:", self.region_combo)
+        self.uncertainty = QCheckBox("show uncertainty (where to correct first)")
+        form.addRow("", self.uncertainty)
+        row = QHBoxLayout()
+        self.run_btn = QPushButton("Segment")
+        self.run_btn.clicked.connect(self.run)
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.cancel_btn.clicked.connect(self.runner.cancel)
+        row.addWidget(self.run_btn)
+        row.addWidget(self.cancel_btn)
+        form.addRow(row)
+        layout.addWidget(box)
+
+        box = QGroupBox("Correct (napari's paint / fill / erase tools, plus keys)")
+        v = QVBoxLayout(box)
+        keys = QLabel("<br>".join(f"<b>{k.upper()}</b>: {text}" for k, text in KEYS.items()))
+        keys.setWordWrap(True)
+        v.addWidget(keys)
+        row = QHBoxLayout()
+        self.split_btn = QPushButton("Split along last line")
+        self.split_btn.clicked.connect(self.split_last_line)
+        row.addWidget(self.split_btn)
+        v.addLayout(row)
+        form = QFormLayout()
+        self.project_edit = QLineEdit()
+        self.project_edit.setPlaceholderText("beside the image (default)")
+        self.project_edit.editingFinished.connect(lambda: self._offer_saved(self.image_combo.currentText()))
+        browse = QPushButton("…")
+        browse.setMaximumWidth(30)
+        browse.clicked.connect(self._choose_project)
+        row = QHBoxLayout()
+        row.addWidget(self.project_edit)
+        row.addWidget(browse)
+        form.addRow("Project folder:", row)
+        v.addLayout(form)
+        self.saved_label = QLabel("nothing to save yet")
+        v.addWidget(self.saved_label)
+        self.restore_btn = QPushButton("Open saved corrections")
+        self.restore_btn.setToolTip("This image has corrections saved in the project folder")
+        self.restore_btn.clicked.connect(self.restore_saved)
+        self.restore_btn.setVisible(False)
+        v.addWidget(self.restore_btn)
+        row = QHBoxLayout()
+        self.export_btn = QPushButton("Export measurements (CSV)…")
+        self.export_btn.clicked.connect(self._export_dialog)
+        row.addWidget(self.export_btn)
+        v.addLayout(row)
+        layout.addWidget(box)
+
+        self.status = QLabel("ready")
+        self.status.setWordWrap(True)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+    # ------------------------------------------------------------------ inputs
+    def refresh_inputs(self, event=None) -> None:
+        """Refresh the image, model and region choosers from the viewer and model folder."""
+        from napari.layers import Shapes
+
+        keep = self.image_combo.currentText()
+        self.image_combo.clear()
+        names = [lyr.name for lyr in rgb_image_layers(self.viewer) if not lyr.name.endswith(" normalized")]
+        names += [lyr.name for lyr in rgb_image_layers(self.viewer) if lyr.name.endswith(" normalized")]
+        self.image_combo.addItems(names)
+        if keep in names:
+            self.image_combo.setCurrentText(keep)
+        keep = self.region_combo.currentText()
+        self.region_combo.clear()
+        self.region_combo.addItems([REGION_WHOLE, REGION_VIEW])
+        self.region_combo.addItems([f"rectangles of '{lyr.name}'" for lyr in self.viewer.layers if isinstance(lyr, Shapes) and lyr.name != "cut lines"])
+        if keep:
+            self.region_combo.setCurrentText(keep)
+        self.refresh_models()
+
+    def refresh_models(self, select: str | None = None) -> None:
+        """List shipped models and the user's fine-tuned versions (newest first)."""
+        from ..core.seg_workflow import available_models
+
+        keep = select or self.model_combo.currentData()
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        for entry in available_models(self.user_model_dir()):
+            self.model_combo.addItem(entry.label, str(entry.ref))
+        idx = self.model_combo.findData(keep) if keep else -1
+        if idx >= 0:
+            self.model_combo.setCurrentIndex(idx)
+        self.model_combo.blockSignals(False)
+
+    def user_model_dir(self) -> Path:
+        from ..core.seg_workflow import user_model_dir
+
+        return user_model_dir()
+
+    def project(self):
+        """The correction project of the current image (folder field, else beside the image)."""
+        return self.project_for(self._image_name)
+
+    def _region_slices(self, layer) -> list[tuple[slice, slice]]:
+        from ..core.errors import HistoError
+        from ..core.regions import rectangle_slices
+
+        shape = layer_levels(layer)[0].shape
+        region = self.region_combo.currentText()
+        if region == REGION_VIEW:
+            corners = np.asarray(layer.corner_pixels)[:, :2]
+            verts = [np.array([corners[0], corners[1]])]
+        elif region.startswith("rectangles of '"):
+            shapes = self.viewer.layers[region[len("rectangles of '") : -1]]
+            verts = [np.array([layer.world_to_data(shapes.data_to_world(p)) for p in d]) for d in shapes.data]
+            if not verts:
+                raise HistoError(f"'{shapes.name}' has no rectangles: draw the regions to segment")
+        else:
+            return [(slice(0, shape[0]), slice(0, shape[1]))]
+        slices = rectangle_slices(verts, shape)
+        if not slices:
+            raise HistoError("the chosen region does not overlap the image")
+        return slices
+
+    # ------------------------------------------------------------------ run
+    def run(self):
+        """Segment the chosen image/region in a worker; the result goes to '<image> nuclei'."""
+        if self.runner.running:
+            return None
+        from ..core.errors import HistoError
+
+        try:
+            name = self.image_combo.currentText()
+            if not name or name not in self.viewer.layers:
+                raise HistoError("no image to segment: open an RGB H&E image first")
+            layer = self.viewer.layers[name]
+            if layer.multiscale and self.region_combo.currentText() == REGION_WHOLE:
+                raise HistoError(
+                    f"'{name}' is a whole slide: choose 'current field of view' or rectangles, "
+                    "or use the Whole slide widget"
+                )
+            slices = self._region_slices(layer)
+            data = layer_levels(layer)[0]
+            crops = [(rs, cs, np.asarray(data[rs, cs])) for rs, cs in slices]
+            normalizer = self._current_normalizer() if self.normalize.isChecked() else None
+            model = self.model_combo.currentData() or "default"
+            import_torch_safely()
+            translator = self._translator() if self.translate.isChecked() else None
+        except Exception as exc:
+            msg = error_message(exc)
+            notify_error(msg)
+            self._set_status(msg)
+            return None
+        self._image_name = name
+        self._set_status("segmenting…")
+        return self.runner.start(
+            _segment_regions_job,
+            crops,
+            model,
+            self.device_combo.currentText(),
+            self.tta.isChecked(),
+            normalizer,
+            translator,
+            description="Segment nuclei",
+            on_done=lambda res: self._show_result(layer, res),
+        )
+
+    def _translator(self):
+        from ..core.translate import load_translator
+
+        # Loaded here: a missing or broken model is an immediate message, not a failed job.
+        return load_translator("ihc2he_default", "ihc2he", self.device_combo.currentText())
+
+    def _current_normalizer(self):
+        from ..core.errors import HistoError
+
+        # napari's dock_widgets maps names to the inner widgets (older versions: to the docks).
+        for widget in getattr(self.viewer.window, "dock_widgets", {}).values():
+            inner = widget.widget() if callable(getattr(widget, "widget", None)) else widget
+            norm = getattr(inner, "normalizer", None)
+            if norm is not None:
+                return norm
+        raise HistoError("no stain template fitted yet: fit one in the Stain normalization widget, or untick 'normalize'")
+
+    def _show_result(self, layer, result) -> None:
+        full_shape = layer_levels(layer)[0].shape[:2]
+        name = f"{layer.name} nuclei"
+        if name in self.viewer.layers and self.viewer.layers[name].data.shape == full_shape:
+            labels = np.asarray(self.viewer.layers[name].data)
+        else:
+            labels = np.zeros(full_shape, np.uint32)
+        conf = np.ones(full_shape, np.float32) if self.uncertainty.isChecked() else None
+        next_id = 1
+        for (rs, cs, _), (lab, confidence) in zip(result["regions"], result["outputs"], strict=True):
+            lab = np.asarray(lab, np.uint32)
+            # Re-running a region replaces what was there; ids stay unique in the layer.
+            labels[rs, cs] = 0
+            offset = max(next_id, int(labels.max()) + 1) - 1
+            labels[rs, cs] = np.where(lab > 0, lab + offset, 0)
+            next_id = int(labels.max()) + 1
+            if conf is not None and confidence is not None:
+                conf[rs, cs] = confidence
+        kwargs = {"scale": layer.scale[-2:], "translate": layer.translate[-2:]}
+        if name in self.viewer.layers:
+            lab_layer = self.viewer.layers[name]
+            lab_layer.data = labels
+        else:
+            lab_layer = self.viewer.add_labels(labels, name=name, opacity=0.5, **kwargs)
+        self._attach(lab_layer)
+        if conf is not None:
+            add_or_update_image(
+                self.viewer, f"{layer.name} uncertainty", 1.0 - conf, colormap="magma", contrast_limits=(0, 1), opacity=0.6, blending="additive", **kwargs
+            )
+        n = len(np.unique(labels)) - 1
+        self._set_status(f"{n} nuclei found; correct them with the label tools, they autosave")
+        self.refresh_measurements()
+        self.viewer.layers.selection.active = lab_layer
+
+    # ------------------------------------------------------------------ editing
+    def _attach(self, lab_layer) -> None:
+        """Key bindings and autosave for our Labels layer (once per layer)."""
+        if self.labels_layer is lab_layer:
+            return
+        self.labels_layer = lab_layer
+        lab_layer.metadata["napari_histo_image"] = self._image_name
+        lab_layer.events.paint.connect(self.mark_dirty)
+        lab_layer.events.data.connect(self.mark_dirty)
+        lab_layer.bind_key("n", lambda lyr: self.next_label(), overwrite=True)
+        lab_layer.bind_key("x", lambda lyr: self.delete_at(self.viewer.cursor.position), overwrite=True)
+        lab_layer.bind_key("m", lambda lyr: self.merge_at(self.viewer.cursor.position), overwrite=True)
+        lab_layer.bind_key("s", lambda lyr: self.split_last_line(), overwrite=True)
+        if "cut lines" not in self.viewer.layers:
+            self.viewer.add_shapes(name="cut lines", edge_color="yellow", edge_width=2, face_color="transparent", visible=True)
+            self.viewer.layers.selection.active = lab_layer
+
+    def _label_at(self, position) -> int:
+        value = self.labels_layer.get_value(position, world=True)
+        return int(value or 0)
+
+    def next_label(self) -> int:
+        from ..core.label_edit import next_free_label
+
+        self.labels_layer.selected_label = next_free_label(self.labels_layer.data)
+        return self.labels_layer.selected_label
+
+    def _replace(self, new_data: np.ndarray, message: str) -> None:
+        self.labels_layer.data = new_data
+        self._set_status(message)
+        self.mark_dirty()
+
+    def delete_at(self, position) -> None:
+        from ..core.label_edit import delete_label
+
+        self._guard(lambda: self._replace(delete_label(self.labels_layer.data, self._label_at(position)), "nucleus deleted"))
+
+    def merge_at(self, position) -> None:
+        from ..core.label_edit import merge_labels
+
+        label = self._label_at(position)
+        if self._merge_first is None:
+            self._merge_first = label
+            self._set_status(f"merge: nucleus {label} chosen; press M on the other one")
+            return
+        first, self._merge_first = self._merge_first, None
+        self._guard(lambda: self._replace(merge_labels(self.labels_layer.data, first, label), f"nucleus {label} merged into {first}"))
+
+    def split_last_line(self) -> None:
+        from ..core.errors import HistoError
+        from ..core.label_edit import split_label
+
+        def do():
+            if "cut lines" not in self.viewer.layers or not len(self.viewer.layers["cut lines"].data):
+                raise HistoError("draw a line or path across the nucleus in the 'cut lines' layer first")
+            cuts = self.viewer.layers["cut lines"]
+            line = np.array([self.labels_layer.world_to_data(cuts.data_to_world(p)) for p in cuts.data[-1]])
+            out, new = split_label(self.labels_layer.data, line)
+            cuts.data = cuts.data[:-1]
+            self._replace(out, f"nucleus split; new id(s) {new}")
+
+        self._guard(do)
+
+    def _guard(self, fn) -> None:
+        if self.labels_layer is None:
+            notify_error("segment an image first: the edit keys work on its nuclei layer")
+            return
+        try:
+            fn()
+        except Exception as exc:
+            notify_error(error_message(exc))
+            self._set_status(error_message(exc))
+
+    # ------------------------------------------------------------------ autosave + measurements
+    def mark_dirty(self, event=None) -> None:
+        self._dirty = True
+        self.saved_label.setText("● unsaved changes (autosave in a moment)")
+        self._save_timer.start()
+
+    def save_now(self) -> Path | None:
+        """Save the current image + corrected labels as a training pair (atomic)."""
+        if self.labels_layer is None or self._image_name not in self.viewer.layers:
+            return None
+        layer = self.viewer.layers[self._image_name]
+        if layer.multiscale:
+            return None
+        try:
+            pair = self.project().save_pair(self._image_name, np.asarray(layer.data), np.asarray(self.labels_layer.data), source=str(layer.source.path or ""))
+        except Exception as exc:
+            self.saved_label.setText(f"⚠ not saved: {error_message(exc)}")
+            notify_error(f"corrections not saved: {error_message(exc)}")
+            return None
+        self._dirty = False
+        self.last_saved = time.time()
+        self.saved_label.setText(f"✓ saved {time.strftime('%H:%M:%S')} to {pair.mask.parent.parent}")
+        self.refresh_measurements()
+        return pair.mask
+
+    def refresh_measurements(self) -> None:
+        """Per-nucleus measurements as the labels layer's features table (computed off the GUI thread).
+
+        regionprops on a tile of a few hundred nuclei takes about a second: it runs in a worker and
+        the table is set when it returns, unless the labels changed again meanwhile.
+        """
+        if self.labels_layer is None:
+            return
+        from napari.qt.threading import create_worker
+
+        image = None
+        if self._image_name in self.viewer.layers:
+            layer = self.viewer.layers[self._image_name]
+            image = None if getattr(layer, "multiscale", False) else np.asarray(layer.data)
+        labels = np.asarray(self.labels_layer.data).copy()
+        self._measure_generation += 1
+        generation, target = self._measure_generation, self.labels_layer
+
+        def apply(df) -> None:
+            if generation == self._measure_generation and target is self.labels_layer:
+                target.features = df
+
+        def done() -> None:
+            self._measure_workers.discard(worker)
+            if not self._measure_workers:
+                self._measuring = None
+
+        worker = create_worker(_measure_table, labels, image, _start_thread=False)
+        worker.returned.connect(apply)
+        worker.errored.connect(lambda exc: notify_error(f"measurements not updated: {error_message(exc)}"))
+        worker.finished.connect(done)
+        # Hold every running worker: a replaced one must not be garbage-collected mid-run.
+        self._measure_workers.add(worker)
+        self._measuring = worker
+        worker.start()
+
+    def export_csv(self, path: str | Path) -> Path:
+        from ..core.export import write_csv
+        from ..core.measure import measure_nuclei
+
+        image = np.asarray(self.viewer.layers[self._image_name].data)
+        return write_csv(path, measure_nuclei(np.asarray(self.labels_layer.data), image))
+
+    def _export_dialog(self) -> None:
+        if self.labels_layer is None:
+            notify_error("segment an image first")
+            return
+        path, _ = QFileDialog.getSaveFileName(self, "Export measurements", f"{self._image_name}_nuclei.csv", "CSV (*.csv)")
+        if path:
+            try:
+                self.export_csv(path)
+                notify_info(f"measurements written to {path}")
+            except Exception as exc:
+                notify_error(error_message(exc))
+
+    def _choose_project(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Project folder for corrections")
+        if folder:
+            self.project_edit.setText(folder)
+
+    def offer_saved(self, image_name: str):
+        """Saved corrections for an image, if the project has them (None otherwise)."""
+        try:
+            return self.project_for(image_name).find(image_name)
+        except Exception:  # an unreadable project folder offers nothing
+            return None
+
+    def project_for(self, image_name: str):
+        """The correction project of ``image_name`` (folder field, else beside that image)."""
+        from ..core.project import Project, default_project_dir
+
+        text = self.project_edit.text().strip()
+        if text:
+            return Project(text)
+        path = None
+        if image_name in self.viewer.layers:
+            layer = self.viewer.layers[image_name]
+            path = layer.source.path or layer.metadata.get("path")
+        return Project(default_project_dir(path))
+
+    def _offer_saved(self, image_name: str = "") -> None:
+        pair = self.offer_saved(image_name) if image_name else None
+        self.restore_btn.setVisible(pair is not None)
+        if pair is not None:
+            self.restore_btn.setText(f"Open saved corrections of '{image_name}'")
+
+    def restore_saved(self):
+        """Open the saved corrected labels of the chosen image as its editable nuclei layer."""
+        name = self.image_combo.currentText()
+        try:
+            _, labels = self.project_for(name).load_pair(name)
+            layer = self.viewer.layers[name]
+            if layer_levels(layer)[0].shape[:2] != labels.shape:
+                raise ValueError(f"the saved labels {labels.shape} do not fit '{name}'")
+        except Exception as exc:
+            notify_error(f"saved corrections not opened: {error_message(exc)}")
+            return None
+        self._image_name = name
+        kwargs = {"scale": layer.scale[-2:], "translate": layer.translate[-2:]}
+        lname = f"{name} nuclei"
+        if lname in self.viewer.layers:
+            lab_layer = self.viewer.layers[lname]
+            lab_layer.data = labels.astype(np.uint32)
+        else:
+            lab_layer = self.viewer.add_labels(labels.astype(np.uint32), name=lname, opacity=0.5, **kwargs)
+        self._attach(lab_layer)
+        self.refresh_measurements()
+        self._dirty = False
+        self.saved_label.setText("✓ saved corrections opened")
+        return lab_layer
+
+    def _set_busy(self, busy: bool) -> None:
+        self.run_btn.setEnabled(not busy)
+        self.cancel_btn.setEnabled(busy)
+
+    def _set_status(self, text: str) -> None:
+        self.status.setText(text)
+
+
+def _segment_regions_job(crops, model, device, tta, normalizer, translator=None):
+    """Worker: segment each region crop; returns the regions and (labels, confidence) per region.
+
+    With a ``translator`` (IHC → H&E CycleGAN) each crop is translated first.
+    """
+    from ..core.progress import Progress
+    from ..core.seg_workflow import segment_array_iter
+
+    outputs = []
+    for k, (_, _, crop) in enumerate(crops, start=1):
+        if translator is not None:
+            from ..core.translate import translate_iter
+
+            crop = yield from translate_iter(crop, translator)
+        result = yield from segment_array_iter(crop, model=model, device=device, tta=tta, normalizer=normalizer)
+        outputs.append((result.labels, getattr(result, "confidence", None)))
+        yield Progress(step=k, total=len(crops), stage="region")
+    return {"regions": crops, "outputs": outputs}
+
+
+def _measure_table(labels: np.ndarray, image: np.ndarray | None):
+    """Worker: the measurements of every nucleus as a DataFrame indexed like napari features."""
+    import pandas as pd
+
+    from ..core.measure import measure_nuclei
+
+    df = pd.DataFrame(measure_nuclei(labels, image))
+    df.insert(0, "index", df["label"])
+    return df

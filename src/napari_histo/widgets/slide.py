@@ -1,0 +1,319 @@
+"""The "Whole slide" dock widget: segment a pyramidal slide on dask, view and edit the labels.
+
+Thin over :mod:`napari_histo.core.slide` (processing), :mod:`napari_histo.core.slide_edit`
+(region editing) and :mod:`napari_histo.core.cluster` (local threads, local processes, or a
+``dask.distributed`` scheduler).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ._common import (
+    JobRunner,
+    error_message,
+    import_torch_safely,
+    layer_levels,
+    notify_error,
+    notify_info,
+    rgb_image_layers,
+)
+
+if TYPE_CHECKING:
+    import napari
+
+LOCAL_THREADS = "local threads"
+LOCAL_PROCESSES = "local processes"
+REMOTE = "dask scheduler at address"
+
+
+class SlideWidget(QWidget):
+    """Segment a whole slide tile by tile; open the labels pyramid; edit a region; export."""
+
+    def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.runner = JobRunner(on_busy=self._set_busy, on_status=self._set_status)
+        self.zarr_path: Path | None = None
+        self.edit_region: tuple[slice, slice] | None = None
+        self._build()
+        self.refresh()
+        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            event.connect(self.refresh)
+
+    def _build(self) -> None:
+        layout = QVBoxLayout(self)
+        box = QGroupBox("Segment a slide")
+        form = QFormLayout(box)
+        self.slide_combo = QComboBox()
+        form.addRow("Slide:", self.slide_combo)
+        self.model_combo = QComboBox()
+        form.addRow("Model:", self.model_combo)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(["auto", "cpu", "cuda"])
+        form.addRow("Device:", self.device_combo)
+        self.tile = QSpinBox()
+        self.tile.setRange(128, 8192)
+        self.tile.setSingleStep(256)
+        self.tile.setValue(1024)
+        form.addRow("Tile (px):", self.tile)
+        self.halo = QSpinBox()
+        self.halo.setRange(0, 512)
+        self.halo.setValue(64)
+        form.addRow("Halo (px):", self.halo)
+        self.tta = QCheckBox("multiple inference")
+        form.addRow("", self.tta)
+        self.where = QComboBox()
+        self.where.addItems([LOCAL_THREADS, LOCAL_PROCESSES, REMOTE])
+        self.where.currentTextChanged.connect(self._on_where)
+        form.addRow("Run on:", self.where)
+        self.workers = QSpinBox()
+        self.workers.setRange(1, 256)
+        self.workers.setValue(2)
+        form.addRow("Workers:", self.workers)
+        self.address = QLineEdit()
+        self.address.setPlaceholderText("tcp://HOST:8786")
+        form.addRow("Scheduler:", self.address)
+        self.out_edit = QLineEdit()
+        self.out_edit.setPlaceholderText("beside the slide (default)")
+        form.addRow("Output folder:", self.out_edit)
+        row = QHBoxLayout()
+        self.run_btn = QPushButton("Segment slide")
+        self.run_btn.clicked.connect(self.run)
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.cancel_btn.clicked.connect(self.runner.cancel)
+        row.addWidget(self.run_btn)
+        row.addWidget(self.cancel_btn)
+        form.addRow(row)
+        layout.addWidget(box)
+
+        box = QGroupBox("Results")
+        v = QVBoxLayout(box)
+        row = QHBoxLayout()
+        self.open_btn = QPushButton("Open labels…")
+        self.open_btn.clicked.connect(self._open_dialog)
+        self.edit_btn = QPushButton("Edit this region")
+        self.edit_btn.setToolTip("napari cannot paint on multiscale labels: pull the field of view into an editable layer")
+        self.edit_btn.clicked.connect(self.pull_region)
+        self.save_btn = QPushButton("Save region")
+        self.save_btn.clicked.connect(self.push_region)
+        row.addWidget(self.open_btn)
+        row.addWidget(self.edit_btn)
+        row.addWidget(self.save_btn)
+        v.addLayout(row)
+        self.export_btn = QPushButton("Export GeoJSON + CSV…")
+        self.export_btn.clicked.connect(self._export_dialog)
+        v.addWidget(self.export_btn)
+        layout.addWidget(box)
+        self.status = QLabel("ready")
+        self.status.setWordWrap(True)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+        self._on_where(self.where.currentText())
+
+    def refresh(self, event=None) -> None:
+        from ..core.seg_workflow import available_models, user_model_dir
+
+        keep = self.slide_combo.currentText()
+        self.slide_combo.clear()
+        self.slide_combo.addItems([lyr.name for lyr in rgb_image_layers(self.viewer)])
+        if keep:
+            self.slide_combo.setCurrentText(keep)
+        keep = self.model_combo.currentData()
+        self.model_combo.clear()
+        for entry in available_models(user_model_dir()):
+            self.model_combo.addItem(entry.label, entry.ref)
+        if keep is not None and self.model_combo.findData(keep) >= 0:
+            self.model_combo.setCurrentIndex(self.model_combo.findData(keep))
+
+    def _on_where(self, text: str) -> None:
+        self.workers.setEnabled(text == LOCAL_PROCESSES)
+        self.address.setEnabled(text == REMOTE)
+
+    def _slide_layer(self):
+        from ..core.errors import HistoError
+
+        name = self.slide_combo.currentText()
+        if not name or name not in self.viewer.layers:
+            raise HistoError("no slide chosen: open a pyramidal TIFF/SVS (or any RGB image) first")
+        return self.viewer.layers[name]
+
+    def output_path(self, layer) -> Path:
+        src = layer.source.path or layer.metadata.get("path")
+        folder = Path(self.out_edit.text().strip()) if self.out_edit.text().strip() else (Path(src).parent if src else Path.home() / "napari-histo")
+        stem = Path(src).name.split(".")[0] if src else layer.name
+        return folder / f"{stem}.zarr"
+
+    def run(self):
+        if self.runner.running:
+            return None
+        from ..core.slide import SlideTiling
+        from ..core.slide_models import ModelSegmenter
+
+        try:
+            layer = self._slide_layer()
+            tiling = SlideTiling(tile=self.tile.value(), halo=self.halo.value())
+            where = self.where.currentText()
+            scheduler = self.address.text().strip() if where == REMOTE else None
+            workers = self.workers.value() if where == LOCAL_PROCESSES else None
+            if where == REMOTE and not scheduler:
+                from ..core.errors import HistoError
+
+                raise HistoError("enter the scheduler's address, e.g. tcp://HOST:8786")
+            segmenter = ModelSegmenter(self.model_combo.currentData() or "default", self.device_combo.currentText(), self.tta.isChecked())
+            out = self.output_path(layer)
+        except Exception as exc:
+            notify_error(error_message(exc))
+            self._set_status(error_message(exc))
+            return None
+        levels = layer_levels(layer)
+        import_torch_safely()
+        return self.runner.start(
+            _slide_job, levels, segmenter, out, tiling, scheduler, workers,
+            description="Whole slide", on_done=self._on_done,
+        )  # fmt: skip
+
+    def _on_done(self, result) -> None:
+        self.open_labels(result.zarr_path)
+        self._set_status(f"{result.n_nuclei} nuclei in {result.n_tissue_blocks}/{result.n_blocks} tissue tiles → {result.zarr_path}")
+
+    def open_labels(self, path: str | Path):
+        """Show a labels pyramid as a multiscale Labels layer (aligned with the slide)."""
+        from ..core.slide import open_labels_pyramid
+        from ..core.slide_edit import recover_pending
+
+        path = Path(path)
+        if recover_pending(path):
+            notify_info(f"{path.name}: an interrupted edit was recovered")
+        levels = open_labels_pyramid(path)
+        name = f"{path.stem} nuclei"
+        kwargs = {}
+        try:
+            base = self._slide_layer()
+            kwargs = {"scale": base.scale[-2:], "translate": base.translate[-2:]}
+        except Exception:
+            pass
+        if name in self.viewer.layers:
+            self.viewer.layers[name].data = levels
+            layer = self.viewer.layers[name]
+        else:
+            layer = self.viewer.add_labels(levels, name=name, multiscale=len(levels) > 1, opacity=0.5, **kwargs)
+        self.zarr_path = path
+        return layer
+
+    # ------------------------------------------------------------------ region editing
+    def view_region(self) -> tuple[slice, slice]:
+        """The field of view in level-0 pixels of the slide."""
+        layer = self._slide_layer()
+        levels = layer_levels(layer)
+        level = layer.data_level if layer.multiscale else 0
+        corners = np.asarray(layer.corner_pixels)[:, :2].astype(float)
+        f = np.asarray(levels[0].shape[:2], float) / np.asarray(levels[level].shape[:2], float)
+        (r0, c0), (r1, c1) = corners[0] * f, (corners[1] + 1) * f
+        return slice(int(r0), int(np.ceil(r1))), slice(int(c0), int(np.ceil(c1)))
+
+    def pull_region(self, region: tuple[slice, slice] | None = None):
+        """Copy a region of the labels pyramid into an editable in-memory Labels layer."""
+        from ..core.errors import HistoError
+        from ..core.slide_edit import read_region
+
+        try:
+            if self.zarr_path is None:
+                raise HistoError("segment a slide or open its labels first")
+            rows, cols = region or self.view_region()
+            if (rows.stop - rows.start) * (cols.stop - cols.start) > 4096 * 4096:
+                raise HistoError("the field of view is too large to edit in memory: zoom in (at most 4096 x 4096 pixels)")
+            data = read_region(self.zarr_path, rows, cols)
+        except Exception as exc:
+            notify_error(error_message(exc))
+            self._set_status(error_message(exc))
+            return None
+        self.edit_region = (slice(rows.start, rows.start + data.shape[0]), slice(cols.start, cols.start + data.shape[1]))
+        base = self._slide_layer()
+        scale = base.scale[-2:]
+        translate = np.asarray(base.translate[-2:]) + np.array([rows.start, cols.start]) * scale
+        name = "region edit"
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        layer = self.viewer.add_labels(data, name=name, scale=scale, translate=translate)
+        self.viewer.layers.selection.active = layer
+        self._set_status(f"editing rows {rows.start}-{rows.stop}, cols {cols.start}-{cols.stop}; press Save region when done")
+        return layer
+
+    def push_region(self) -> dict | None:
+        """Write the edited region back into the pyramid (journaled, ids kept slide-unique)."""
+        from ..core.errors import HistoError
+        from ..core.slide_edit import write_region
+
+        try:
+            if self.edit_region is None or "region edit" not in self.viewer.layers:
+                raise HistoError("nothing to save: press 'Edit this region' first")
+            rows, cols = self.edit_region
+            mapping = write_region(self.zarr_path, rows, cols, np.asarray(self.viewer.layers["region edit"].data))
+        except Exception as exc:
+            notify_error(error_message(exc))
+            self._set_status(error_message(exc))
+            return None
+        self.open_labels(self.zarr_path)
+        self._set_status(f"region saved ({len(mapping)} new nuclei got slide-unique ids)")
+        return mapping
+
+    def export(self, geojson: str | Path | None, csv: str | Path | None) -> int:
+        from ..core.progress import drain
+        from ..core.slide import export_slide_iter
+
+        layer = self._slide_layer()
+        return drain(export_slide_iter(self.zarr_path, layer_levels(layer)[0], geojson, csv))
+
+    def _export_dialog(self) -> None:
+        if self.zarr_path is None:
+            notify_error("segment a slide or open its labels first")
+            return
+        path, _ = QFileDialog.getSaveFileName(self, "Export nuclei", str(self.zarr_path.with_suffix(".geojson")), "GeoJSON (*.geojson)")
+        if path:
+            try:
+                n = self.export(path, Path(path).with_suffix(".csv"))
+                notify_info(f"{n} nuclei exported to {path} and .csv")
+            except Exception as exc:
+                notify_error(error_message(exc))
+
+    def _open_dialog(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Labels zarr folder")
+        if path:
+            try:
+                self.open_labels(path)
+            except Exception as exc:
+                notify_error(error_message(exc))
+
+    def _set_busy(self, busy: bool) -> None:
+        self.run_btn.setEnabled(not busy)
+        self.cancel_btn.setEnabled(busy)
+
+    def _set_status(self, text: str) -> None:
+        self.status.setText(text)
+
+
+def _slide_job(levels, segmenter, out, tiling, scheduler, workers):
+    from ..core.cluster import dask_client
+    from ..core.slide import segment_slide_iter
+
+    with dask_client(scheduler, workers) as client:
+        return (yield from segment_slide_iter(levels, segmenter, out, tiling, client=client))

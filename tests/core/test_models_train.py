@@ -1,0 +1,287 @@
+"""Model registry (save, load, cache, refusal of foreign files) and the training loop."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from napari_histo.core import models  # noqa: E402
+from napari_histo.core.errors import HistoError  # noqa: E402
+from napari_histo.core.io import read_image, read_labels, write_image, write_labels  # noqa: E402
+from napari_histo.core.progress import drain  # noqa: E402
+from napari_histo.core.seg.inference import segment_iter  # noqa: E402
+from napari_histo.core.seg.spec import get_arch  # noqa: E402
+from napari_histo.core.train import (  # noqa: E402
+    PatchSampler,
+    load_pairs,
+    split_validation,
+    train_iter,
+)
+
+NAMES = ["TCGA-A7-A13E-01Z-00-DX1", "TCGA-B0-5710-01Z-00-DX1", "TCGA-21-5784-01Z-00-DX1"]
+FAST = {
+    "arch_kwargs": {"base": 4},
+    "patch": 64,
+    "batch_size": 2,
+    "steps_per_epoch": 2,
+    "device": "cpu",
+}
+
+
+@pytest.fixture(scope="module")
+def pairs(monuseg):
+    out = []
+    for n in NAMES:
+        img = read_image(monuseg / "images" / f"{n}.png")[:160, :160]
+        lab = read_labels(monuseg / "masks" / f"{n}.tif")[:160, :160]
+        out.append((n, img, lab))
+    return out
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    spec = get_arch("unet")
+    torch.manual_seed(0)
+    net = spec.build(base=4).eval()
+    folder = tmp_path_factory.mktemp("models") / "tiny"
+    models.save_model(folder, net, "unet", {"base": 4}, {"data": "none", "license": "BSD-3-Clause"})
+    return folder, net
+
+
+def test_save_load_roundtrip(saved):
+    folder, net = saved
+    assert {p.name for p in folder.iterdir()} == {"weights.safetensors", "card.json", "card.md"}
+    card = json.loads((folder / "card.json").read_text())
+    assert card["arch"] == "unet" and card["kwargs"] == {"base": 4}
+    assert card["format"] == models.FORMAT and card["input"]["mean"] == [0.485, 0.456, 0.406]
+    assert card["license"] == "BSD-3-Clause" and card["created"] > 0
+    assert "unet" in (folder / "card.md").read_text()
+    m = models.load_model(folder, "cpu")
+    assert m.arch == "unet" and m.card["name"] == "tiny" and not m.net.training
+    for (k, a), (k2, b) in zip(net.state_dict().items(), m.net.state_dict().items(), strict=True):
+        assert k == k2 and torch.equal(a, b)
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(net(x), m.net(x))
+    # The weights file itself is a valid reference too.
+    assert models.load_model(folder / "weights.safetensors", "cpu") is m
+
+
+def test_load_is_cached_until_the_file_changes(saved):
+    folder, _ = saved
+    a = models.load_model(folder, "cpu")
+    assert models.load_model(str(folder), "cpu") is a
+    w = folder / "weights.safetensors"
+    st = w.stat()
+    os.utime(w, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    b = models.load_model(folder, "cpu")
+    assert b is not a
+
+
+def test_foreign_files_are_refused_in_one_line(tmp_path):
+    from safetensors.torch import save_file
+
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / "weights.safetensors").write_bytes(b"\x00\x01 not safetensors at all")
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign), metadata={"format": "pt"})
+    pickled = tmp_path / "model.pth"
+    pickled.write_bytes(pickle.dumps({"w": [1, 2, 3]}))
+    empty = tmp_path / "empty_folder"
+    empty.mkdir()
+    for ref, match in (
+        (garbage, "not a readable safetensors"),
+        (foreign, "not a napari-histo segmentation model"),
+        (pickled, "not a readable safetensors"),
+        (empty, "no weights.safetensors"),
+        (tmp_path / "missing", "no such segmentation model"),
+        ("no_such_shipped_name", "no such segmentation model"),
+    ):
+        with pytest.raises(HistoError, match=match) as info:
+            models.load_model(ref, "cpu")
+        assert "\n" not in str(info.value)
+
+
+def test_weights_that_do_not_fit_are_refused(tmp_path, saved):
+    folder, net = saved
+    bad = tmp_path / "bad"
+    models.save_model(bad, net, "unet", {"base": 8})
+    with pytest.raises(HistoError, match="do not fit"):
+        models.load_model(bad, "cpu")
+
+
+def test_list_models_and_resolve(tmp_path, saved):
+    folder, net = saved
+    user = tmp_path / "user"
+    models.save_model(user / "v1", net, "unet", {"base": 4}, {"created": 100.0})
+    models.save_model(user / "v2", net, "unet", {"base": 4}, {"created": 200.0})
+    (user / ".v3.partial").mkdir()
+    (user / "notes").mkdir()
+    infos = models.list_models(user)
+    mine = [i for i in infos if not i.shipped]
+    assert [i.name for i in mine] == ["v2", "v1"]
+    assert all(i.arch == "unet" and os.path.isdir(i.ref) for i in mine)
+    shipped = [i for i in infos if i.shipped]
+    assert infos[: len(shipped)] == shipped
+    if models.default_model_name():
+        assert shipped[0].default
+        assert models.resolve_model("default") == models.resolve_model(shipped[0].name)
+    assert models.resolve_model(folder / "weights.safetensors") == folder
+
+
+def test_importing_the_registry_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, napari_histo.core.models, napari_histo.core.train, napari_histo.core.tiling; print('torch' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "False"
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def test_load_pairs_matches_by_stem_and_names_bad_files(tmp_path, pairs):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    for n, img, lab in pairs[:2]:
+        write_image(images / f"{n}.png", img)
+        write_labels(masks / f"{n}.tif", lab)
+    got = load_pairs(images, masks)
+    assert [g[0] for g in got] == sorted(NAMES[:2])
+    write_labels(masks / f"{NAMES[0]}.tif", pairs[0][2][:100])
+    with pytest.raises(HistoError, match=f"{NAMES[0]}.tif: mask size"):
+        load_pairs(images, masks)
+    write_image(images / "lonely.png", pairs[0][1])
+    (masks / f"{NAMES[0]}.tif").unlink()
+    with pytest.raises(HistoError, match="no mask"):
+        load_pairs(images, masks)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(HistoError, match="no images"):
+        load_pairs(empty, masks)
+    with pytest.raises(HistoError, match="not a folder"):
+        load_pairs(tmp_path / "nope", masks)
+
+
+def test_split_validation(pairs):
+    train, val = split_validation(pairs, 0.34, seed=0)
+    assert len(train) == 2 and len(val) == 1
+    assert {p[0] for p in train} | {p[0] for p in val} == set(NAMES)
+    one_train, one_val = split_validation(pairs[:1], 0.4)
+    assert one_train[0][1].shape[0] + one_val[0][1].shape[0] == 160
+    assert split_validation(pairs, 0.0) == (pairs, [])
+
+
+def test_patch_sampler_gives_consistent_targets(pairs):
+    spec = get_arch("unet")
+    sampler = PatchSampler(pairs, spec, 64)
+    rng = np.random.default_rng(0)
+    img, targets = sampler.sample(rng)
+    assert img.shape == (64, 64, 3) and img.dtype == np.uint8
+    assert targets["ternary"].shape == (64, 64)
+    x, t = sampler.batch(rng, 3, "cpu")
+    assert tuple(x.shape) == (3, 3, 64, 64) and tuple(t["ternary"].shape) == (3, 64, 64)
+    # Small images are padded, not refused.
+    small = PatchSampler([("s", pairs[0][1][:20, :30], pairs[0][2][:20, :30])], spec, 64)
+    assert small.sample(rng)[0].shape == (64, 64, 3)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_train_writes_a_loadable_model_with_progress_and_card(tmp_path, pairs):
+    out = tmp_path / "m"
+    events = []
+    folder = drain(
+        train_iter(pairs[:2], out=out, init="none", epochs=2, val_pairs=pairs[2:], seed=3, lr=1e-3, **FAST),
+        events.append,
+    )  # fmt: skip
+    assert folder == out and out.is_dir()
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+    steps = [e for e in events if e.stage == "step"]
+    epochs = [e for e in events if e.stage == "epoch"]
+    assert len(steps) == 4 and steps[-1].step == steps[-1].total == 4
+    assert len(epochs) == 2 and "val_aji" in epochs[-1].metrics and "loss" in epochs[-1].metrics
+    card = json.loads((out / "card.json").read_text())
+    assert card["arch"] == "unet" and card["kwargs"] == {"base": 4}
+    assert card["training"]["seed"] == 3 and card["training"]["lr"] == 1e-3
+    assert card["training"]["epochs_done"] == 2 and card["parent"] is None
+    assert card["validation_pairs"] == [NAMES[2]] and "aji" in card["validation"]
+    assert len(card["history"]) == 2
+    assert (out / "train_state.safetensors").is_file()
+    m = models.load_model(out, "cpu")
+    res = drain(segment_iter(pairs[2][1], m))
+    assert res.labels.shape == (160, 160)
+
+
+def test_fine_tune_keeps_arch_and_carries_the_licence(tmp_path, pairs, saved):
+    parent, _ = saved
+    out = tmp_path / "ft"
+    drain(train_iter(pairs[:1], out=out, init=str(parent), epochs=1, val_fraction=0, **FAST))
+    card = json.loads((out / "card.json").read_text())
+    assert card["parent"] == "tiny" and card["arch"] == "unet" and card["kwargs"] == {"base": 4}
+    assert "BSD-3-Clause" in card["license"]
+    with pytest.raises(HistoError, match="keeps its architecture"):
+        drain(train_iter(pairs[:1], out=tmp_path / "x", init=str(parent), arch="hovernet", **FAST))
+    assert not (tmp_path / "x").exists()
+
+
+def test_monuseg_licence_is_carried(tmp_path, pairs):
+    out = tmp_path / "mn"
+    drain(
+        train_iter(
+            pairs[:1], out=out, init="none", epochs=1, val_fraction=0, data="MoNuSeg crops", **FAST
+        )
+    )
+    assert "CC BY-NC-SA 4.0" in json.loads((out / "card.json").read_text())["license"]
+
+
+def test_cancel_leaves_no_model_folder(tmp_path, pairs):
+    out = tmp_path / "cancelled"
+    gen = train_iter(pairs[:2], out=out, init="none", epochs=3, val_pairs=pairs[2:], **FAST)
+    ev = next(gen)
+    assert ev.stage == "step"
+    gen.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_folder_is_not_overwritten(tmp_path, pairs):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(HistoError, match="already exists"):
+        drain(train_iter(pairs[:1], out=out, init="none", **FAST))
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_resume_after_an_interrupt_and_extend_a_finished_model(tmp_path, pairs):
+    out = tmp_path / "r"
+    kw = dict(out=out, init="none", val_pairs=pairs[2:], seed=1, **FAST)
+    gen = train_iter(pairs[:2], epochs=3, **kw)
+    for ev in gen:
+        if ev.stage == "epoch":
+            break
+    with pytest.raises(KeyboardInterrupt):
+        gen.throw(KeyboardInterrupt)
+    work = tmp_path / ".r.partial"
+    assert work.is_dir() and not out.exists()  # kept for resuming, not a model yet
+    events = []
+    drain(train_iter(pairs[:2], epochs=3, resume=True, **kw), events.append)
+    assert [e.step for e in events if e.stage == "epoch"] == [2, 3]
+    assert not work.exists()
+    card = json.loads((out / "card.json").read_text())
+    assert card["training"]["epochs_done"] == 3 and card["training"]["steps_done"] == 6
+    assert [h["epoch"] for h in card["history"]] == [1, 2, 3]
+    # A finished model continues to more epochs.
+    drain(train_iter(pairs[:2], epochs=4, resume=True, **kw))
+    card = json.loads((out / "card.json").read_text())
+    assert card["training"]["epochs_done"] == 4 and len(card["history"]) == 4
+    with pytest.raises(HistoError, match="nothing to resume"):
+        drain(train_iter(pairs[:2], epochs=1, resume=True, **{**kw, "out": tmp_path / "none"}))

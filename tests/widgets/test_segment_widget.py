@@ -1,0 +1,165 @@
+"""The "Segment nuclei" dock widget in a headless viewer: segment, correct, autosave, measure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_histo.core.io import read_image, read_labels
+
+pytestmark = pytest.mark.gui
+
+CROP = (slice(0, 256), slice(0, 256))
+
+
+@pytest.fixture
+def crop(monuseg):
+    name = sorted((monuseg / "images").glob("*.png"))[0]
+    image = read_image(name)[CROP]
+    truth = read_labels(monuseg / "masks" / f"{name.stem}.tif")[CROP]
+    return image, truth
+
+
+@pytest.fixture
+def viewer_and_widget(make_napari_viewer, crop, tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_HISTO_MODELS", str(tmp_path / "models"))
+    viewer = make_napari_viewer()
+    viewer.add_image(crop[0], name="tile", rgb=True)
+    viewer.add_image(crop[0][..., 0], name="gray")
+    # Through the manifest, as a user opens it from the Plugins menu.
+    _, widget = viewer.window.add_plugin_dock_widget("napari-histo", "Segment nuclei")
+    widget.project_edit.setText(str(tmp_path / "project"))
+    widget.device_combo.setCurrentText("cpu")
+    return viewer, widget
+
+
+def _segment(widget, qtbot) -> None:
+    assert widget.run() is not None
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=120_000)
+
+
+def test_lists_rgb_images_and_shipped_model(viewer_and_widget):
+    _, widget = viewer_and_widget
+    items = [widget.image_combo.itemText(i) for i in range(widget.image_combo.count())]
+    assert items == ["tile"]
+    labels = [widget.model_combo.itemText(i) for i in range(widget.model_combo.count())]
+    assert labels and "(shipped)" in labels[0]
+
+
+def test_segment_gives_editable_labels_close_to_truth(viewer_and_widget, crop, qtbot):
+    from napari_histo.core.metrics import aggregated_jaccard_index, dice
+
+    viewer, widget = viewer_and_widget
+    widget.uncertainty.setChecked(True)
+    _segment(widget, qtbot)
+    layer = viewer.layers["tile nuclei"]
+    pred = np.asarray(layer.data)
+    qtbot.wait(300)
+    assert "nuclei found" in widget.status.text(), widget.status.text()
+    assert pred.shape == crop[1].shape and pred.dtype == np.uint32
+    n_true = len(np.unique(crop[1])) - 1
+    n_pred = len(np.unique(pred)) - 1
+    assert 0.5 * n_true <= n_pred <= 1.6 * n_true
+    assert dice(crop[1], pred) > 0.6
+    assert aggregated_jaccard_index(crop[1], pred) > 0.35
+    # Measurements as the layer's features table, one row per nucleus (computed in a worker).
+    qtbot.waitUntil(lambda: len(layer.features) > 0, timeout=30_000)
+    assert len(layer.features) == n_pred and {"area", "perimeter"} <= set(layer.features.columns)
+    unc = viewer.layers["tile uncertainty"].data
+    assert unc.shape == pred.shape and unc.min() >= 0 and unc.max() <= 1
+    # Re-running re-uses the layer instead of piling up new ones.
+    n_layers = len(viewer.layers)
+    _segment(widget, qtbot)
+    assert len(viewer.layers) == n_layers
+
+
+def test_edit_keys_and_autosave(viewer_and_widget, qtbot, tmp_path):
+    viewer, widget = viewer_and_widget
+    _segment(widget, qtbot)
+    layer = widget.labels_layer
+    data = np.asarray(layer.data)
+    ids, counts = np.unique(data[data > 0], return_counts=True)
+    a, b = ids[np.argsort(counts)[-2:]]
+    ya, xa = np.argwhere(data == a).mean(0).round().astype(int)
+    if data[ya, xa] != a:
+        ya, xa = np.argwhere(data == a)[0]
+    widget.delete_at((ya, xa))
+    assert not (np.asarray(layer.data) == a).any()
+    yb, xb = np.argwhere(np.asarray(layer.data) == b)[0]
+    c = next(i for i in ids if i not in (a, b))
+    yc, xc = np.argwhere(np.asarray(layer.data) == c)[0]
+    widget.merge_at((yb, xb))
+    widget.merge_at((yc, xc))
+    after = np.asarray(layer.data)
+    assert not (after == c).any() and (after == b).sum() == counts[ids == b][0] + counts[ids == c][0]
+    assert widget.next_label() == int(after.max()) + 1
+    # Autosave (debounced) writes the image + corrected labels pair into the project folder.
+    qtbot.waitUntil(lambda: widget.last_saved is not None, timeout=10_000)
+    saved = widget.project().find("tile")
+    assert saved is not None
+    image, labels = widget.project().load_pair("tile")
+    assert np.array_equal(labels, np.asarray(layer.data))
+    assert "saved" in widget.saved_label.text()
+    # Reopening the image offers the saved corrections, which come back exactly.
+    corrected = np.asarray(layer.data).copy()
+    viewer.layers.remove(layer)
+    widget.image_combo.setCurrentText("")
+    widget.image_combo.setCurrentText("tile")
+    assert widget.restore_btn.isVisibleTo(widget)
+    restored = widget.restore_saved()
+    assert restored.name == "tile nuclei" and np.array_equal(np.asarray(restored.data), corrected)
+
+
+def test_main_thread_stays_responsive_while_segmenting(viewer_and_widget, qtbot):
+    from qtpy.QtCore import QElapsedTimer, QTimer
+
+    _, widget = viewer_and_widget
+    widget.tta.setChecked(True)  # 8x the work: a long job
+    clock, gaps, last = QElapsedTimer(), [], [0]
+    clock.start()
+
+    def beat():
+        now = clock.elapsed()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer = QTimer()
+    timer.timeout.connect(beat)
+    timer.start(20)
+    worker = widget.run()
+    # While the model, the tiling, TTA merging and post-processing run, the GUI never stalls.
+    # (Adding the result layer afterwards is napari's own work: about 0.2 s on 2 busy cores.)
+    worker.returned.connect(lambda _: timer.stop())
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=120_000)
+    timer.stop()
+    assert len(gaps) > 10
+    # The first beats include starting the worker; after that the GUI thread is never blocked.
+    assert max(gaps[3:]) < 120, sorted(gaps)[-5:]
+
+
+def test_normalize_first_uses_the_stain_widgets_normalizer(viewer_and_widget, qtbot):
+    viewer, widget = viewer_and_widget
+    widget.normalize.setChecked(True)
+    assert widget.run() is None  # nothing fitted yet: a message, not a crash
+    assert "no stain template" in widget.status.text()
+    _, stain = viewer.window.add_plugin_dock_widget("napari-histo", "Stain normalization")
+    from napari_histo.core.stain import get_normalizer
+
+    stain.normalizer = get_normalizer("reinhard", device="cpu").fit(viewer.layers["tile"].data)
+    assert widget._current_normalizer() is stain.normalizer
+    _segment(widget, qtbot)
+    assert "nuclei found" in widget.status.text()
+
+
+def test_bad_inputs_give_a_message_not_a_crash(make_napari_viewer, tmp_path, monkeypatch):
+    from napari_histo.widgets.segment import SegmentWidget
+
+    monkeypatch.setenv("NAPARI_HISTO_MODELS", str(tmp_path / "models"))
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    assert widget.run() is None
+    assert "no image" in widget.status.text()
+    viewer.add_image(np.full((64, 64, 3), 255, np.uint8), name="blank", rgb=True)
+    widget.region_combo.setCurrentText("rectangles of 'nothing'")
+    widget.delete_at((1, 1))  # no labels layer yet: a notification, not an exception
+    assert widget.labels_layer is None

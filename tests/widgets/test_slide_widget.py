@@ -1,0 +1,61 @@
+"""The "Whole slide" dock widget on a real Aperio SVS: segment on dask, view, edit a region, export."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.gui, pytest.mark.slow]
+
+
+def test_slide_segment_edit_export(make_napari_viewer, svs_path, tmp_path, qtbot, monkeypatch):
+    from napari_histo.widgets.slide import SlideWidget
+
+    monkeypatch.setenv("NAPARI_HISTO_MODELS", str(tmp_path / "models"))
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(svs_path), plugin="napari-histo")
+    assert layers[0].multiscale
+    widget = SlideWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    assert widget.slide_combo.currentText() == layers[0].name
+    widget.out_edit.setText(str(tmp_path / "out"))
+    widget.device_combo.setCurrentText("cpu")
+    widget.tile.setValue(1024)
+    widget.halo.setValue(64)
+    assert widget.run() is not None
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=300_000)
+    zarr_path = tmp_path / "out" / "CMU-1-Small-Region.zarr"
+    assert zarr_path.is_dir(), widget.status.text()
+    name = "CMU-1-Small-Region nuclei"
+    lab = viewer.layers[name]
+    assert lab.multiscale and lab.data[0].shape == layers[0].data[0].shape[:2]
+    n_nuclei = int(widget.status.text().split()[0])
+    assert n_nuclei > 500  # a real slide region full of nuclei
+
+    # Edit a region: delete one nucleus in memory, write it back, the pyramid has it gone.
+    region = (slice(1000, 1400), slice(1000, 1400))
+    edit = widget.pull_region(region)
+    data = np.asarray(edit.data).copy()
+    victim = np.unique(data[data > 0])[0]
+    data[data == victim] = 0
+    edit.data = data
+    assert widget.push_region() is not None
+    after = np.asarray(viewer.layers[name].data[0][region])
+    assert not (after == victim).any()
+
+    n = widget.export(tmp_path / "n.geojson", tmp_path / "n.csv")
+    assert n == n_nuclei - 1 or n == n_nuclei  # the victim may have been partly outside
+    features = json.loads((tmp_path / "n.geojson").read_text())["features"]
+    assert len(features) == n
+    assert (tmp_path / "n.csv").read_text().count("\n") == n + 1
+
+
+def test_no_slide_is_a_clear_message(make_napari_viewer):
+    from napari_histo.widgets.slide import SlideWidget
+
+    viewer = make_napari_viewer()
+    widget = SlideWidget(viewer)
+    assert widget.run() is None
+    assert "no slide" in widget.status.text()
