@@ -93,6 +93,12 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tile", type=int, default=None, help="default: 256 on CPU, 512 on GPU")
     p.add_argument("--no-tta", action="store_true", help="skip the TTA rows")
+    p.add_argument(
+        "--no-tta-for",
+        nargs="*",
+        default=["maskrcnn"],
+        help="architectures timed without TTA only (default: maskrcnn, minutes per run on a CPU)",
+    )
     args = p.parse_args(argv)
     import torch
 
@@ -107,7 +113,8 @@ def main(argv=None) -> int:
     for device in devices:
         for label, model in models_to_time(device):
             params = sum(p.numel() for p in model.net.parameters())
-            for tta in (False,) if args.no_tta else (False, True):
+            skip_tta = args.no_tta or any(label.startswith(a) for a in args.no_tta_for)
+            for tta in (False,) if skip_tta else (False, True):
                 pipe, maps = time_one(model, img, tta, args.tile, args.repeats)
                 row = {
                     "arch": label,
@@ -132,7 +139,7 @@ def main(argv=None) -> int:
     try:
         load = Path("/proc/loadavg").read_text().split()[:3]
         notes.append(
-            f"Load average while measuring: {' '.join(load)} (2 cores shared with other jobs)."
+            f"Load average at the end of the run: {' '.join(load)} (2 cores shared with other jobs)."
         )
     except OSError:
         pass
