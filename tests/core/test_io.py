@@ -153,3 +153,21 @@ def test_slide_errors_are_clear(bad_inputs):
         read_slide(bad_inputs / "empty.png")
     with pytest.raises(ImageReadError, match=r"not_an_image\.png"):
         read_slide(bad_inputs / "not_an_image.png")
+
+
+def test_slide_levels_travel_to_worker_processes(svs_path):
+    """A dask.distributed worker receives the graph pickled: the file must reopen there."""
+    import pickle
+
+    levels = read_slide(svs_path)
+    region = levels[0][1000:1256, 1000:1256]
+    back = pickle.loads(pickle.dumps(region))
+    assert np.array_equal(np.asarray(back), np.asarray(region))
+    assert np.asarray(back).std() > 10
+
+
+def test_one_row_mask_stays_two_dimensional(tmp_path):
+    row = np.arange(50, dtype=np.uint32)[None, :] // 10
+    assert read_labels(write_labels(tmp_path / "row.tif", row)).shape == (1, 50)
+    tifffile.imwrite(tmp_path / "page.tif", row[None, :, :, None])  # page and channel axes
+    assert np.array_equal(read_labels(tmp_path / "page.tif"), row)

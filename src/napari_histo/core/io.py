@@ -260,7 +260,6 @@ def read_slide(path: str | os.PathLike, top_size: int = PYRAMID_TOP_SIZE) -> lis
     """
     import dask.array as da
     import tifffile
-    import zarr
 
     path = Path(path)
     name = path.name
@@ -273,24 +272,56 @@ def read_slide(path: str | os.PathLike, top_size: int = PYRAMID_TOP_SIZE) -> lis
             series = tif.series[0]
             axes = series.axes
             n_levels = len(series.levels)
-        store = tifffile.imread(path, aszarr=True, series=0)
-        group = zarr.open(store, mode="r")
+        readers = [_TiffLevel(path, i) for i in range(n_levels)]
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ImageReadError(f"{name}: cannot open as a TIFF slide: {reason}") from None
 
-    if n_levels > 1 or not hasattr(group, "shape"):
-        arrays = [group[str(i)] for i in range(n_levels)]
-    else:
-        arrays = [group]
+    stat = path.stat()
+    stamp = f"{path.resolve()}-{stat.st_mtime_ns}-{stat.st_size}"
     levels = []
-    for arr in arrays:
-        chunks = getattr(arr, "chunks", None)
-        d = da.from_zarr(arr, chunks=chunks) if chunks else da.from_zarr(arr)
+    for i, reader in enumerate(readers):
+        d = da.from_array(reader, chunks=reader.chunks, name=f"tiff-{i}-{stamp}", asarray=False)
         levels.append(_dask_to_rgb(d, axes, name))
     while max(levels[-1].shape[:2]) > top_size:
         levels.append(_downsample2(levels[-1]))
     return levels
+
+
+class _TiffLevel:
+    """One level of a TIFF's first series as a picklable, lazily opened array-like.
+
+    tifffile's zarr store holds an open file handle, which cannot travel to the worker
+    processes of a ``dask.distributed`` cluster; this wrapper travels as a path and reopens
+    the file once per process.
+    """
+
+    def __init__(self, path: Path, level: int):
+        self.path = str(path)
+        self.level = level
+        arr = self._open()
+        self.shape = tuple(arr.shape)
+        self.dtype = np.dtype(arr.dtype)
+        self.ndim = len(self.shape)
+        chunks = getattr(arr, "chunks", None)
+        self.chunks = tuple(chunks) if chunks else self.shape
+
+    def _open(self):
+        arr = self.__dict__.get("_arr")
+        if arr is None:
+            import tifffile
+            import zarr
+
+            store = tifffile.imread(self.path, aszarr=True, series=0, level=self.level)
+            arr = zarr.open(store, mode="r")
+            self._arr = arr
+        return arr
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_arr"}
+
+    def __getitem__(self, key):
+        return np.asarray(self._open()[key])
 
 
 def _dask_to_rgb(d: da.Array, axes: str, name: str) -> da.Array:
@@ -401,7 +432,11 @@ def read_labels(path: str | os.PathLike) -> np.ndarray:
                 a = np.asarray(im)
     except Exception as exc:
         raise ImageReadError(f"{name}: cannot read labels: {exc}") from None
-    a = np.squeeze(a)
+    # Drop singleton page/channel axes only: a 1 x N mask is still a 2D mask.
+    if a.ndim > 2 and a.shape[-1] == 1:
+        a = a[..., 0]
+    while a.ndim > 2 and a.shape[0] == 1:
+        a = a[0]
     if a.ndim != 2 or not (np.issubdtype(a.dtype, np.integer) or a.dtype == bool):
         raise ImageReadError(
             f"{name}: labels must be a 2D integer image, found {a.dtype} {a.shape}"
