@@ -4,7 +4,9 @@ Builds a pyramidal TIFF of at least ``--size`` x ``--size`` pixels from the real
 (mirrored mosaics, so every tile is tissue), then runs ``napari-histo``'s slide segmentation
 through dask with 1 and 2 local workers and reports Mpx/s and peak memory.
 
-    python bench/slide.py --size 20480 --model default --workers 1 2
+    OMP_WAIT_POLICY=PASSIVE python bench/slide.py --size 20480 --workers 0 1 2 --json out.json
+
+Peak memory is sampled (every 0.25 s) over this process and its dask worker processes.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -64,6 +66,40 @@ def build_slide(path: Path, size: int, tile: int = 512) -> Path:
     return path
 
 
+class PeakMemory:
+    """Samples the resident memory of this process and all its children (dask workers)."""
+
+    def __init__(self, interval: float = 0.25):
+        import psutil
+
+        self.proc = psutil.Process()
+        self.interval = interval
+        self.main = self.total = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        import psutil
+
+        while not self._stop.is_set():
+            try:
+                main = self.proc.memory_info().rss
+                kids = sum(c.memory_info().rss for c in self.proc.children(recursive=True))
+            except psutil.Error:
+                continue
+            self.main = max(self.main, main)
+            self.total = max(self.total, main + kids)
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
 def run_once(
     slide: Path, out: Path, model: str, workers: int | None, normalize: bool, tile: int, halo: int
 ) -> dict:
@@ -75,16 +111,13 @@ def run_once(
 
     levels = read_slide(slide)
     if normalize:
-        from napari_histo.core.regions import pick_level
         from napari_histo.core.stain import get_normalizer
-        from napari_histo.core.stain_workflow import lazy_transform
+        from napari_histo.core.stain_workflow import normalize_levels
 
-        norm = get_normalizer("macenko").fit(np.asarray(levels[-1]))
-        stats = norm.source_stats(np.asarray(levels[pick_level(levels)]))
-        levels = [lazy_transform(lv, norm, stats) for lv in levels]
+        levels = normalize_levels(get_normalizer("macenko").fit(np.asarray(levels[-1])), levels)
     seg = ModelSegmenter(model, "auto", False)
     t0 = time.perf_counter()
-    with dask_client(None, workers) as client:
+    with PeakMemory() as mem, dask_client(None, workers) as client:
         res = drain(
             segment_slide_iter(levels, seg, out, SlideTiling(tile=tile, halo=halo), client=client)
         )
@@ -96,6 +129,8 @@ def run_once(
         "mpx": round(mpx, 1),
         "mpx_per_s": round(mpx / dt, 3),
         "nuclei": res.n_nuclei,
+        "peak_rss_main_mb": round(mem.main / 2**20),
+        "peak_rss_all_mb": round(mem.total / 2**20),
     }
 
 
@@ -103,17 +138,23 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=20480)
     ap.add_argument("--model", default="default")
-    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument(
+        "--workers", type=int, nargs="+", default=[0, 1, 2],
+        help="0: the local threaded scheduler; N: a LocalCluster of N processes",
+    )  # fmt: skip
     ap.add_argument("--tile", type=int, default=1024)
     ap.add_argument("--halo", type=int, default=64)
     ap.add_argument("--no-normalize", action="store_true")
+    ap.add_argument("--slide", help="reuse (or build once, then keep) the bench slide at this path")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
-        slide = build_slide(tmp / "bench_slide.tif", args.size)
+        slide = Path(args.slide) if args.slide else tmp / "bench_slide.tif"
+        if not slide.exists():
+            build_slide(slide, args.size)
         print(
             f"built {args.size}x{args.size} slide in {time.perf_counter() - t0:.0f}s ({slide.stat().st_size / 1e6:.0f} MB)",
             file=sys.stderr,
@@ -128,9 +169,6 @@ def main() -> int:
                 args.tile,
                 args.halo,
             )
-            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-            row.update(peak_rss_main_mb=round(rss), peak_rss_worker_mb=round(kids))
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.json:

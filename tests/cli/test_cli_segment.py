@@ -18,6 +18,7 @@ BROKEN = {"empty.png", "five_channel.tif", "huge_header.png", "not_an_image.png"
 BLANK = {"blank_white", "all_black"}
 #: A held-out tile of the shipped model (colon: no colon tile was trained on).
 HELD_OUT = "TCGA-NH-A8F7-01A-01-TS1"
+TEMPLATE = "TCGA-A7-A13E-01Z-00-DX1"  # a breast tile, stained unlike the colon slide
 #: AJI of the shipped default (unet_monuseg_v2) on the crop below: measured 0.558; a margin below.
 AJI_FLOOR = 0.45
 
@@ -210,3 +211,10 @@ def test_segment_whole_slide_to_zarr_with_exports(shipped, monuseg, tmp_path, ca
     assert n > 50
     assert len(json.loads((out / "slide.geojson").read_text())["features"]) == n
     assert len((out / "slide.csv").read_text().strip().splitlines()) == n + 1
+    # --normalize applies to slides too (chunk by chunk, one set of stain statistics).
+    template = monuseg / "images" / f"{TEMPLATE}.png"
+    rc = main(["segment", str(slide), "--out", str(tmp_path / "norm"), "--slide-tile", "512", "--normalize", str(template), "--device", "cpu"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 0 and "not applied" not in err
+    normed = np.asarray(open_labels_pyramid(tmp_path / "norm" / "slide.zarr")[0])
+    assert normed.shape == labels.shape and len(np.unique(normed)) - 1 > 50

@@ -99,34 +99,35 @@ def test_bad_tiling():
 
 @pytest.mark.slow
 def test_same_result_on_a_process_cluster(tile, tmp_path):
+    """The CLI's --workers path: a TIFF slide read in worker processes, same labels as local."""
     import sys
 
     import cloudpickle
-    from dask.distributed import Client, LocalCluster
+    import tifffile
+
+    from napari_histo.core.cluster import dask_client
+    from napari_histo.core.io import read_slide
 
     cloudpickle.register_pickle_by_value(
-        sys.modules[__name__]
+        sys.modules[ThresholdSegmenter.__module__]
     )  # workers cannot import test modules
-    image = tile[:600, :600]
+    path = tmp_path / "slide.tif"
+    tifffile.imwrite(path, tile[:600, :600], tile=(128, 128), photometric="rgb")
+    levels = read_slide(path)
     tiling = SlideTiling(tile=256, halo=HALO, min_tissue=0)
-    local = drain(
-        segment_slide_iter([image], ThresholdSegmenter(), tmp_path / "local.zarr", tiling)
-    )
-    with (
-        LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    local = drain(segment_slide_iter(levels, ThresholdSegmenter(), tmp_path / "local.zarr", tiling))
+    with dask_client(None, 2) as client:
         remote = drain(
             segment_slide_iter(
-                [image], ThresholdSegmenter(), tmp_path / "remote.zarr", tiling, client=client
+                levels, ThresholdSegmenter(), tmp_path / "remote.zarr", tiling, client=client
             )
         )
         assert len(client.scheduler_info()["workers"]) == 2
+        env = client.run(lambda: __import__("os").environ.get("MALLOC_TRIM_THRESHOLD_"))
+        assert set(env.values()) == {None}, "workers run with glibc's adaptive mmap threshold"
     a = np.asarray(open_labels_pyramid(local.zarr_path)[0])
     b = np.asarray(open_labels_pyramid(remote.zarr_path)[0])
-    assert np.array_equal(a, b)
+    assert local.n_nuclei > 50 and np.array_equal(a, b)
 
 
 def test_export_whole_slide_matches_per_tile_measurements(tile, tmp_path):
@@ -170,3 +171,29 @@ def test_pyramidal_tiff_writer_roundtrip(tile, tmp_path):
     assert [lv.shape[:2] for lv in levels] == [(2000, 900), (1000, 450)]
     assert np.array_equal(np.asarray(levels[0]), big)
     assert np.array_equal(np.asarray(levels[1]), big[::2, ::2])
+
+
+def test_full_disk_is_one_clear_error_and_no_result(tile, tmp_path, monkeypatch):
+    import errno
+
+    import zarr.storage._local as local
+
+    real = local._put
+    calls = {"n": 0}
+
+    def put(path, value, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 6:  # the disk fills up part-way through writing
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, value, *args, **kwargs)
+
+    monkeypatch.setattr(local, "_put", put)
+    tiling = SlideTiling(tile=256, halo=HALO, min_tissue=0)
+    with pytest.raises(HistoError, match="disk is full"):
+        drain(
+            segment_slide_iter(
+                [tile[:600, :600]], ThresholdSegmenter(), tmp_path / "f.zarr", tiling
+            )
+        )
+    assert calls["n"] > 6
+    assert list(tmp_path.iterdir()) == [], "a partial result was left looking like a result"

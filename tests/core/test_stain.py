@@ -558,3 +558,21 @@ def test_nmi_cv_drops_after_normalization(monuseg, dcgmm):
     assert len(raw["values"]) == 6 and 0.3 < raw["mean"] < 0.9
     after = nmi_summary([dcgmm.transform(im) for im in images], masks)
     assert after["cv"] < 0.75 * raw["cv"], (raw["cv"], after["cv"])
+
+
+def test_slide_levels_normalized_with_one_set_of_statistics(svs_path, template):
+    """Every chunk of a slide uses the same stain statistics: a tile equals the whole-slide map."""
+    from napari_histo.core.io import read_slide
+    from napari_histo.core.regions import pick_level
+    from napari_histo.core.stain_workflow import normalize_levels
+
+    levels = read_slide(svs_path)
+    norm = get_normalizer("macenko").fit(template)
+    out = normalize_levels(norm, levels)
+    assert [o.shape for o in out] == [lv.shape for lv in levels]
+    stats = norm.source_stats(np.asarray(levels[pick_level(levels)]))
+    region = np.asarray(levels[0][1000:1300, 800:1200])
+    expected = norm.transform(region, source_stats=stats)
+    got = np.asarray(out[0][1000:1300, 800:1200])
+    assert np.abs(got.astype(int) - expected).max() <= 1
+    assert np.abs(got.astype(int) - region).mean() > 5, "normalization changed nothing"

@@ -107,9 +107,11 @@ def run(args) -> int:
         from ..core.slide import SlideTiling, export_slide_iter, segment_slide_iter
         from ..core.slide_models import ModelSegmenter
 
-        if normalizer is not None and not args.quiet:
-            note(f"{path.name}: --normalize is not applied to whole slides")
-        levels = read_slide(path)
+        raw = levels = read_slide(path)
+        if normalizer is not None:
+            from ..core.stain_workflow import normalize_levels
+
+            levels = normalize_levels(normalizer, raw)
         dest = out / f"{path.stem}.zarr"
         segmenter = ModelSegmenter(model=str(model.path), device=args.device, tta=bool(tta))
         # Blank windows of a slide are expected: no per-window "no tissue" notes.
@@ -126,7 +128,7 @@ def run(args) -> int:
             drain_with_bar(
                 export_slide_iter(
                     dest,
-                    levels[0],
+                    raw[0],  # measure the colours as scanned
                     geojson=out / f"{path.stem}.geojson" if args.geojson else None,
                     csv=out / f"{path.stem}.csv" if args.csv else None,
                 ),

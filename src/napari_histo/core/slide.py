@@ -21,6 +21,7 @@ to zarr on disk, so memory stays bounded whatever the slide size.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from collections.abc import Callable, Generator
@@ -282,7 +283,15 @@ def segment_slide_iter(
         if out.exists():
             shutil.rmtree(out)
         os.replace(work / "labels.zarr", out)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise HistoError(
+                f"{out.name}: the disk is full ({out.parent}); nothing was written "
+                "(the partial output was removed)"
+            ) from None
+        raise
     finally:
+        # Killed before this runs, the work is left as '.<name>.partial': never a finished result.
         shutil.rmtree(work, ignore_errors=True)
     return SlideResult(out, n_levels, (H, W), nby * nbx, n_tissue, n_nuclei)
 

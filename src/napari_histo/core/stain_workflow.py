@@ -152,3 +152,13 @@ def lazy_transform(level, normalizer, stats):
         return normalizer.transform(np.asarray(b)[..., :3], source_stats=stats)
 
     return arr.map_blocks(block, dtype=np.uint8, chunks=(*arr.chunks[:2], (3,)))
+
+
+def normalize_levels(normalizer, levels: list) -> list:
+    """Every level of a slide normalized lazily, with stain statistics from one low level.
+
+    The statistics come from the level :func:`pick_level` chooses, so every tile of the slide is
+    mapped the same way (no seams between tiles normalized on their own).
+    """
+    stats = normalizer.source_stats(np.asarray(levels[pick_level(levels)]))
+    return [lazy_transform(lv, normalizer, stats) for lv in levels]
