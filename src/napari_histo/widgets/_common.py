@@ -224,3 +224,40 @@ def qimage_icon(rgb: np.ndarray):
     h, w = rgb.shape[:2]
     qimg = QImage(rgb.data, w, h, 3 * w, QImage.Format.Format_RGB888).copy()
     return QIcon(QPixmap.fromImage(qimg))
+
+
+def device_combo():
+    """The device choice every widget offers: auto (CUDA when present), cpu, cuda."""
+    from qtpy.QtWidgets import QComboBox
+
+    combo = QComboBox()
+    combo.addItems(["auto", "cpu", "cuda"])
+    combo.setToolTip("auto: the GPU when PyTorch sees one, else the CPU")
+    return combo
+
+
+class RunCancelMixin:
+    """A Run / Cancel button pair bound to ``self.run`` and ``self.runner``, plus the
+    ``on_busy`` / ``on_status`` callbacks a :class:`JobRunner` needs (status goes to
+    ``self.status``, a QLabel)."""
+
+    def run_cancel_row(self, text: str):
+        """Make ``self.run_btn`` and ``self.cancel_btn`` side by side; returns their layout."""
+        from qtpy.QtWidgets import QHBoxLayout, QPushButton
+
+        row = QHBoxLayout()
+        self.run_btn = QPushButton(text)
+        self.run_btn.clicked.connect(self.run)
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.cancel_btn.clicked.connect(self.runner.cancel)
+        row.addWidget(self.run_btn)
+        row.addWidget(self.cancel_btn)
+        return row
+
+    def _set_busy(self, busy: bool) -> None:
+        self.run_btn.setEnabled(not busy)
+        self.cancel_btn.setEnabled(busy)
+
+    def _set_status(self, text: str) -> None:
+        self.status.setText(text)

@@ -31,7 +31,15 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._common import JobRunner, error_message, import_torch_safely, notify_error, notify_info
+from ._common import (
+    JobRunner,
+    RunCancelMixin,
+    device_combo,
+    error_message,
+    import_torch_safely,
+    notify_error,
+    notify_info,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -64,20 +72,26 @@ class LossPlot(QWidget):
         p = QPainter(self)
         p.fillRect(self.rect(), QColor(30, 30, 35))
         w, h = self.width(), self.height()
-        for series, colour, label in ((self.loss, QColor(255, 170, 60), "loss"), (self.val, QColor(90, 200, 255), "val AJI")):
+        for series, colour, label in (
+            (self.loss, QColor(255, 170, 60), "loss"),
+            (self.val, QColor(90, 200, 255), "val AJI"),
+        ):
             if len(series) < 2:
                 continue
             lo, hi = min(series), max(series)
             span = (hi - lo) or 1.0
             p.setPen(QPen(colour, 1.5))
-            pts = [QPointF(4 + (w - 8) * i / (len(series) - 1), h - 4 - (h - 18) * (v - lo) / span) for i, v in enumerate(series)]
+            pts = [
+                QPointF(4 + (w - 8) * i / (len(series) - 1), h - 4 - (h - 18) * (v - lo) / span)
+                for i, v in enumerate(series)
+            ]
             for a, b in itertools.pairwise(pts):
                 p.drawLine(a, b)
             p.drawText(6 if label == "loss" else w // 2, 12, f"{label} {series[-1]:.3g}")
         p.end()
 
 
-class FineTuneWidget(QWidget):
+class FineTuneWidget(RunCancelMixin, QWidget):
     """Fine-tune a segmentation model from corrected masks into a new model version."""
 
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None):
@@ -123,20 +137,11 @@ class FineTuneWidget(QWidget):
         self.lr.setSingleStep(1e-4)
         self.lr.setValue(2e-4)
         form.addRow("Learning rate:", self.lr)
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(["auto", "cpu", "cuda"])
+        self.device_combo = device_combo()
         form.addRow("Device:", self.device_combo)
         layout.addWidget(box)
 
-        row = QHBoxLayout()
-        self.run_btn = QPushButton("Fine-tune")
-        self.run_btn.clicked.connect(self.run)
-        self.cancel_btn = QPushButton("Cancel")
-        self.cancel_btn.setEnabled(False)
-        self.cancel_btn.clicked.connect(self.runner.cancel)
-        row.addWidget(self.run_btn)
-        row.addWidget(self.cancel_btn)
-        layout.addLayout(row)
+        layout.addLayout(self.run_cancel_row("Fine-tune"))
         self.plot = LossPlot()
         layout.addWidget(self.plot)
         self.table = QTableWidget(3, 2)
@@ -170,13 +175,22 @@ class FineTuneWidget(QWidget):
     def _corrected_layers(self) -> list:
         from napari.layers import Labels
 
-        return [lyr for lyr in self.viewer.layers if isinstance(lyr, Labels) and lyr.metadata.get("napari_histo_image") in self.viewer.layers]
+        return [
+            lyr
+            for lyr in self.viewer.layers
+            if isinstance(lyr, Labels)
+            and lyr.metadata.get("napari_histo_image") in self.viewer.layers
+        ]
 
     def refresh(self, event=None) -> None:
         """List the corrected layers and the project's saved pairs; refresh the model list."""
         from ..core.seg_workflow import available_models, user_model_dir
 
-        checked = {self.pair_list.item(i).text() for i in range(self.pair_list.count()) if self.pair_list.item(i).checkState() == Qt.CheckState.Checked}
+        checked = {
+            self.pair_list.item(i).text()
+            for i in range(self.pair_list.count())
+            if self.pair_list.item(i).checkState() == Qt.CheckState.Checked
+        }
         self.pair_list.clear()
         names = [CURRENT + lyr.name for lyr in self._corrected_layers()]
         with contextlib.suppress(Exception):  # an unreadable project folder lists no saved pairs
@@ -184,7 +198,9 @@ class FineTuneWidget(QWidget):
         for n in names:
             item = QListWidgetItem(n)
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            item.setCheckState(Qt.CheckState.Checked if (n in checked or not checked) else Qt.CheckState.Unchecked)
+            item.setCheckState(
+                Qt.CheckState.Checked if (n in checked or not checked) else Qt.CheckState.Unchecked
+            )
             self.pair_list.addItem(item)
         keep = self.val_combo.currentText()
         self.val_combo.clear()
@@ -210,7 +226,11 @@ class FineTuneWidget(QWidget):
         """(training pairs, validation pair or None) from the list and the hold-back choice."""
         from ..core.errors import HistoError
 
-        chosen = [self.pair_list.item(i).text() for i in range(self.pair_list.count()) if self.pair_list.item(i).checkState() == Qt.CheckState.Checked]
+        chosen = [
+            self.pair_list.item(i).text()
+            for i in range(self.pair_list.count())
+            if self.pair_list.item(i).checkState() == Qt.CheckState.Checked
+        ]
         val_name = self.val_combo.currentText()
         val = None if val_name in ("", NO_VALIDATION) else self._load(val_name)
         train = [self._load(n) for n in chosen if n != val_name]
@@ -222,7 +242,9 @@ class FineTuneWidget(QWidget):
         if val is not None:
             unique = [p for p in unique if p[0] != val[0]]
         if not unique:
-            raise HistoError("no training pairs chosen: correct a segmentation, or tick saved pairs (the held-back pair cannot also train)")
+            raise HistoError(
+                "no training pairs chosen: correct a segmentation, or tick saved pairs (the held-back pair cannot also train)"
+            )
         for name, _, lab in unique:
             if not lab.any():
                 raise HistoError(f"{name}: the labels are empty; correct some nuclei first")
@@ -276,12 +298,7 @@ class FineTuneWidget(QWidget):
             seg.refresh_models(select=str(result.model_dir))
         if idx >= 0:
             self.model_combo.setCurrentIndex(idx)
-        self._set_status(f"new model version {result.model_dir.name}; it is selected in Segment nuclei")
+        self._set_status(
+            f"new model version {result.model_dir.name}; it is selected in Segment nuclei"
+        )
         notify_info(f"model version {result.model_dir.name} saved")
-
-    def _set_busy(self, busy: bool) -> None:
-        self.run_btn.setEnabled(not busy)
-        self.cancel_btn.setEnabled(busy)
-
-    def _set_status(self, text: str) -> None:
-        self.status.setText(text)

@@ -29,7 +29,9 @@ from qtpy.QtWidgets import (
 
 from ._common import (
     JobRunner,
+    RunCancelMixin,
     add_or_update_image,
+    device_combo,
     error_message,
     import_torch_safely,
     layer_levels,
@@ -53,7 +55,7 @@ KEYS = {
 }
 
 
-class SegmentWidget(QWidget):
+class SegmentWidget(RunCancelMixin, QWidget):
     """Segment nuclei into an editable Labels layer; correct; corrections autosave as training pairs."""
 
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None):
@@ -87,8 +89,7 @@ class SegmentWidget(QWidget):
         form.addRow("Image:", self.image_combo)
         self.model_combo = QComboBox()
         form.addRow("Model:", self.model_combo)
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(["auto", "cpu", "cuda"])
+        self.device_combo = device_combo()
         self.device_label = QLabel("")
         row = QHBoxLayout()
         row.addWidget(self.device_combo)
@@ -108,15 +109,7 @@ class SegmentWidget(QWidget):
         form.addRow("Region:", self.region_combo)
         self.uncertainty = QCheckBox("show uncertainty (where to correct first)")
         form.addRow("", self.uncertainty)
-        row = QHBoxLayout()
-        self.run_btn = QPushButton("Segment")
-        self.run_btn.clicked.connect(self.run)
-        self.cancel_btn = QPushButton("Cancel")
-        self.cancel_btn.setEnabled(False)
-        self.cancel_btn.clicked.connect(self.runner.cancel)
-        row.addWidget(self.run_btn)
-        row.addWidget(self.cancel_btn)
-        form.addRow(row)
+        form.addRow(self.run_cancel_row("Segment"))
         layout.addWidget(box)
 
         box = QGroupBox("Correct (napari's paint / fill / erase tools, plus keys)")
@@ -132,7 +125,9 @@ class SegmentWidget(QWidget):
         form = QFormLayout()
         self.project_edit = QLineEdit()
         self.project_edit.setPlaceholderText("beside the image (default)")
-        self.project_edit.editingFinished.connect(lambda: self._offer_saved(self.image_combo.currentText()))
+        self.project_edit.editingFinished.connect(
+            lambda: self._offer_saved(self.image_combo.currentText())
+        )
         browse = QPushButton("…")
         browse.setMaximumWidth(30)
         browse.clicked.connect(self._choose_project)
@@ -167,15 +162,27 @@ class SegmentWidget(QWidget):
 
         keep = self.image_combo.currentText()
         self.image_combo.clear()
-        names = [lyr.name for lyr in rgb_image_layers(self.viewer) if not lyr.name.endswith(" normalized")]
-        names += [lyr.name for lyr in rgb_image_layers(self.viewer) if lyr.name.endswith(" normalized")]
+        names = [
+            lyr.name
+            for lyr in rgb_image_layers(self.viewer)
+            if not lyr.name.endswith(" normalized")
+        ]
+        names += [
+            lyr.name for lyr in rgb_image_layers(self.viewer) if lyr.name.endswith(" normalized")
+        ]
         self.image_combo.addItems(names)
         if keep in names:
             self.image_combo.setCurrentText(keep)
         keep = self.region_combo.currentText()
         self.region_combo.clear()
         self.region_combo.addItems([REGION_WHOLE, REGION_VIEW])
-        self.region_combo.addItems([f"rectangles of '{lyr.name}'" for lyr in self.viewer.layers if isinstance(lyr, Shapes) and lyr.name != "cut lines"])
+        self.region_combo.addItems(
+            [
+                f"rectangles of '{lyr.name}'"
+                for lyr in self.viewer.layers
+                if isinstance(lyr, Shapes) and lyr.name != "cut lines"
+            ]
+        )
         if keep:
             self.region_combo.setCurrentText(keep)
         self.refresh_models()
@@ -214,7 +221,10 @@ class SegmentWidget(QWidget):
             verts = [np.array([corners[0], corners[1]])]
         elif region.startswith("rectangles of '"):
             shapes = self.viewer.layers[region[len("rectangles of '") : -1]]
-            verts = [np.array([layer.world_to_data(shapes.data_to_world(p)) for p in d]) for d in shapes.data]
+            verts = [
+                np.array([layer.world_to_data(shapes.data_to_world(p)) for p in d])
+                for d in shapes.data
+            ]
             if not verts:
                 raise HistoError(f"'{shapes.name}' has no rectangles: draw the regions to segment")
         else:
@@ -282,7 +292,9 @@ class SegmentWidget(QWidget):
             norm = getattr(inner, "normalizer", None)
             if norm is not None:
                 return norm
-        raise HistoError("no stain template fitted yet: fit one in the Stain normalization widget, or untick 'normalize'")
+        raise HistoError(
+            "no stain template fitted yet: fit one in the Stain normalization widget, or untick 'normalize'"
+        )
 
     def _show_result(self, layer, result) -> None:
         full_shape = layer_levels(layer)[0].shape[:2]
@@ -293,7 +305,9 @@ class SegmentWidget(QWidget):
             labels = np.zeros(full_shape, np.uint32)
         conf = np.ones(full_shape, np.float32) if self.uncertainty.isChecked() else None
         next_id = 1
-        for (rs, cs, _), (lab, confidence) in zip(result["regions"], result["outputs"], strict=True):
+        for (rs, cs, _), (lab, confidence) in zip(
+            result["regions"], result["outputs"], strict=True
+        ):
             lab = np.asarray(lab, np.uint32)
             # Re-running a region replaces what was there; ids stay unique in the layer.
             labels[rs, cs] = 0
@@ -311,7 +325,14 @@ class SegmentWidget(QWidget):
         self._attach(lab_layer)
         if conf is not None:
             add_or_update_image(
-                self.viewer, f"{layer.name} uncertainty", 1.0 - conf, colormap="magma", contrast_limits=(0, 1), opacity=0.6, blending="additive", **kwargs
+                self.viewer,
+                f"{layer.name} uncertainty",
+                1.0 - conf,
+                colormap="magma",
+                contrast_limits=(0, 1),
+                opacity=0.6,
+                blending="additive",
+                **kwargs,
             )
         n = len(np.unique(labels)) - 1
         self._set_status(f"{n} nuclei found; correct them with the label tools, they autosave")
@@ -328,11 +349,21 @@ class SegmentWidget(QWidget):
         lab_layer.events.paint.connect(self.mark_dirty)
         lab_layer.events.data.connect(self.mark_dirty)
         lab_layer.bind_key("n", lambda lyr: self.next_label(), overwrite=True)
-        lab_layer.bind_key("x", lambda lyr: self.delete_at(self.viewer.cursor.position), overwrite=True)
-        lab_layer.bind_key("m", lambda lyr: self.merge_at(self.viewer.cursor.position), overwrite=True)
+        lab_layer.bind_key(
+            "x", lambda lyr: self.delete_at(self.viewer.cursor.position), overwrite=True
+        )
+        lab_layer.bind_key(
+            "m", lambda lyr: self.merge_at(self.viewer.cursor.position), overwrite=True
+        )
         lab_layer.bind_key("s", lambda lyr: self.split_last_line(), overwrite=True)
         if "cut lines" not in self.viewer.layers:
-            self.viewer.add_shapes(name="cut lines", edge_color="yellow", edge_width=2, face_color="transparent", visible=True)
+            self.viewer.add_shapes(
+                name="cut lines",
+                edge_color="yellow",
+                edge_width=2,
+                face_color="transparent",
+                visible=True,
+            )
             self.viewer.layers.selection.active = lab_layer
 
     def _label_at(self, position) -> int:
@@ -353,7 +384,11 @@ class SegmentWidget(QWidget):
     def delete_at(self, position) -> None:
         from ..core.label_edit import delete_label
 
-        self._guard(lambda: self._replace(delete_label(self.labels_layer.data, self._label_at(position)), "nucleus deleted"))
+        self._guard(
+            lambda: self._replace(
+                delete_label(self.labels_layer.data, self._label_at(position)), "nucleus deleted"
+            )
+        )
 
     def merge_at(self, position) -> None:
         from ..core.label_edit import merge_labels
@@ -364,17 +399,28 @@ class SegmentWidget(QWidget):
             self._set_status(f"merge: nucleus {label} chosen; press M on the other one")
             return
         first, self._merge_first = self._merge_first, None
-        self._guard(lambda: self._replace(merge_labels(self.labels_layer.data, first, label), f"nucleus {label} merged into {first}"))
+        self._guard(
+            lambda: self._replace(
+                merge_labels(self.labels_layer.data, first, label),
+                f"nucleus {label} merged into {first}",
+            )
+        )
 
     def split_last_line(self) -> None:
         from ..core.errors import HistoError
         from ..core.label_edit import split_label
 
         def do():
-            if "cut lines" not in self.viewer.layers or not len(self.viewer.layers["cut lines"].data):
-                raise HistoError("draw a line or path across the nucleus in the 'cut lines' layer first")
+            if "cut lines" not in self.viewer.layers or not len(
+                self.viewer.layers["cut lines"].data
+            ):
+                raise HistoError(
+                    "draw a line or path across the nucleus in the 'cut lines' layer first"
+                )
             cuts = self.viewer.layers["cut lines"]
-            line = np.array([self.labels_layer.world_to_data(cuts.data_to_world(p)) for p in cuts.data[-1]])
+            line = np.array(
+                [self.labels_layer.world_to_data(cuts.data_to_world(p)) for p in cuts.data[-1]]
+            )
             out, new = split_label(self.labels_layer.data, line)
             cuts.data = cuts.data[:-1]
             self._replace(out, f"nucleus split; new id(s) {new}")
@@ -405,14 +451,21 @@ class SegmentWidget(QWidget):
         if layer.multiscale:
             return None
         try:
-            pair = self.project().save_pair(self._image_name, np.asarray(layer.data), np.asarray(self.labels_layer.data), source=str(layer.source.path or ""))
+            pair = self.project().save_pair(
+                self._image_name,
+                np.asarray(layer.data),
+                np.asarray(self.labels_layer.data),
+                source=str(layer.source.path or ""),
+            )
         except Exception as exc:
             self.saved_label.setText(f"⚠ not saved: {error_message(exc)}")
             notify_error(f"corrections not saved: {error_message(exc)}")
             return None
         self._dirty = False
         self.last_saved = time.time()
-        self.saved_label.setText(f"✓ saved {time.strftime('%H:%M:%S')} to {pair.mask.parent.parent}")
+        self.saved_label.setText(
+            f"✓ saved {time.strftime('%H:%M:%S')} to {pair.mask.parent.parent}"
+        )
         self.refresh_measurements()
         return pair.mask
 
@@ -445,7 +498,9 @@ class SegmentWidget(QWidget):
 
         worker = create_worker(_measure_table, labels, image, _start_thread=False)
         worker.returned.connect(apply)
-        worker.errored.connect(lambda exc: notify_error(f"measurements not updated: {error_message(exc)}"))
+        worker.errored.connect(
+            lambda exc: notify_error(f"measurements not updated: {error_message(exc)}")
+        )
         worker.finished.connect(done)
         # Hold every running worker: a replaced one must not be garbage-collected mid-run.
         self._measure_workers.add(worker)
@@ -463,7 +518,9 @@ class SegmentWidget(QWidget):
         if self.labels_layer is None:
             notify_error("segment an image first")
             return
-        path, _ = QFileDialog.getSaveFileName(self, "Export measurements", f"{self._image_name}_nuclei.csv", "CSV (*.csv)")
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export measurements", f"{self._image_name}_nuclei.csv", "CSV (*.csv)"
+        )
         if path:
             try:
                 self.export_csv(path)
@@ -520,19 +577,14 @@ class SegmentWidget(QWidget):
             lab_layer = self.viewer.layers[lname]
             lab_layer.data = labels.astype(np.uint32)
         else:
-            lab_layer = self.viewer.add_labels(labels.astype(np.uint32), name=lname, opacity=0.5, **kwargs)
+            lab_layer = self.viewer.add_labels(
+                labels.astype(np.uint32), name=lname, opacity=0.5, **kwargs
+            )
         self._attach(lab_layer)
         self.refresh_measurements()
         self._dirty = False
         self.saved_label.setText("✓ saved corrections opened")
         return lab_layer
-
-    def _set_busy(self, busy: bool) -> None:
-        self.run_btn.setEnabled(not busy)
-        self.cancel_btn.setEnabled(busy)
-
-    def _set_status(self, text: str) -> None:
-        self.status.setText(text)
 
 
 def _segment_regions_job(crops, model, device, tta, normalizer, translator=None):
@@ -549,7 +601,9 @@ def _segment_regions_job(crops, model, device, tta, normalizer, translator=None)
             from ..core.translate import translate_iter
 
             crop = yield from translate_iter(crop, translator)
-        result = yield from segment_array_iter(crop, model=model, device=device, tta=tta, normalizer=normalizer)
+        result = yield from segment_array_iter(
+            crop, model=model, device=device, tta=tta, normalizer=normalizer
+        )
         outputs.append((result.labels, getattr(result, "confidence", None)))
         yield Progress(step=k, total=len(crops), stage="region")
     return {"regions": crops, "outputs": outputs}

@@ -28,6 +28,8 @@ from qtpy.QtWidgets import (
 
 from ._common import (
     JobRunner,
+    RunCancelMixin,
+    device_combo,
     error_message,
     import_torch_safely,
     layer_levels,
@@ -44,7 +46,7 @@ LOCAL_PROCESSES = "local processes"
 REMOTE = "dask scheduler at address"
 
 
-class SlideWidget(QWidget):
+class SlideWidget(RunCancelMixin, QWidget):
     """Segment a whole slide tile by tile; open the labels pyramid; edit a region; export."""
 
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None):
@@ -66,8 +68,7 @@ class SlideWidget(QWidget):
         form.addRow("Slide:", self.slide_combo)
         self.model_combo = QComboBox()
         form.addRow("Model:", self.model_combo)
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(["auto", "cpu", "cuda"])
+        self.device_combo = device_combo()
         form.addRow("Device:", self.device_combo)
         self.tile = QSpinBox()
         self.tile.setRange(128, 8192)
@@ -94,15 +95,7 @@ class SlideWidget(QWidget):
         self.out_edit = QLineEdit()
         self.out_edit.setPlaceholderText("beside the slide (default)")
         form.addRow("Output folder:", self.out_edit)
-        row = QHBoxLayout()
-        self.run_btn = QPushButton("Segment slide")
-        self.run_btn.clicked.connect(self.run)
-        self.cancel_btn = QPushButton("Cancel")
-        self.cancel_btn.setEnabled(False)
-        self.cancel_btn.clicked.connect(self.runner.cancel)
-        row.addWidget(self.run_btn)
-        row.addWidget(self.cancel_btn)
-        form.addRow(row)
+        form.addRow(self.run_cancel_row("Segment slide"))
         layout.addWidget(box)
 
         box = QGroupBox("Results")
@@ -111,7 +104,9 @@ class SlideWidget(QWidget):
         self.open_btn = QPushButton("Open labels…")
         self.open_btn.clicked.connect(self._open_dialog)
         self.edit_btn = QPushButton("Edit this region")
-        self.edit_btn.setToolTip("napari cannot paint on multiscale labels: pull the field of view into an editable layer")
+        self.edit_btn.setToolTip(
+            "napari cannot paint on multiscale labels: pull the field of view into an editable layer"
+        )
         self.edit_btn.clicked.connect(self.pull_region)
         self.save_btn = QPushButton("Save region")
         self.save_btn.clicked.connect(self.push_region)
@@ -158,7 +153,11 @@ class SlideWidget(QWidget):
 
     def output_path(self, layer) -> Path:
         src = layer.source.path or layer.metadata.get("path")
-        folder = Path(self.out_edit.text().strip()) if self.out_edit.text().strip() else (Path(src).parent if src else Path.home() / "napari-histo")
+        folder = (
+            Path(self.out_edit.text().strip())
+            if self.out_edit.text().strip()
+            else (Path(src).parent if src else Path.home() / "napari-histo")
+        )
         stem = Path(src).name.split(".")[0] if src else layer.name
         return folder / f"{stem}.zarr"
 
@@ -178,7 +177,11 @@ class SlideWidget(QWidget):
                 from ..core.errors import HistoError
 
                 raise HistoError("enter the scheduler's address, e.g. tcp://HOST:8786")
-            segmenter = ModelSegmenter(self.model_combo.currentData() or "default", self.device_combo.currentText(), self.tta.isChecked())
+            segmenter = ModelSegmenter(
+                self.model_combo.currentData() or "default",
+                self.device_combo.currentText(),
+                self.tta.isChecked(),
+            )
             out = self.output_path(layer)
         except Exception as exc:
             notify_error(error_message(exc))
@@ -193,7 +196,9 @@ class SlideWidget(QWidget):
 
     def _on_done(self, result) -> None:
         self.open_labels(result.zarr_path)
-        self._set_status(f"{result.n_nuclei} nuclei in {result.n_tissue_blocks}/{result.n_blocks} tissue tiles → {result.zarr_path}")
+        self._set_status(
+            f"{result.n_nuclei} nuclei in {result.n_tissue_blocks}/{result.n_blocks} tissue tiles → {result.zarr_path}"
+        )
 
     def open_labels(self, path: str | Path):
         """Show a labels pyramid as a multiscale Labels layer (aligned with the slide)."""
@@ -215,7 +220,9 @@ class SlideWidget(QWidget):
             self.viewer.layers[name].data = levels
             layer = self.viewer.layers[name]
         else:
-            layer = self.viewer.add_labels(levels, name=name, multiscale=len(levels) > 1, opacity=0.5, **kwargs)
+            layer = self.viewer.add_labels(
+                levels, name=name, multiscale=len(levels) > 1, opacity=0.5, **kwargs
+            )
         self.zarr_path = path
         return layer
 
@@ -240,13 +247,18 @@ class SlideWidget(QWidget):
                 raise HistoError("segment a slide or open its labels first")
             rows, cols = region or self.view_region()
             if (rows.stop - rows.start) * (cols.stop - cols.start) > 4096 * 4096:
-                raise HistoError("the field of view is too large to edit in memory: zoom in (at most 4096 x 4096 pixels)")
+                raise HistoError(
+                    "the field of view is too large to edit in memory: zoom in (at most 4096 x 4096 pixels)"
+                )
             data = read_region(self.zarr_path, rows, cols)
         except Exception as exc:
             notify_error(error_message(exc))
             self._set_status(error_message(exc))
             return None
-        self.edit_region = (slice(rows.start, rows.start + data.shape[0]), slice(cols.start, cols.start + data.shape[1]))
+        self.edit_region = (
+            slice(rows.start, rows.start + data.shape[0]),
+            slice(cols.start, cols.start + data.shape[1]),
+        )
         base = self._slide_layer()
         scale = base.scale[-2:]
         translate = np.asarray(base.translate[-2:]) + np.array([rows.start, cols.start]) * scale
@@ -255,7 +267,9 @@ class SlideWidget(QWidget):
             self.viewer.layers.remove(name)
         layer = self.viewer.add_labels(data, name=name, scale=scale, translate=translate)
         self.viewer.layers.selection.active = layer
-        self._set_status(f"editing rows {rows.start}-{rows.stop}, cols {cols.start}-{cols.stop}; press Save region when done")
+        self._set_status(
+            f"editing rows {rows.start}-{rows.stop}, cols {cols.start}-{cols.stop}; press Save region when done"
+        )
         return layer
 
     def push_region(self) -> dict | None:
@@ -267,7 +281,9 @@ class SlideWidget(QWidget):
             if self.edit_region is None or "region edit" not in self.viewer.layers:
                 raise HistoError("nothing to save: press 'Edit this region' first")
             rows, cols = self.edit_region
-            mapping = write_region(self.zarr_path, rows, cols, np.asarray(self.viewer.layers["region edit"].data))
+            mapping = write_region(
+                self.zarr_path, rows, cols, np.asarray(self.viewer.layers["region edit"].data)
+            )
         except Exception as exc:
             notify_error(error_message(exc))
             self._set_status(error_message(exc))
@@ -287,7 +303,12 @@ class SlideWidget(QWidget):
         if self.zarr_path is None:
             notify_error("segment a slide or open its labels first")
             return
-        path, _ = QFileDialog.getSaveFileName(self, "Export nuclei", str(self.zarr_path.with_suffix(".geojson")), "GeoJSON (*.geojson)")
+        path, _ = QFileDialog.getSaveFileName(
+            self,
+            "Export nuclei",
+            str(self.zarr_path.with_suffix(".geojson")),
+            "GeoJSON (*.geojson)",
+        )
         if path:
             try:
                 n = self.export(path, Path(path).with_suffix(".csv"))
@@ -302,13 +323,6 @@ class SlideWidget(QWidget):
                 self.open_labels(path)
             except Exception as exc:
                 notify_error(error_message(exc))
-
-    def _set_busy(self, busy: bool) -> None:
-        self.run_btn.setEnabled(not busy)
-        self.cancel_btn.setEnabled(busy)
-
-    def _set_status(self, text: str) -> None:
-        self.status.setText(text)
 
 
 def _slide_job(levels, segmenter, out, tiling, scheduler, workers):

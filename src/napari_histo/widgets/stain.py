@@ -30,8 +30,10 @@ from qtpy.QtWidgets import (
 
 from ._common import (
     JobRunner,
+    RunCancelMixin,
     add_or_update_image,
     add_or_update_labels,
+    device_combo,
     error_message,
     import_torch_safely,
     layer_levels,
@@ -64,7 +66,7 @@ class Candidate:
     path: Path | None = None
 
 
-class StainNormalizationWidget(QWidget):
+class StainNormalizationWidget(RunCancelMixin, QWidget):
     """Pick a stain template by eye, fit a normalizer, preview class maps and normalized layers."""
 
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None):
@@ -127,8 +129,7 @@ class StainNormalizationWidget(QWidget):
         self.steps.setRange(1, 100_000)
         self.steps.setValue(200)
         form.addRow("Refit steps:", self.steps)
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(["auto", "cpu", "cuda"])
+        self.device_combo = device_combo()
         form.addRow("Device:", self.device_combo)
         layout.addWidget(box)
 
@@ -148,15 +149,7 @@ class StainNormalizationWidget(QWidget):
         legend = " ".join(f'<span style="color:{c}">■ {n}</span>' for n, c in CLASS_COLOURS.items())
         self.legend = QLabel(legend)
         v.addWidget(self.legend)
-        row = QHBoxLayout()
-        self.run_btn = QPushButton("Fit && normalize")
-        self.run_btn.clicked.connect(self.run)
-        self.cancel_btn = QPushButton("Cancel")
-        self.cancel_btn.setEnabled(False)
-        self.cancel_btn.clicked.connect(self.runner.cancel)
-        row.addWidget(self.run_btn)
-        row.addWidget(self.cancel_btn)
-        v.addLayout(row)
+        v.addLayout(self.run_cancel_row("Fit && normalize"))
         self.compare_btn = QPushButton("Before / after side by side")
         self.compare_btn.setCheckable(True)
         self.compare_btn.toggled.connect(self._toggle_compare)
@@ -473,13 +466,6 @@ class StainNormalizationWidget(QWidget):
         dcgmm = METHOD_LABELS.get(text) == "dcgmm"
         for w in (self.refit, self.steps, self.show_classes, self.show_probs, self.legend):
             w.setEnabled(dcgmm)
-
-    def _set_busy(self, busy: bool) -> None:
-        self.run_btn.setEnabled(not busy)
-        self.cancel_btn.setEnabled(busy)
-
-    def _set_status(self, text: str) -> None:
-        self.status.setText(text)
 
 
 def _job(method, templates, targets, fit_on, steps, device, class_maps, probabilities):

@@ -22,6 +22,7 @@ from qtpy.QtWidgets import (
 from ._common import (
     JobRunner,
     add_or_update_image,
+    device_combo,
     error_message,
     import_torch_safely,
     notify_error,
@@ -55,7 +56,6 @@ def _translate_job(
     return result, scores
 
 
-
 class TranslateWidget(QWidget):
     """Translate an RGB image layer between IHC and H&E appearance with a CycleGAN generator."""
 
@@ -72,8 +72,7 @@ class TranslateWidget(QWidget):
         self.browse_btn.clicked.connect(self._browse)
         self.direction_combo = QComboBox()
         self.direction_combo.addItems(["ihc2he", "he2ihc"])
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(["auto", "cpu", "cuda"])
+        self.device_combo = device_combo()
         self.quality_check = QCheckBox("quality vs cycle (slower: translates back)")
         self.run_btn = QPushButton("Translate")
         self.cancel_btn = QPushButton("Cancel")
