@@ -285,3 +285,54 @@ def test_resume_after_an_interrupt_and_extend_a_finished_model(tmp_path, pairs):
     assert card["training"]["epochs_done"] == 4 and len(card["history"]) == 4
     with pytest.raises(HistoError, match="nothing to resume"):
         drain(train_iter(pairs[:2], epochs=1, resume=True, **{**kw, "out": tmp_path / "none"}))
+
+
+def _digests(folder):
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_cancelled_fine_tune_leaves_the_parent_byte_identical(tmp_path, pairs, saved):
+    parent, _ = saved
+    before = _digests(parent)
+    gen = train_iter(pairs[:2], out=tmp_path / "ft", init=str(parent), epochs=3, **FAST)
+    for ev in gen:
+        if ev.stage == "epoch":
+            break
+    gen.close()
+    assert _digests(parent) == before
+    assert not (tmp_path / "ft").exists()
+
+
+@pytest.mark.slow
+def test_a_save_killed_mid_write_leaves_a_loadable_model(tmp_path, saved):
+    """SIGKILL while a model is being rewritten again and again: the folder always loads."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _, net = saved
+    folder = tmp_path / "m"
+    models.save_model(folder, net, "unet", {"base": 4}, {"data": "none"})
+    good = {k: v.clone() for k, v in net.state_dict().items()}
+    script = (
+        "import torch\n"
+        "from napari_histo.core import models\n"
+        "from napari_histo.core.seg.spec import get_arch\n"
+        "net = get_arch('unet').build(base=4)\n"
+        "print('ready', flush=True)\n"
+        "while True:\n"
+        f"    models.save_model({str(folder)!r}, net, 'unet', {{'base': 4}}, {{'data': 'none'}})\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(1.5)  # many complete saves, then a kill at an arbitrary point of one
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    models.clear_model_cache()
+    loaded = models.load_model(str(folder), "cpu")
+    state = loaded.net.state_dict()
+    assert set(state) == set(good)
+    assert any(not torch.equal(state[k], good[k]) for k in good), "no save ever completed"
