@@ -91,7 +91,9 @@ def test_edit_keys_and_autosave(viewer_and_widget, qtbot, tmp_path):
     widget.merge_at((yb, xb))
     widget.merge_at((yc, xc))
     after = np.asarray(layer.data)
-    assert not (after == c).any() and (after == b).sum() == counts[ids == b][0] + counts[ids == c][0]
+    assert (
+        not (after == c).any() and (after == b).sum() == counts[ids == b][0] + counts[ids == c][0]
+    )
     assert widget.next_label() == int(after.max()) + 1
     # Autosave (debounced) writes the image + corrected labels pair into the project folder.
     qtbot.waitUntil(lambda: widget.last_saved is not None, timeout=10_000)

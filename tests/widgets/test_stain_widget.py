@@ -56,7 +56,10 @@ def test_macenko_normalizes_towards_template(qtbot, viewer_and_widget):
     # the 99th concentration percentile, and torchstain's Macenko brightens this crop too.)
     norm = widget.normalizer
     assert norm is not None
-    stains = {k: norm.source_stats(a).values["stains"] for k, a in (("src", src), ("tgt", tgt), ("out", out))}
+    stains = {
+        k: norm.source_stats(a).values["stains"]
+        for k, a in (("src", src), ("tgt", tgt), ("out", out))
+    }
     before = np.abs(stains["src"] - stains["tgt"]).sum()
     after = np.abs(stains["out"] - stains["tgt"]).sum()
     assert after < 0.5 * before
