@@ -148,7 +148,9 @@ def test_normalize_first_uses_the_stain_widgets_normalizer(viewer_and_widget, qt
     from napari_histo.core.stain import get_normalizer
 
     stain.normalizer = get_normalizer("reinhard", device="cpu").fit(viewer.layers["tile"].data)
-    assert widget._current_normalizer() is stain.normalizer
+    from napari_histo.widgets._common import fitted_stain_normalizer
+
+    assert fitted_stain_normalizer(viewer) is stain.normalizer
     _segment(widget, qtbot)
     assert "nuclei found" in widget.status.text()
 

@@ -59,3 +59,44 @@ def test_no_slide_is_a_clear_message(make_napari_viewer):
     widget = SlideWidget(viewer)
     assert widget.run() is None
     assert "no slide" in widget.status.text()
+
+
+def test_slide_normalized_to_the_fitted_template(
+    make_napari_viewer, svs_path, monuseg, tmp_path, qtbot, monkeypatch
+):
+    from qtpy.QtWidgets import QWidget
+
+    from napari_histo.core.io import read_image
+    from napari_histo.core.stain import get_normalizer
+    from napari_histo.widgets.slide import SlideWidget
+
+    monkeypatch.setenv("NAPARI_HISTO_MODELS", str(tmp_path / "models"))
+    viewer = make_napari_viewer()
+    viewer.open(str(svs_path), plugin="napari-histo")
+    widget = SlideWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.out_edit.setText(str(tmp_path / "out"))
+    widget.device_combo.setCurrentText("cpu")
+    widget.normalize.setChecked(True)
+    # Without a fitted template: one clear message, nothing started.
+    assert widget.run() is None
+    assert "no stain template" in widget.status.text()
+    # A template fitted in the Stain normalization widget (here: its normalizer attribute).
+    stain = QWidget()
+    template = read_image(sorted((monuseg / "images").glob("*.png"))[0])
+    stain.normalizer = get_normalizer("reinhard").fit(template)
+    viewer.window.add_dock_widget(stain, name="Stain normalization")
+    import napari_histo.core.stain_workflow as workflow
+
+    real, calls = workflow.normalize_levels, []
+
+    def spy(normalizer, levels):
+        calls.append(normalizer)
+        return real(normalizer, levels)
+
+    monkeypatch.setattr(workflow, "normalize_levels", spy)
+    assert widget.run() is not None
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=300_000)
+    assert (tmp_path / "out" / "CMU-1-Small-Region.zarr").is_dir(), widget.status.text()
+    assert int(widget.status.text().split()[0]) > 500
+    assert calls == [stain.normalizer]

@@ -63,6 +63,27 @@ def import_torch_safely(with_piq: bool = False) -> None:
         import piq  # noqa: F401
 
 
+def fitted_stain_normalizer(viewer: napari.Viewer):
+    """The normalizer fitted in the viewer's Stain normalization widget.
+
+    Raises
+    ------
+    HistoError
+        When no template has been fitted yet.
+    """
+    from ..core.errors import HistoError
+
+    # napari's dock_widgets maps names to the inner widgets (older versions: to the docks).
+    for widget in getattr(viewer.window, "dock_widgets", {}).values():
+        inner = widget.widget() if callable(getattr(widget, "widget", None)) else widget
+        norm = getattr(inner, "normalizer", None)
+        if norm is not None:
+            return norm
+    raise HistoError(
+        "no stain template fitted yet: fit one in the Stain normalization widget, or untick 'normalize'"
+    )
+
+
 def notify_error(msg: str) -> None:
     """A napari error notification with one clear line."""
     from napari.utils.notifications import show_error

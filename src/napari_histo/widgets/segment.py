@@ -33,6 +33,7 @@ from ._common import (
     add_or_update_image,
     device_combo,
     error_message,
+    fitted_stain_normalizer,
     import_torch_safely,
     layer_levels,
     notify_error,
@@ -254,7 +255,9 @@ class SegmentWidget(RunCancelMixin, QWidget):
             slices = self._region_slices(layer)
             data = layer_levels(layer)[0]
             crops = [(rs, cs, np.asarray(data[rs, cs])) for rs, cs in slices]
-            normalizer = self._current_normalizer() if self.normalize.isChecked() else None
+            normalizer = (
+                fitted_stain_normalizer(self.viewer) if self.normalize.isChecked() else None
+            )
             model = self.model_combo.currentData() or "default"
             import_torch_safely()
             translator = self._translator() if self.translate.isChecked() else None
@@ -282,19 +285,6 @@ class SegmentWidget(RunCancelMixin, QWidget):
 
         # Loaded here: a missing or broken model is an immediate message, not a failed job.
         return load_translator("ihc2he_default", "ihc2he", self.device_combo.currentText())
-
-    def _current_normalizer(self):
-        from ..core.errors import HistoError
-
-        # napari's dock_widgets maps names to the inner widgets (older versions: to the docks).
-        for widget in getattr(self.viewer.window, "dock_widgets", {}).values():
-            inner = widget.widget() if callable(getattr(widget, "widget", None)) else widget
-            norm = getattr(inner, "normalizer", None)
-            if norm is not None:
-                return norm
-        raise HistoError(
-            "no stain template fitted yet: fit one in the Stain normalization widget, or untick 'normalize'"
-        )
 
     def _show_result(self, layer, result) -> None:
         full_shape = layer_levels(layer)[0].shape[:2]

@@ -31,6 +31,7 @@ from ._common import (
     RunCancelMixin,
     device_combo,
     error_message,
+    fitted_stain_normalizer,
     import_torch_safely,
     layer_levels,
     notify_error,
@@ -81,6 +82,12 @@ class SlideWidget(RunCancelMixin, QWidget):
         form.addRow("Halo (px):", self.halo)
         self.tta = QCheckBox("multiple inference")
         form.addRow("", self.tta)
+        self.normalize = QCheckBox("normalize to the current stain template first")
+        self.normalize.setToolTip(
+            "Uses the normalizer fitted in the Stain normalization widget, with one set of stain "
+            "statistics for the whole slide (no seams between tiles)"
+        )
+        form.addRow("", self.normalize)
         self.where = QComboBox()
         self.where.addItems([LOCAL_THREADS, LOCAL_PROCESSES, REMOTE])
         self.where.currentTextChanged.connect(self._on_where)
@@ -183,6 +190,9 @@ class SlideWidget(RunCancelMixin, QWidget):
                 self.tta.isChecked(),
             )
             out = self.output_path(layer)
+            normalizer = (
+                fitted_stain_normalizer(self.viewer) if self.normalize.isChecked() else None
+            )
         except Exception as exc:
             notify_error(error_message(exc))
             self._set_status(error_message(exc))
@@ -190,7 +200,7 @@ class SlideWidget(RunCancelMixin, QWidget):
         levels = layer_levels(layer)
         import_torch_safely()
         return self.runner.start(
-            _slide_job, levels, segmenter, out, tiling, scheduler, workers,
+            _slide_job, levels, segmenter, out, tiling, scheduler, workers, normalizer,
             description="Whole slide", on_done=self._on_done,
         )  # fmt: skip
 
@@ -325,9 +335,15 @@ class SlideWidget(RunCancelMixin, QWidget):
                 notify_error(error_message(exc))
 
 
-def _slide_job(levels, segmenter, out, tiling, scheduler, workers):
+def _slide_job(levels, segmenter, out, tiling, scheduler, workers, normalizer=None):
     from ..core.cluster import dask_client
+    from ..core.progress import Progress
     from ..core.slide import segment_slide_iter
 
+    if normalizer is not None:
+        from ..core.stain_workflow import normalize_levels
+
+        yield Progress(step=0, total=1, stage="normalize", message="stain statistics of the slide")
+        levels = normalize_levels(normalizer, levels)
     with dask_client(scheduler, workers) as client:
         return (yield from segment_slide_iter(levels, segmenter, out, tiling, client=client))
