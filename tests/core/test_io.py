@@ -171,3 +171,53 @@ def test_one_row_mask_stays_two_dimensional(tmp_path):
     assert read_labels(write_labels(tmp_path / "row.tif", row)).shape == (1, 50)
     tifffile.imwrite(tmp_path / "page.tif", row[None, :, :, None])  # page and channel axes
     assert np.array_equal(read_labels(tmp_path / "page.tif"), row)
+
+
+def _with_compression_code(src, dst, code: int) -> None:
+    """Copy a classic little-endian zlib TIFF, relabelling its Compression tag (259) as ``code``."""
+    data = bytearray(src.read_bytes())
+    entry = b"\x03\x01\x03\x00\x01\x00\x00\x00\x08\x00"  # tag 259, SHORT, count 1, value 8
+    i = data.find(entry)
+    assert i > 0
+    data[i + 8 : i + 10] = code.to_bytes(2, "little")
+    dst.write_bytes(bytes(data))
+
+
+def test_undecodable_tiles_are_one_clear_error_naming_the_compression(monuseg, tmp_path):
+    tile = read_image(sorted((monuseg / "images").glob("*.png"))[0])
+    good = tmp_path / "good.tif"
+    tifffile.imwrite(good, tile, tile=(256, 256), photometric="rgb", compression="zlib")
+    assert read_slide(good)[0].shape == tile.shape
+    _with_compression_code(good, tmp_path / "eer.tif", 65000)  # a codec imagecodecs lacks
+    with pytest.raises(ImageReadError, match=r"eer\.tif: its tiles are EER.*imagecodecs"):
+        read_slide(tmp_path / "eer.tif")
+    _with_compression_code(good, tmp_path / "lzma.tif", 34925)  # known codec, wrong bytes
+    with pytest.raises(ImageReadError, match=r"lzma\.tif: cannot read its LZMA tiles"):
+        read_slide(tmp_path / "lzma.tif")
+
+
+def test_vendor_slides_through_openslide_match_tifffile(svs_path, tmp_path):
+    """OpenSlide reads the same SVS pixels as tifffile (the backend for NDPI, MRXS, ...)."""
+    pytest.importorskip("openslide")
+    from napari_histo.core.io import _read_openslide
+
+    ours, theirs = read_slide(svs_path), _read_openslide(svs_path, 1024)
+    assert theirs[0].shape == ours[0].shape and len(theirs) >= 2
+    a = np.asarray(theirs[0][1000:1300, 900:1237]).astype(int)
+    b = np.asarray(ours[0][1000:1300, 900:1237]).astype(int)
+    assert a.std() > 10 and np.abs(a - b).mean() < 2  # both decode the same JPEG tiles
+    import pickle
+
+    back = pickle.loads(pickle.dumps(theirs[0][1000:1100, 900:1000]))
+    assert np.array_equal(np.asarray(back), a[:100, :100])
+
+
+def test_vendor_slide_without_openslide_says_what_to_install(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "openslide", None)  # import openslide -> ImportError
+    path = tmp_path / "scan.mrxs"
+    path.write_bytes(b"not empty")
+    assert is_slide(path)
+    with pytest.raises(ImageReadError, match=r"scan\.mrxs: .*OpenSlide.*pip install"):
+        read_slide(path)

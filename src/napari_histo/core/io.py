@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 
 TILE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ome.tif", ".ome.tiff", ".btf", ".tf8")
-IMAGE_SUFFIXES = TILE_SUFFIXES + TIFF_SUFFIXES
+#: Vendor slide formats read through OpenSlide (the optional ``openslide`` extra).
+OPENSLIDE_SUFFIXES = (".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
+IMAGE_SUFFIXES = TILE_SUFFIXES + TIFF_SUFFIXES + OPENSLIDE_SUFFIXES
 
 #: Largest image read into memory whole (3 bytes a pixel): about 1.2 GB.
 MAX_IN_MEMORY_PIXELS = 400_000_000
@@ -267,16 +269,20 @@ def read_slide(path: str | os.PathLike, top_size: int = PYRAMID_TOP_SIZE) -> lis
         raise ImageReadError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise ImageReadError(f"{name}: the file is empty (0 bytes)")
+    if name.lower().endswith(OPENSLIDE_SUFFIXES):
+        return _read_openslide(path, top_size)
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             axes = series.axes
             n_levels = len(series.levels)
+            compression = getattr(series.levels[-1].keyframe.compression, "name", "unknown")
         readers = [_TiffLevel(path, i) for i in range(n_levels)]
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ImageReadError(f"{name}: cannot open as a TIFF slide: {reason}") from None
 
+    _check_decodable(readers[-1], name, compression)
     stat = path.stat()
     stamp = f"{path.resolve()}-{stat.st_mtime_ns}-{stat.st_size}"
     levels = []
@@ -286,6 +292,95 @@ def read_slide(path: str | os.PathLike, top_size: int = PYRAMID_TOP_SIZE) -> lis
     while max(levels[-1].shape[:2]) > top_size:
         levels.append(_downsample2(levels[-1]))
     return levels
+
+
+def _check_decodable(reader, name: str, compression: str) -> None:
+    """Decode one tile now, so a missing codec or a truncated file is one clear error up front."""
+    try:
+        reader[tuple(slice(0, min(c, 64)) for c in reader.chunks)]
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "imagecodecs" in reason or "codec" in reason.lower() or "compress" in reason.lower():
+            raise ImageReadError(
+                f"{name}: its tiles are {compression}-compressed and cannot be decoded here "
+                f"({reason}); install or update imagecodecs (pip install -U imagecodecs)"
+            ) from None
+        raise ImageReadError(f"{name}: cannot read its {compression} tiles: {reason}") from None
+
+
+def _read_openslide(path: Path, top_size: int) -> list:
+    """Open a vendor slide (NDPI, MRXS, ...) through OpenSlide as lazy dask levels."""
+    import dask.array as da
+
+    name = path.name
+    try:
+        import openslide
+    except ImportError:
+        raise ImageReadError(
+            f"{name}: {path.suffix} slides are read through OpenSlide, which is not installed: "
+            "pip install 'napari-histo[openslide]' (or: pip install openslide-bin openslide-python)"
+        ) from None
+    try:
+        with openslide.OpenSlide(str(path)) as osr:
+            n_levels = osr.level_count
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ImageReadError(f"{name}: OpenSlide cannot open it: {reason}") from None
+    stat = path.stat()
+    stamp = f"{path.resolve()}-{stat.st_mtime_ns}-{stat.st_size}"
+    levels = []
+    for i in range(n_levels):
+        reader = _OpenSlideLevel(path, i)
+        levels.append(
+            da.from_array(reader, chunks=reader.chunks, name=f"osl-{i}-{stamp}", asarray=False)
+        )
+    while max(levels[-1].shape[:2]) > top_size:
+        levels.append(_downsample2(levels[-1]))
+    return levels
+
+
+class _OpenSlideLevel:
+    """One OpenSlide level as a picklable (H, W, 3) uint8 array-like; transparent areas -> white."""
+
+    TILE = 512
+
+    def __init__(self, path: Path, level: int):
+        self.path = str(path)
+        self.level = level
+        osr = self._open()
+        w, h = osr.level_dimensions[level]
+        self.downsample = float(osr.level_downsamples[level])
+        self.shape = (int(h), int(w), 3)
+        self.dtype = np.dtype(np.uint8)
+        self.ndim = 3
+        self.chunks = (self.TILE, self.TILE, 3)
+
+    def _open(self):
+        osr = self.__dict__.get("_osr")
+        if osr is None:
+            import openslide
+
+            osr = self._osr = openslide.OpenSlide(self.path)
+        return osr
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_osr"}
+
+    def __getitem__(self, key) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (3 - len(key))
+        (y0, y1, _), (x0, x1, _) = (
+            k.indices(n) for k, n in zip(key[:2], self.shape[:2], strict=True)
+        )
+        if y1 <= y0 or x1 <= x0:
+            return np.zeros((max(0, y1 - y0), max(0, x1 - x0), 3), np.uint8)[:, :, key[2]]
+        ds = self.downsample
+        rgba = np.asarray(
+            self._open().read_region((int(x0 * ds), int(y0 * ds)), self.level, (x1 - x0, y1 - y0))
+        )
+        alpha = rgba[..., 3:4].astype(np.float32) / 255.0
+        rgb = rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)
+        return np.round(rgb).astype(np.uint8)[:, :, key[2]]
 
 
 class _TiffLevel:
@@ -367,7 +462,7 @@ def _downsample2(level: da.Array) -> da.Array:
 def is_slide(path: str | os.PathLike) -> bool:
     """True when a file should be opened lazily: SVS, multi-level TIFF, or a very large TIFF."""
     p = str(path).lower()
-    if p.endswith(".svs"):
+    if p.endswith((".svs", *OPENSLIDE_SUFFIXES)):
         return True
     if not p.endswith(TIFF_SUFFIXES):
         return False
