@@ -1,8 +1,6 @@
 """Stain normalization: one factory for DCGMM, Macenko, Reinhard and Vahadane.
 
-::
-
-    from napari_histo.core.stain import get_normalizer, load_normalizer
+Usage (``get_normalizer`` and ``load_normalizer`` are this package's two entry points)::
 
     norm = get_normalizer("macenko").fit(template)     # or a list of template regions
     out = norm.transform(image)
