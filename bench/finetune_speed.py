@@ -34,7 +34,13 @@ def crops():
         img = read_image(DATA / "images" / f"{name}.png")
         lab = read_labels(DATA / "masks" / f"{name}.tif").astype(np.uint32)
         for r, c in CORNERS:
-            out.append((f"{name[:12]}@{r},{c}", img[r : r + 512, c : c + 512], lab[r : r + 512, c : c + 512]))
+            out.append(
+                (
+                    f"{name[:12]}@{r},{c}",
+                    img[r : r + 512, c : c + 512],
+                    lab[r : r + 512, c : c + 512],
+                )
+            )
     return out
 
 
@@ -43,7 +49,10 @@ def score(model, pairs, device):
     from napari_histo.core.progress import drain
     from napari_histo.core.seg_workflow import segment_array_iter
 
-    res = [evaluate(lab, drain(segment_array_iter(img, model=model, device=device)).labels) for _, img, lab in pairs]
+    res = [
+        evaluate(lab, drain(segment_array_iter(img, model=model, device=device)).labels)
+        for _, img, lab in pairs
+    ]
     return {k: round(float(np.mean([r[k] for r in res])), 4) for k in ("dice", "aji", "pq")}
 
 

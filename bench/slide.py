@@ -153,12 +153,14 @@ def main() -> int:
         tmp = Path(tmp)
         t0 = time.perf_counter()
         slide = Path(args.slide) if args.slide else tmp / "bench_slide.tif"
-        if not slide.exists():
+        if slide.exists():
+            print(f"reusing {slide} ({slide.stat().st_size / 1e6:.0f} MB)", file=sys.stderr)
+        else:
             build_slide(slide, args.size)
-        print(
-            f"built {args.size}x{args.size} slide in {time.perf_counter() - t0:.0f}s ({slide.stat().st_size / 1e6:.0f} MB)",
-            file=sys.stderr,
-        )
+            print(
+                f"built {args.size}x{args.size} slide in {time.perf_counter() - t0:.0f}s ({slide.stat().st_size / 1e6:.0f} MB)",
+                file=sys.stderr,
+            )
         for w in args.workers:
             row = run_once(
                 slide,

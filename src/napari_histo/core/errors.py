@@ -11,3 +11,9 @@ class ImageReadError(HistoError, ValueError):
 
 class InputWarning(UserWarning):
     """Something about an input was fixed up (alpha dropped, NaN filled, no tissue found...)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none)."""
+    text = str(exc)
+    return text.splitlines()[0] if text.strip() else type(exc).__name__

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .atomic import atomic_path
-from .errors import ImageReadError, InputWarning
+from .errors import ImageReadError, InputWarning, first_line
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -181,7 +181,7 @@ def _read_with_pillow(path: Path) -> np.ndarray:
             f"{name}: image dimensions are too large to read into memory"
         ) from None
     except (OSError, SyntaxError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         if "truncated" in reason.lower():
             reason = "the file is truncated (incomplete download or copy?)"
         raise ImageReadError(f"{name}: cannot decode the image: {reason}") from None
@@ -206,7 +206,7 @@ def _read_tiff_in_memory(path: Path) -> np.ndarray:
     except ImageReadError:
         raise
     except Exception as exc:  # tifffile raises many types for broken files
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise ImageReadError(f"{name}: cannot read as TIFF: {reason}") from None
 
 
@@ -260,7 +260,6 @@ def read_slide(path: str | os.PathLike, top_size: int = PYRAMID_TOP_SIZE) -> lis
     ImageReadError
         For files that are not readable TIFFs or whose channels are not RGB.
     """
-    import dask.array as da
     import tifffile
 
     path = Path(path)
@@ -279,16 +278,25 @@ def read_slide(path: str | os.PathLike, top_size: int = PYRAMID_TOP_SIZE) -> lis
             compression = getattr(series.levels[-1].keyframe.compression, "name", "unknown")
         readers = [_TiffLevel(path, i) for i in range(n_levels)]
     except Exception as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise ImageReadError(f"{name}: cannot open as a TIFF slide: {reason}") from None
 
     _check_decodable(readers[-1], name, compression)
+    return _lazy_levels(path, readers, top_size, lambda d: _dask_to_rgb(d, axes, name))
+
+
+def _lazy_levels(path: Path, readers: list, top_size: int, convert=None) -> list[da.Array]:
+    """Dask arrays over the stored levels (named by the file's identity, so two openings of an
+    unchanged file share their graph), plus lazy 2x levels down to ``top_size``."""
+    import dask.array as da
+
     stat = path.stat()
     stamp = f"{path.resolve()}-{stat.st_mtime_ns}-{stat.st_size}"
     levels = []
     for i, reader in enumerate(readers):
-        d = da.from_array(reader, chunks=reader.chunks, name=f"tiff-{i}-{stamp}", asarray=False)
-        levels.append(_dask_to_rgb(d, axes, name))
+        name = f"{type(reader).__name__}-{i}-{stamp}"
+        d = da.from_array(reader, chunks=reader.chunks, name=name, asarray=False)
+        levels.append(convert(d) if convert else d)
     while max(levels[-1].shape[:2]) > top_size:
         levels.append(_downsample2(levels[-1]))
     return levels
@@ -299,7 +307,7 @@ def _check_decodable(reader, name: str, compression: str) -> None:
     try:
         reader[tuple(slice(0, min(c, 64)) for c in reader.chunks)]
     except Exception as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         if "imagecodecs" in reason or "codec" in reason.lower() or "compress" in reason.lower():
             raise ImageReadError(
                 f"{name}: its tiles are {compression}-compressed and cannot be decoded here "
@@ -310,8 +318,6 @@ def _check_decodable(reader, name: str, compression: str) -> None:
 
 def _read_openslide(path: Path, top_size: int) -> list:
     """Open a vendor slide (NDPI, MRXS, ...) through OpenSlide as lazy dask levels."""
-    import dask.array as da
-
     name = path.name
     try:
         import openslide
@@ -324,30 +330,45 @@ def _read_openslide(path: Path, top_size: int) -> list:
         with openslide.OpenSlide(str(path)) as osr:
             n_levels = osr.level_count
     except Exception as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise ImageReadError(f"{name}: OpenSlide cannot open it: {reason}") from None
-    stat = path.stat()
-    stamp = f"{path.resolve()}-{stat.st_mtime_ns}-{stat.st_size}"
-    levels = []
-    for i in range(n_levels):
-        reader = _OpenSlideLevel(path, i)
-        levels.append(
-            da.from_array(reader, chunks=reader.chunks, name=f"osl-{i}-{stamp}", asarray=False)
-        )
-    while max(levels[-1].shape[:2]) > top_size:
-        levels.append(_downsample2(levels[-1]))
-    return levels
+    return _lazy_levels(path, [_OpenSlideLevel(path, i) for i in range(n_levels)], top_size)
 
 
-class _OpenSlideLevel:
-    """One OpenSlide level as a picklable (H, W, 3) uint8 array-like; transparent areas -> white."""
+class _LazyLevel:
+    """One level of a slide file as a picklable array-like for ``da.from_array``.
 
-    TILE = 512
+    File handles (tifffile's zarr store, an OpenSlide object) cannot travel to the worker
+    processes of a ``dask.distributed`` cluster; a level travels as its path and reopens the
+    file once per process (``handle``).
+    """
 
     def __init__(self, path: Path, level: int):
         self.path = str(path)
         self.level = level
-        osr = self._open()
+
+    @property
+    def handle(self):
+        h = self.__dict__.get("_handle")
+        if h is None:
+            h = self._handle = self._open()
+        return h
+
+    def _open(self):
+        raise NotImplementedError
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_handle"}
+
+
+class _OpenSlideLevel(_LazyLevel):
+    """One OpenSlide level as an (H, W, 3) uint8 array-like; transparent areas -> white."""
+
+    TILE = 512
+
+    def __init__(self, path: Path, level: int):
+        super().__init__(path, level)
+        osr = self.handle
         w, h = osr.level_dimensions[level]
         self.downsample = float(osr.level_downsamples[level])
         self.shape = (int(h), int(w), 3)
@@ -356,15 +377,9 @@ class _OpenSlideLevel:
         self.chunks = (self.TILE, self.TILE, 3)
 
     def _open(self):
-        osr = self.__dict__.get("_osr")
-        if osr is None:
-            import openslide
+        import openslide
 
-            osr = self._osr = openslide.OpenSlide(self.path)
-        return osr
-
-    def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "_osr"}
+        return openslide.OpenSlide(self.path)
 
     def __getitem__(self, key) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
@@ -376,25 +391,19 @@ class _OpenSlideLevel:
             return np.zeros((max(0, y1 - y0), max(0, x1 - x0), 3), np.uint8)[:, :, key[2]]
         ds = self.downsample
         rgba = np.asarray(
-            self._open().read_region((int(x0 * ds), int(y0 * ds)), self.level, (x1 - x0, y1 - y0))
+            self.handle.read_region((int(x0 * ds), int(y0 * ds)), self.level, (x1 - x0, y1 - y0))
         )
         alpha = rgba[..., 3:4].astype(np.float32) / 255.0
         rgb = rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)
         return np.round(rgb).astype(np.uint8)[:, :, key[2]]
 
 
-class _TiffLevel:
-    """One level of a TIFF's first series as a picklable, lazily opened array-like.
-
-    tifffile's zarr store holds an open file handle, which cannot travel to the worker
-    processes of a ``dask.distributed`` cluster; this wrapper travels as a path and reopens
-    the file once per process.
-    """
+class _TiffLevel(_LazyLevel):
+    """One level of a TIFF's first series, read through tifffile's zarr store."""
 
     def __init__(self, path: Path, level: int):
-        self.path = str(path)
-        self.level = level
-        arr = self._open()
+        super().__init__(path, level)
+        arr = self.handle
         self.shape = tuple(arr.shape)
         self.dtype = np.dtype(arr.dtype)
         self.ndim = len(self.shape)
@@ -402,21 +411,14 @@ class _TiffLevel:
         self.chunks = tuple(chunks) if chunks else self.shape
 
     def _open(self):
-        arr = self.__dict__.get("_arr")
-        if arr is None:
-            import tifffile
-            import zarr
+        import tifffile
+        import zarr
 
-            store = tifffile.imread(self.path, aszarr=True, series=0, level=self.level)
-            arr = zarr.open(store, mode="r")
-            self._arr = arr
-        return arr
-
-    def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "_arr"}
+        store = tifffile.imread(self.path, aszarr=True, series=0, level=self.level)
+        return zarr.open(store, mode="r")
 
     def __getitem__(self, key):
-        return np.asarray(self._open()[key])
+        return np.asarray(self.handle[key])
 
 
 def _dask_to_rgb(d: da.Array, axes: str, name: str) -> da.Array:

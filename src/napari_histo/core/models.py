@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .atomic import atomic_path, atomic_write_text
-from .errors import HistoError
+from .errors import HistoError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -261,7 +261,7 @@ def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
             meta = dict(fh.metadata() or {})
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise HistoError(
             f"{path.name}: not a readable safetensors weights file ({reason}); "
             "not one of our segmentation models"

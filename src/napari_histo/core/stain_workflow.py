@@ -122,8 +122,7 @@ def _normalize_one(
         if big:
             k = pick_level(levels)
             sample = np.asarray(levels[k])
-            stats = normalizer.source_stats(sample)
-            out_levels = [lazy_transform(lv, normalizer, stats) for lv in levels]
+            out_levels = normalize_levels(normalizer, levels, sample)
             image = out_levels if len(levels) > 1 else out_levels[0]
         else:
             k = 0
@@ -154,11 +153,13 @@ def lazy_transform(level, normalizer, stats):
     return arr.map_blocks(block, dtype=np.uint8, chunks=(*arr.chunks[:2], (3,)))
 
 
-def normalize_levels(normalizer, levels: list) -> list:
+def normalize_levels(normalizer, levels: list, sample: np.ndarray | None = None) -> list:
     """Every level of a slide normalized lazily, with stain statistics from one low level.
 
-    The statistics come from the level :func:`pick_level` chooses, so every tile of the slide is
-    mapped the same way (no seams between tiles normalized on their own).
+    The statistics come from ``sample`` (default: the level :func:`pick_level` chooses, read
+    once), so every tile of the slide is mapped the same way (no seams between tiles).
     """
-    stats = normalizer.source_stats(np.asarray(levels[pick_level(levels)]))
+    if sample is None:
+        sample = np.asarray(levels[pick_level(levels)])
+    stats = normalizer.source_stats(sample)
     return [lazy_transform(lv, normalizer, stats) for lv in levels]

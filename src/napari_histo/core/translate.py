@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .atomic import atomic_path, atomic_write_text
-from .errors import HistoError
+from .errors import HistoError, first_line
 from .io import is_image_path, read_image, to_rgb_uint8
 from .progress import Progress, ProgressGen, drain
 
@@ -201,7 +201,7 @@ def _read_weights(path: Path) -> tuple[dict, dict]:
             meta = dict(fh.metadata() or {})
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise HistoError(
             f"{path.name}: not a readable safetensors weights file ({reason})"
         ) from None

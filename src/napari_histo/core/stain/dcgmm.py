@@ -44,7 +44,7 @@ from torch import nn
 
 from .. import color
 from ..atomic import atomic_path, atomic_write_text
-from ..errors import HistoError
+from ..errors import HistoError, first_line
 from ..io import to_rgb_uint8
 from ..progress import Progress
 from .classical import SourceStats, as_image_list, is_batch, tissue_pixels, warn_no_tissue
@@ -576,7 +576,7 @@ def _read_weights_cached(path: str, mtime: float) -> tuple[dict, dict]:
             meta = dict(fh.metadata() or {})
         tensors = load_file(path)
     except (SafetensorError, OSError, ValueError, RuntimeError, UnicodeDecodeError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise HistoError(
             f"{name}: not a napari-histo normalizer (not JSON nor safetensors: {reason})"
         ) from None
