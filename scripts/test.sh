@@ -9,4 +9,5 @@ bash scripts/setup.sh
 mkdir -p .napari_config
 export NAPARI_CONFIG="$PWD/.napari_config/settings.yaml"
 .venv/bin/ruff check src tests bench scripts
-exec xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python -m pytest -p no:xvfb "$@"
+# -rs prints the reason of any skip; tests/conftest.py fails the run on any skip but "needs a CUDA GPU".
+exec xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python -m pytest -p no:xvfb -rs "$@"

@@ -67,7 +67,9 @@ def load_split(sets: str = "monuseg"):
     folders = [SHARED / f for f in SETS[sets]]
     missing = [str(f) for f in folders if not (f / "images").is_dir()]
     if missing:
-        sys.exit(f"training data not found: {', '.join(missing)} (needs ../shared/data beside the repo)")
+        sys.exit(
+            f"training data not found: {', '.join(missing)} (needs ../shared/data beside the repo)"
+        )
     train, val = [], []
     for folder in folders:
         for img in sorted((folder / "images").glob("*.png")):
@@ -90,7 +92,13 @@ def rescale_pairs(pairs, factor: float):
     for name, img, lab in pairs:
         im = rescale(img, factor, channel_axis=-1, anti_aliasing=True, preserve_range=True)
         lb = rescale(lab, factor, order=0, anti_aliasing=False, preserve_range=True)
-        out.append((f"{name}@{factor:g}x", np.clip(np.rint(im), 0, 255).astype(np.uint8), lb.astype("int32")))
+        out.append(
+            (
+                f"{name}@{factor:g}x",
+                np.clip(np.rint(im), 0, 255).astype(np.uint8),
+                lb.astype("int32"),
+            )
+        )
     return out
 
 
@@ -176,7 +184,10 @@ def main(argv=None) -> int:
     val_all = val + rescale_pairs(val, 0.5)
     if args.eval_only:
         folder = out if out.is_dir() else SEG_DIR / name
-        res = {"40x": evaluate_model(folder, val), "20x": evaluate_model(folder, val_all[len(val):])}
+        res = {
+            "40x": evaluate_model(folder, val),
+            "20x": evaluate_model(folder, val_all[len(val) :]),
+        }
         print(json.dumps(res, indent=2))
         return 0
 
@@ -261,7 +272,7 @@ def main(argv=None) -> int:
     # runs/ keeps train_state.safetensors (optimizer state for --resume); --ship copies the rest.
     # Re-score the saved weights with and without TTA (TTA is a user option; record both).
     res = evaluate_model(folder, val)
-    res20 = evaluate_model(folder, val_all[len(val):])
+    res20 = evaluate_model(folder, val_all[len(val) :])
     res_tta = evaluate_model(folder, val, tta=True)
     from napari_histo.core.atomic import atomic_write_text
     from napari_histo.core.models import card_markdown, read_card

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,13 +25,13 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory, monuseg, shared_data):
+def files(tmp_path_factory, monuseg, stain_template):
     """Two 192 x 256 H&E tiles from different hospitals and a template crop, as PNG files."""
     d = tmp_path_factory.mktemp("tiles")
     paths = sorted((monuseg / "images").glob("*.png"))
     for p in (paths[0], paths[6]):
         write_image(d / f"{p.stem[:12]}.png", read_image(p)[400:592, 400:656])
-    target = read_image(shared_data / "stain" / "tiatoolbox_target" / "target_image.png")
+    target = read_image(stain_template)
     write_image(d / "template.png", target[300:556, 300:556])
     write_image(d / "template2.png", target[600:856, 600:856])
     return d
@@ -52,6 +53,19 @@ def test_macenko_writes_one_png_per_image(files, tmp_path, capsys):
         assert not np.array_equal(res, src)
 
 
+@pytest.mark.parametrize("options_first", [True, False])
+def test_options_and_images_in_either_order(files, tmp_path, capsys, options_first):
+    """``--template T image`` and ``image --template T`` both work (the template never swallows
+    the images); a repeated --template pools its images."""
+    out = tmp_path / "out"
+    tiles = [str(t) for t in _tiles(files)[:2]]
+    opts = ["--method", "macenko", "--device", "cpu", "--out", str(out), "--quiet"]
+    opts += ["--template", str(files / "template.png"), "--template", str(files / "template2.png")]
+    argv = ["normalize", *opts, *tiles] if options_first else ["normalize", *tiles, *opts]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(Path(t).name for t in tiles)
+
+
 def test_dcgmm_class_maps_and_pooled_templates(files, tmp_path, capsys):
     out = tmp_path / "out"
     tiles = _tiles(files)
@@ -61,6 +75,7 @@ def test_dcgmm_class_maps_and_pooled_templates(files, tmp_path, capsys):
             *map(str, tiles),
             "--template",
             str(files / "template.png"),
+            "--template",
             str(files / "template2.png"),
             "--method",
             "dcgmm",
@@ -94,8 +109,7 @@ def test_refit_and_saved_model(files, tmp_path, capsys):
             str(tile),
             "--template",
             str(files / "template.png"),
-            "--fit-on",
-            *map(str, _tiles(files)),
+            *[a for t in _tiles(files) for a in ("--fit-on", str(t))],
             "--steps",
             "2",
             "--device",

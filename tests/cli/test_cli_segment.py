@@ -8,8 +8,6 @@ import numpy as np
 import pytest
 import tifffile
 
-pytest.importorskip("torch")
-
 from napari_histo.cli import main
 from napari_histo.core import models
 from napari_histo.core.io import read_image, read_labels, write_image, write_labels
@@ -26,8 +24,7 @@ AJI_FLOOR = 0.45
 @pytest.fixture(scope="module")
 def shipped():
     name = models.default_model_name()
-    if name is None:
-        pytest.skip("no shipped default segmentation model")
+    assert name is not None, "the package ships a default segmentation model"
     return name
 
 

@@ -95,9 +95,9 @@ def test_quality_mismatch_and_bad_file(ihc_files, bad_inputs, capsys):
     assert "same size" in err and "truncated.png" in err and "Traceback" not in err
 
 
-def test_train_translator_cli(ihc_files, shared_data, tmp_path, capsys):
+def test_train_translator_cli(ihc_files, stain_template, tmp_path, capsys):
     he = tmp_path / "he"
-    target = read_image(shared_data / "stain" / "tiatoolbox_target" / "target_image.png")
+    target = read_image(stain_template)
     write_image(he / "he.png", target[:128, :128])
     (he / "broken.png").write_bytes(b"nope")  # skipped, not fatal
     out = tmp_path / "model"

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from napari_histo.core.errors import HistoError, InputWarning  # noqa: E402
-from napari_histo.core.io import read_image, read_labels  # noqa: E402
-from napari_histo.core.models import LoadedModel  # noqa: E402
-from napari_histo.core.progress import drain  # noqa: E402
-from napari_histo.core.seg import spec as seg_spec  # noqa: E402
-from napari_histo.core.seg.inference import (  # noqa: E402
+from napari_histo.core.errors import HistoError, InputWarning
+from napari_histo.core.io import read_image, read_labels
+from napari_histo.core.models import LoadedModel
+from napari_histo.core.progress import drain
+from napari_histo.core.seg import spec as seg_spec
+from napari_histo.core.seg.inference import (
     DIHEDRAL_4,
     DIHEDRAL_8,
     SPREAD_MAP,
@@ -20,7 +19,7 @@ from napari_histo.core.seg.inference import (  # noqa: E402
     segment_iter,
     tta_transforms,
 )
-from napari_histo.core.tiling import TileSpec  # noqa: E402
+from napari_histo.core.tiling import TileSpec
 
 TILE = "TCGA-A7-A13E-01Z-00-DX1"
 
@@ -105,8 +104,7 @@ def test_unet_tiled_matches_untiled_within_tolerance(crop):
 def test_shipped_model_tiled_matches_untiled(monuseg):
     from napari_histo.core.models import default_model_name, load_model
 
-    if default_model_name() is None:
-        pytest.skip("no shipped default segmentation model")
+    assert default_model_name() is not None, "the package ships a default segmentation model"
     model = load_model("default", "cpu")
     img = read_image(monuseg / "images" / "TCGA-CH-5767-01Z-00-DX1.png")[300:684, 200:648]
     whole = drain(segment_iter(img, model, tile=TileSpec(512, 0, 1))).maps["ternary"]

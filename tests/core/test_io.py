@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import tifffile
+from conftest import NON_ASCII_NAME
 
 from napari_histo.core.errors import ImageReadError, InputWarning
 from napari_histo.core.io import (
@@ -24,7 +25,7 @@ from napari_histo.core.io import (
 # whose message names the file and contains the given words.
 READABLE = ["all_black.png", "blank_white.png", "cmyk.jpg", "grayscale.png", "pen_mark_green.png",
             "rgb_float32.tif", "rgb_float32_nan.tif", "rgb_uint16.tif", "rgba.png", "thin_3x1000.png",
-            "tiny_1x1.png"]  # fmt: skip
+            "tiny_1x1.png", "exif_rotated.jpg", "palette.png", "planar.tif", NON_ASCII_NAME]  # fmt: skip
 REFUSED = {
     "empty.png": "empty",
     "not_an_image.png": "not a readable image",
@@ -68,6 +69,34 @@ def test_nan_pixels_become_white_with_a_warning(bad_inputs):
     assert (img[nan] == 255).all()
     clean = read_image(bad_inputs / "rgb_float32.tif")
     assert np.array_equal(img[~nan], clean[~nan])
+
+
+def test_exif_rotated_jpeg_reads_as_it_is_shown(bad_inputs):
+    """A JPEG stored landscape with EXIF orientation 6 comes back portrait, as viewers show it."""
+    img = read_image(bad_inputs / "exif_rotated.jpg")
+    ref = read_image(bad_inputs / "rgba.png")[:, :192]
+    assert img.shape == (192, 256, 3)
+    # Rotated 90 degrees clockwise; JPEG quality 95 keeps the pixels within a few levels.
+    assert np.abs(img.astype(int) - np.rot90(ref, -1).astype(int)).mean() < 3
+
+
+def test_palette_png_and_planar_tiff_become_the_same_rgb(bad_inputs):
+    ref = read_image(bad_inputs / "rgba.png")
+    assert np.array_equal(read_image(bad_inputs / "planar.tif"), ref)
+    pal = read_image(bad_inputs / "palette.png")
+    assert pal.shape == ref.shape and pal.dtype == np.uint8
+    # 64 palette colours: every pixel close to the original, not a garbled index image.
+    assert np.abs(pal.astype(int) - ref.astype(int)).mean() < 8
+
+
+def test_non_ascii_file_names_read_and_are_named_in_errors(bad_inputs, tmp_path):
+    assert np.array_equal(
+        read_image(bad_inputs / NON_ASCII_NAME), read_image(bad_inputs / "rgba.png")
+    )
+    broken = tmp_path / NON_ASCII_NAME
+    broken.write_bytes((bad_inputs / "truncated.png").read_bytes())
+    with pytest.raises(ImageReadError, match=NON_ASCII_NAME):
+        read_image(broken)
 
 
 def test_grayscale_is_repeated_to_rgb(bad_inputs):
@@ -198,7 +227,6 @@ def test_undecodable_tiles_are_one_clear_error_naming_the_compression(monuseg, t
 
 def test_vendor_slides_through_openslide_match_tifffile(svs_path, tmp_path):
     """OpenSlide reads the same SVS pixels as tifffile (the backend for NDPI, MRXS, ...)."""
-    pytest.importorskip("openslide")
     from napari_histo.core.io import _read_openslide
 
     ours, theirs = read_slide(svs_path), _read_openslide(svs_path, 1024)

@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from conftest import NON_ASCII_NAME
 
 from napari_histo.core import color
 from napari_histo.core.errors import HistoError, ImageReadError, InputWarning
@@ -35,8 +36,8 @@ def tiles(monuseg) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def template(shared_data) -> np.ndarray:
-    return read_image(shared_data / "stain" / "tiatoolbox_target" / "target_image.png")[CROP]
+def template(stain_template) -> np.ndarray:
+    return read_image(stain_template)[CROP]
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +228,10 @@ PROCESSED = (
     "rgb_float32_nan.tif",
     "cmyk.jpg",
     "thin_3x1000.png",
+    "exif_rotated.jpg",
+    "palette.png",
+    "planar.tif",
+    NON_ASCII_NAME,
 )
 BROKEN = ("empty.png", "truncated.png", "not_an_image.png", "huge_header.png", "five_channel.tif")
 
@@ -507,7 +512,7 @@ def test_shipped_model_loads_by_name_and_folder():
         assert n.name == "dcgmm" and n.card["name"] == "dcgmm_default"
 
 
-def test_load_refuses_foreign_files_in_one_line(tmp_path, bad_inputs, shared_data):
+def test_load_refuses_foreign_files_in_one_line(tmp_path, bad_inputs):
     from safetensors.torch import save_file
 
     other = tmp_path / "other.safetensors"

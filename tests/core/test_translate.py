@@ -18,8 +18,9 @@ from napari_histo.core.translate import (
     translate_iter,
 )
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-HE_TARGET = SHARED / "stain" / "tiatoolbox_target" / "target_image.png"
+HE_TARGET = (
+    Path(__file__).resolve().parents[2] / "resources" / "samples" / "he_tiatoolbox_target.png"
+)
 
 TINY = {"crop": 32, "ngf": 4, "n_blocks": 6, "ndf": 8, "batch_size": 1, "device": "cpu"}
 
@@ -30,8 +31,6 @@ def images():
 
     from napari_histo.core.io import read_image
 
-    if not HE_TARGET.is_file():
-        pytest.skip("../shared/data is not available")
     return immunohistochemistry()[:160, :160], read_image(HE_TARGET)[:160, :160]
 
 

@@ -15,12 +15,12 @@ CROP = (slice(300, 556), slice(300, 556))
 
 
 @pytest.fixture
-def viewer_and_widget(make_napari_viewer, monuseg, shared_data):
+def viewer_and_widget(make_napari_viewer, monuseg, stain_template):
     viewer = make_napari_viewer()
     tiles = sorted((monuseg / "images").glob("*.png"))
     viewer.add_image(read_image(tiles[0])[CROP], name="lung", rgb=True)
     viewer.add_image(
-        read_image(shared_data / "stain" / "tiatoolbox_target" / "target_image.png")[CROP],
+        read_image(stain_template)[CROP],
         name="target",
         rgb=True,
     )

@@ -24,9 +24,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="tiles or slides to normalize")
     parser.add_argument(
         "--template",
-        nargs="+",
+        action="append",
         metavar="TEMPLATE",
-        help="template image(s) whose stain colour is the target; several are pooled "
+        help="template image whose stain colour is the target; repeat it to pool several "
         "(optional with --model, which carries its template)",
     )
     parser.add_argument(
@@ -37,9 +37,10 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument(
         "--fit-on",
-        nargs="+",
+        action="append",
         metavar="IMAGE",
-        help="DCGMM only: refit the network on these images first (default: the shipped model)",
+        help="DCGMM only: refit the network on this image first (repeat for several; default: "
+        "the shipped model)",
     )
     parser.add_argument("--steps", type=int, default=200, help="DCGMM refit steps (default 200)")
     parser.add_argument("--seed", type=int, default=0, help="seed of a DCGMM refit (default 0)")

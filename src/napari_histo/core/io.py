@@ -160,6 +160,10 @@ def _read_with_pillow(path: Path) -> np.ndarray:
                     f"{name}: the header says {w} x {h} pixels, too large to read into memory "
                     f"(limit {MAX_IN_MEMORY_PIXELS:,} pixels); save large slides as pyramidal TIFF"
                 )
+            if im.getexif().get(0x0112, 1) != 1:  # EXIF orientation: show it as viewers do
+                from PIL import ImageOps
+
+                im = ImageOps.exif_transpose(im)
             if im.mode == "CMYK" or im.mode == "YCbCr" or im.mode == "P" or im.mode == "LAB":
                 im = im.convert("RGBA" if "transparency" in im.info else "RGB")
             elif im.mode in ("I;16", "I;16B", "I;16L"):

@@ -1,9 +1,13 @@
 """Full-reference image-quality metrics from piq, on RGB uint8 pairs.
 
-PSNR, SSIM, MS-GMSD, MDSI and HaarPSI, as the AIDL24 IHC -> H&E project reported them, but
-computed by piq (Kastryulin et al.) rather than by hand. Directions: PSNR, SSIM and HaarPSI are
-higher-is-better; MS-GMSD and MDSI are *distances*, lower-is-better (0 for identical images).
-piq's PSNR is capped at 80 dB for identical images (it adds 1e-8 to the MSE).
+PSNR, SSIM, MS-GMSD, MDSI and HaarPSI, the five metrics the AIDL24 IHC -> H&E project reported.
+That project computed them with the PIQA package; here they come from piq (Kastryulin et al.),
+whose defaults differ, so the numbers are not comparable with PIQA's: piq's SSIM average-pools
+images whose shorter side is about 384 px or more (by round(min(H, W) / 256)) before comparing,
+and piq's MS-GMSD has no chromatic term (``chromatic=False``), i.e. it scores luminance only.
+Directions: PSNR, SSIM and HaarPSI are higher-is-better; MS-GMSD and MDSI are *distances*,
+lower-is-better (0 for identical images). piq's PSNR is capped at 80 dB for identical images
+(it adds 1e-8 to the MSE).
 """
 
 from __future__ import annotations
