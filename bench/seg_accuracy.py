@@ -189,7 +189,7 @@ def write_report() -> Path:
             "Timings on this shared machine vary by a factor of 2-3 with the other jobs' load "
             "(under load the same U-Net measured 0.66 and 0.26 Mpx/s minutes apart). "
             "TTA x8 costs about 8x the network time. FullNet (full resolution, dilated dense blocks) "
-            "and Mask R-CNN (ResNet-50 FPN) are far slower on a CPU than the U-Net and HoVer-Net.",
+            "and Mask R-CNN (ResNet-18 FPN) are far slower on a CPU than the U-Net and HoVer-Net.",
         ]
         lines.append("")
     out = RESULTS / "seg.md"

@@ -138,6 +138,33 @@ def test_tta_of_an_equivariant_model_changes_nothing(pointwise, crop):
     np.testing.assert_array_equal(res.labels, plain.labels)
 
 
+class CountingSpec(PointwiseSpec):
+    """The pointwise 'architecture' with multiple inference (4 flips) as its own default."""
+
+    name = "test_pointwise_tta4"
+    tta = 4
+    calls = 0
+
+    def predict(self, model, x):
+        type(self).calls += 1
+        return super().predict(model, x)
+
+
+seg_spec.register(CountingSpec())
+
+
+def test_architecture_default_tta_unless_the_caller_chooses(pointwise, crop):
+    model = _model("test_pointwise_tta4")
+    small = crop[:64, :64]
+    for tta, calls in ((None, 4), (False, 1), (True, 8)):
+        CountingSpec.calls = 0
+        res = drain(segment_iter(small, model, tta=tta, tile=TileSpec(64, 0, 1)))
+        assert CountingSpec.calls == calls
+        assert (SPREAD_MAP in res.maps) == (calls > 1)
+    # A spec without a ``tta`` attribute: none by default.
+    assert SPREAD_MAP not in drain(segment_iter(small, pointwise)).maps
+
+
 def test_tta_settings():
     assert tta_transforms(False) == ((0, False),)
     assert tta_transforms(True) == DIHEDRAL_8 and len(set(DIHEDRAL_8)) == 8

@@ -124,7 +124,48 @@ def test_fullnet(crops):
     assert not any(isinstance(m, torch.nn.MaxPool2d) for m in model.modules())
     # Full resolution: an odd-sized input comes back at its own size.
     assert model(torch.zeros(1, 3, 37, 41)).shape == (1, 3, 37, 41)
-    assert "instances" in arch.make_targets(crops[1][0])
+    targets = arch.make_targets(crops[1][0])
+    assert set(targets) == {"ternary", "weight", "groups"}
+    assert ((targets["groups"] > 0) == (targets["ternary"] == 1)).all()
+
+
+def receptive_field(model) -> int:
+    """Receptive field of a chain of stride-1 convolutions (a dense block's longest path runs
+    through every layer)."""
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    return 1 + sum((m.kernel_size[0] - 1) * m.dilation[0] for m in convs)
+
+
+def test_fullnet_hybrid_dilations_are_the_authors():
+    from napari_histo.core.seg.fullnet import FullNet
+
+    model = FullNet()
+    convs = [m for m in model.blocks.modules() if isinstance(m, torch.nn.Conv2d)]
+    rates = [m.dilation[0] for m in convs if m.kernel_size[0] == 3]
+    # FullNet-varCE's choose_hybrid_dilations for blocks (1, 2, 4, 8, 16, 4, 1) of 4 layers.
+    assert rates == [
+        *(1, 1, 1, 1), *(1, 2, 3, 2), *(1, 2, 5, 9), *(3, 7, 10, 13),
+        *(13, 15, 17, 19), *(1, 2, 5, 9), *(1, 1, 1, 1),
+    ]  # fmt: skip
+    assert receptive_field(model) == 299
+    assert receptive_field(FullNet(n_layers=6, growth_rate=4)) == 437
+    with pytest.raises(ValueError, match="4 or 6 layers"):
+        FullNet(n_layers=5)
+
+
+def test_per_architecture_inference_defaults():
+    fullnet = spec.get_arch("fullnet")
+    # Qu et al.'s test.py/options.py: min_area 20, radius 2, tta on (8 flips and rotations).
+    assert (fullnet.min_size, fullnet.radius, fullnet.tta) == (20, 2, True)
+    assert not any(spec.get_arch(a).tta for a in ("unet", "hovernet", "maskrcnn"))
+    # FullNet's post-processing restores its own perfect targets.
+    truth = np.zeros((40, 40), np.int32)
+    truth[5:20, 5:20] = 1
+    truth[20:35, 8:30] = 2  # touching the first
+    probs = np.eye(3, dtype=np.float32)[fullnet.make_targets(truth)["ternary"]]
+    labels, _ = fullnet.instances({"ternary": probs.transpose(2, 0, 1)})
+    # Only the corners are lost (3 px each: a disk of radius 2 does not reach them).
+    assert labels.max() == 2 and (labels > 0).sum() == (truth > 0).sum() - 8 * 3
 
 
 def test_hovernet(crops):

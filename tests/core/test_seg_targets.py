@@ -32,6 +32,12 @@ def tile_labels(monuseg):
     return read_labels(sorted((monuseg / "masks").glob("*.tif"))[0])
 
 
+def spec_targets(arch: str, lab: np.ndarray) -> dict[str, np.ndarray]:
+    from napari_histo.core.seg.spec import get_arch
+
+    return get_arch(arch).make_targets(lab)
+
+
 def one_hot(ternary: np.ndarray) -> np.ndarray:
     return np.eye(3, dtype=np.float32)[ternary].transpose(2, 0, 1)
 
@@ -90,6 +96,76 @@ def test_ternary_and_weights_match_fullnet_authors(fullnet_example):
     # Theirs saw nuclei outside the patch (computed on the whole tile): compare the interior.
     inner = (slice(25, -25), slice(25, -25))
     assert np.abs(w[inner] - weight[inner]).mean() < 0.05
+
+
+def qu_training_encoding(lab: np.ndarray) -> np.ndarray:
+    """Qu et al.'s training targets, step by step with skimage as they do (an independent check).
+
+    ``prepare_data.py`` keeps the union of the nuclei each eroded; their ``LabelEncoding(1)``
+    then marks its dilation minus its erosion (by ``disk(1)``) as boundary, the rest as inside.
+    """
+    from skimage import morphology
+
+    inside = np.zeros(lab.shape, bool)
+    for i in np.unique(lab)[1:]:
+        inside |= morphology.erosion(lab == i)
+    enc = inside.astype(np.int64)
+    ring = morphology.dilation(inside) & ~morphology.erosion(inside, morphology.disk(1))
+    enc[ring] = 2
+    return enc
+
+
+def test_fullnet_targets_are_qu_training_encoding(tile_labels):
+    lab = tile_labels[:300, :300]
+    np.testing.assert_array_equal(targets.fullnet_ternary_labels(lab), qu_training_encoding(lab))
+    ter = targets.fullnet_ternary_labels(two_touching_squares())
+    # 10x10 squares: a 6x6 inside each; the boundary is the two outer rings but the 4 corners
+    # (an opening removes them), all inside the squares: 4 boundary columns between them.
+    assert (ter == 1).sum() == 2 * 36
+    assert (ter == 2).sum() == 2 * (100 - 36 - 4)
+    assert not ((ter > 0) & (two_touching_squares() == 0)).any()
+    assert (ter[7:13, 11:15] == 2).all()
+
+
+def test_qu_inference_inverts_qu_targets_only(tile_labels):
+    lab = tile_labels[:500, :500]
+    inst, conf = postprocess.instances_from_inside(
+        one_hot(targets.fullnet_ternary_labels(lab)), min_size=20, radius=2
+    )
+    assert inst.dtype == np.uint32 and conf.dtype == np.float32
+    # Fully confident but where the disk claims pixels the targets call background (corners).
+    assert (conf == 1.0).mean() > 0.99
+    # Measured 0.975 (nuclei under 20 px once eroded twice are lost, as in Qu et al.).
+    assert metrics.aggregated_jaccard_index(lab, inst) > 0.96
+    # On targets whose inside is eroded once, the radius-2 dilation grows every nucleus by 1 px.
+    wrong, _ = postprocess.instances_from_inside(one_hot(targets.ternary_labels(lab)))
+    assert metrics.aggregated_jaccard_index(lab, wrong) < 0.9
+
+
+def test_inside_inference_small_objects_and_overlaps():
+    probs = np.zeros((3, 20, 40), np.float32)
+    probs[0] = 1
+    probs[:, 5:10, 5:10] = [[[0]], [[1]], [[0]]]  # 25 px inside
+    probs[:, 5:9, 25:29] = [[[0]], [[1]], [[0]]]  # 16 px: removed before growing
+    probs[:, 5:10, 12:17] = [[[0]], [[1]], [[0]]]  # 2 px from the first: the gap is shared
+    inst, _ = postprocess.instances_from_inside(probs, min_size=20, radius=2)
+    assert inst.max() == 2 and inst[5:10, 25:29].max() == 0
+    assert inst[7, 10] == inst[7, 7] and inst[7, 11] == inst[7, 14] != inst[7, 7]
+    assert (inst[7] > 0).sum() == 16  # columns 3-18: each object grows by 2 px
+
+
+def test_variance_groups_hold_no_boundary_pixel():
+    lab = two_touching_squares()
+    ter = targets.fullnet_ternary_labels(lab)
+    groups = targets.variance_groups(ter)
+    assert groups.dtype == np.int64 and groups.max() == 2
+    np.testing.assert_array_equal(groups > 0, ter == targets.INSIDE)
+    for g in (1, 2):
+        assert len(np.unique(lab[groups == g])) == 1  # each group inside one nucleus
+    # Inside pixels touching by a corner are one group (8-connectivity, as skimage's label).
+    diag = np.zeros((6, 6), np.int64)
+    diag[1, 1] = diag[2, 2] = 1
+    assert targets.variance_groups(diag).max() == 1
 
 
 def test_weight_map_formula_between_two_discs():
@@ -182,27 +258,47 @@ class TestLosses:
 
     def test_var_ce_matches_reference_loop(self):
         torch = self.torch
+        from skimage.measure import label
+
         from napari_histo.core.seg.losses import instance_variance, var_ce_loss
 
         g = torch.Generator().manual_seed(0)
         probs = torch.rand(2, 3, 16, 16, generator=g).softmax(1)
-        inst = torch.randint(0, 5, (2, 16, 16), generator=g)
-        inst[1] = 0
-        inst[1, :3, :3] = 9
-        inst[1, 10, 10] = 4  # a one-pixel instance: counted, zero variance
+        ternary = torch.randint(0, 3, (2, 16, 16), generator=g)
+        ternary[1] = 0
+        ternary[1, :3, :3] = 1
+        ternary[1, 10, 10] = 1  # a one-pixel group: counted, zero variance
+        # Qu et al.'s LossVariance: groups = connected components of target == inside.
         expected = 0.0
         for k in range(2):
-            ids = [v for v in inst[k].unique().tolist() if v]
+            comp = torch.from_numpy(label(ternary[k].numpy() == 1))
+            ids = [v for v in comp.unique().tolist() if v]
             total = sum(
-                probs[k][:, inst[k] == v].var(dim=1).sum() for v in ids if (inst[k] == v).sum() > 1
+                probs[k][:, comp == v].var(dim=1).sum() for v in ids if (comp == v).sum() > 1
             )
             expected += float(total) / len(ids)
-        assert float(instance_variance(probs, inst)) == pytest.approx(expected / 2, rel=1e-5)
-        assert float(instance_variance(probs, torch.zeros_like(inst))) == 0.0
+        groups = torch.from_numpy(np.stack([targets.variance_groups(t) for t in ternary.numpy()]))
+        assert len(groups[0].unique()) > 3  # several groups of several sizes
+        assert float(instance_variance(probs, groups)) == pytest.approx(expected / 2, rel=1e-5)
+        assert float(instance_variance(probs, torch.zeros_like(groups))) == 0.0
         uniform = torch.zeros(2, 3, 16, 16)
         target = torch.zeros(2, 16, 16, dtype=torch.long)
         # Constant logits: CE = log(3), zero variance.
-        assert float(var_ce_loss(uniform, target, inst)) == pytest.approx(np.log(3), rel=1e-6)
+        assert float(var_ce_loss(uniform, target, groups)) == pytest.approx(np.log(3), rel=1e-6)
+
+    def test_variance_term_agrees_with_the_cross_entropy(self):
+        torch = self.torch
+        from napari_histo.core.seg.losses import instance_variance
+
+        # A perfect prediction of FullNet's targets: no variance within Qu's groups, whereas
+        # grouping whole nuclei (inside + boundary ring) would penalize the boundary ring.
+        lab = two_touching_squares()
+        made = spec_targets("fullnet", lab)
+        perfect = torch.from_numpy(one_hot(made["ternary"]))[None]
+        groups = torch.from_numpy(made["groups"])[None]
+        assert float(instance_variance(perfect, groups)) == 0.0
+        whole_nuclei = torch.from_numpy(lab.astype(np.int64))[None]
+        assert float(instance_variance(perfect, whole_nuclei)) > 0.3
 
     def test_weighted_ce_and_dice(self):
         torch = self.torch

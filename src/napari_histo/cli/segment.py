@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from ._common import add_device_argument, drain_with_bar, error, for_each_file, note
@@ -28,8 +29,10 @@ def add_arguments(parser) -> None:
     add_device_argument(parser)
     parser.add_argument(
         "--tta",
-        action="store_true",
-        help="multiple inference: average the predictions of the 8 dihedral transforms",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="multiple inference: average the predictions of the 8 dihedral transforms "
+        "(default: the architecture's own setting, on for FullNet, off for the others)",
     )
     parser.add_argument(
         "--tta-transforms",
@@ -96,7 +99,8 @@ def run(args) -> int:
         return 2
     model = load_model(args.model, args.device)
     normalizer = _normalizer(args) if args.normalize else None
-    tta = (8 if args.tta_transforms == 8 else 4) if args.tta else False
+    # None leaves multiple inference to the model's architecture (on for FullNet).
+    tta = (8 if args.tta_transforms == 8 else 4) if args.tta else args.tta
     if args.tile is not None and args.tile < 16:
         raise HistoError(f"--tile must be at least 16 pixels, got {args.tile}")
     out.mkdir(parents=True, exist_ok=True)
@@ -113,7 +117,7 @@ def run(args) -> int:
 
             levels = normalize_levels(normalizer, raw)
         dest = out / f"{path.stem}.zarr"
-        segmenter = ModelSegmenter(model=str(model.path), device=args.device, tta=bool(tta))
+        segmenter = ModelSegmenter(model=str(model.path), device=args.device, tta=tta)
         # Blank windows of a slide are expected: no per-window "no tissue" notes.
         with dask_client(args.scheduler, args.workers) as client, warnings.catch_warnings():
             warnings.simplefilter("ignore", InputWarning)

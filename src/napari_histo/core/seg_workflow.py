@@ -65,10 +65,13 @@ def segment_array_iter(
     image: np.ndarray,
     model: str = "default",
     device: str = "auto",
-    tta: bool = False,
+    tta: bool | int | None = None,
     normalizer=None,
 ) -> Generator[Progress, None, Any]:
-    """Segment one in-memory RGB image with a model name or folder (yields per-tile progress)."""
+    """Segment one in-memory RGB image with a model name or folder (yields per-tile progress).
+
+    ``tta=None`` leaves multiple inference to the model's architecture (see ``segment_iter``).
+    """
     from .models import load_model
     from .seg.inference import segment_iter
 

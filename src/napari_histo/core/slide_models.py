@@ -17,7 +17,7 @@ class ModelSegmenter:
 
     model: str = "default"
     device: str = "auto"
-    tta: bool = False
+    tta: bool | int | None = None  # None: the architecture's default
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         from .progress import drain

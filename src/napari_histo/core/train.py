@@ -420,7 +420,8 @@ def validate(
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                pred = drain(segment_iter(img, model, tile=tile)).labels
+                # No multiple inference: it would multiply the cost of every validation.
+                pred = drain(segment_iter(img, model, tta=False, tile=tile)).labels
             per[name] = {k: float(v) for k, v in evaluate(lab, pred).items()}
     finally:
         net.train(was_training)

@@ -66,6 +66,8 @@ class HoVerNetSpec:
     size_multiple = 2**HoVerNet.depth
     #: Post-processing settings (see :func:`.postprocess.instances_from_hover`).
     min_size = 10
+    #: Multiple inference when the caller leaves it to the architecture (off: 8x the time).
+    tta: bool | int = False
 
     def build(self, base: int = 16, **kwargs: Any) -> nn.Module:
         """A fresh :class:`HoVerNet` (``base`` = width of the first level)."""

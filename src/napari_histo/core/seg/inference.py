@@ -157,7 +157,7 @@ def segment_iter(
     image: np.ndarray,
     net: Any = "default",
     device: Any = "auto",
-    tta: bool | int = False,
+    tta: bool | int | None = None,
     normalizer: Any = None,
     tile: TileSpec | int | None = None,
 ) -> Generator[Progress, None, SegResult]:
@@ -172,8 +172,9 @@ def segment_iter(
         A loaded model, or what :func:`~napari_histo.core.models.load_model` takes.
     device : str
         Used only when ``net`` is not loaded yet.
-    tta : bool or int
-        Multiple inference: True = the 8 dihedral transforms, 4 = the 4 flips.
+    tta : bool, int or None
+        Multiple inference: True = the 8 dihedral transforms, 4 = the 4 flips, False = none;
+        None = the architecture's default (``spec.tta``: on for FullNet, as in Qu et al.).
     normalizer : object, optional
         A fitted stain normalizer (``.transform(rgb) -> rgb``), applied first.
     tile : TileSpec or int, optional
@@ -209,6 +210,8 @@ def segment_iter(
             raise HistoError(
                 f"the stain normalizer changed the image size from {(h, w)} to {rgb.shape[:2]}"
             )
+    if tta is None:
+        tta = getattr(model.spec, "tta", False)
     spec = as_tile_spec(tile, model.device)
     predictor = make_predictor(model, tta_transforms(tta))
     maps = yield from predict_tiled_iter(

@@ -1,7 +1,7 @@
 """Segmentation losses: weighted cross-entropy, soft Dice, varCE, HoVer-Net MSE + MSGE.
 
 Shapes follow torch: logits/probabilities ``(B, C, H, W)``, class targets ``(B, H, W)`` int64,
-weights ``(B, H, W)``, instance ids ``(B, H, W)`` (0 = background).
+weights ``(B, H, W)``, group ids ``(B, H, W)`` (0 = in no group).
 """
 
 from __future__ import annotations
@@ -50,27 +50,29 @@ def dice_loss(
     return 1.0 - dice.mean()
 
 
-def instance_variance(probs: torch.Tensor, instances: torch.Tensor) -> torch.Tensor:
-    """varCE's spatial term: variance of the probabilities within each instance.
+def instance_variance(probs: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """varCE's spatial term: variance of the probabilities within each pixel group.
 
-    For each image, the unbiased variance over the pixels of each instance (of more than one
-    pixel), summed over channels and averaged over its instances; then averaged over the batch
-    (Qu et al. 2019, ``LossVariance``). Vectorized with scatter sums; an image without instances
-    contributes 0.
+    For each image, the unbiased variance over the pixels of each group (of more than one pixel),
+    summed over channels and averaged over its groups; then averaged over the batch (Qu et al.
+    2019, ``LossVariance``). Vectorized with scatter sums; an image without groups contributes 0.
+    The groups are the connected components of the inside class of the ternary target
+    (:func:`.targets.variance_groups`), as in Qu et al.: not whole nuclei, whose boundary ring
+    the cross-entropy pulls to another class.
 
     Parameters
     ----------
     probs : (B, C, H, W) probabilities.
-    instances : (B, H, W) integer instance ids, 0 = background.
+    groups : (B, H, W) integer group ids, 0 = in no group.
     """
     b, c = probs.shape[:2]
-    inst = instances.reshape(b, -1).long()
-    fg = inst > 0
+    ids = groups.reshape(b, -1).long()
+    fg = ids > 0
     if not bool(fg.any()):
         return probs.sum() * 0.0
-    stride = int(inst.max()) + 1
-    img = torch.arange(b, device=inst.device)[:, None].expand_as(inst)[fg]
-    keys = img * stride + inst[fg]
+    stride = int(ids.max()) + 1
+    img = torch.arange(b, device=ids.device)[:, None].expand_as(ids)[fg]
+    keys = img * stride + ids[fg]
     uniq, group = torch.unique(keys, return_inverse=True)
     vals = probs.reshape(b, c, -1).permute(0, 2, 1)[fg].float()  # (P, C)
     g = uniq.numel()
@@ -89,7 +91,7 @@ def instance_variance(probs: torch.Tensor, instances: torch.Tensor) -> torch.Ten
 def var_ce_loss(
     logits: torch.Tensor,
     target: torch.Tensor,
-    instances: torch.Tensor,
+    groups: torch.Tensor,
     weight: torch.Tensor | None = None,
     alpha: float = 1.0,
 ) -> torch.Tensor:
@@ -99,14 +101,12 @@ def var_ce_loss(
     ----------
     logits : (B, C, H, W) raw scores.
     target : (B, H, W) class indices (ternary labels).
-    instances : (B, H, W) instance ids.
+    groups : (B, H, W) variance groups (connected components of the inside class of ``target``).
     weight : (B, H, W) weight map or None.
     alpha : weight of the variance term (1 in the paper).
     """
     probs = torch.softmax(logits, dim=1)
-    return weighted_cross_entropy(logits, target, weight) + alpha * instance_variance(
-        probs, instances
-    )
+    return weighted_cross_entropy(logits, target, weight) + alpha * instance_variance(probs, groups)
 
 
 def _sobel_kernels(size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

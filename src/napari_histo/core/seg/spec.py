@@ -9,8 +9,8 @@ The flow, for every architecture alike::
         training:  spec.make_targets(instance labels) per image -> collated dict of tensors
                    loss = spec.train_loss(model, x, targets)
         inference: maps = spec.predict(model, x)       # dict name -> (B, C, H, W) float, activated
-                   (tiles are blended map by map; multiple inference un-does each flip/rotation
-                   with spec.invert_tta, then averages)
+                   (tiles are blended map by map; multiple inference, spec.tta unless the
+                   caller chooses, un-does each flip/rotation with spec.invert_tta, then averages)
                    labels, confidence = spec.instances(maps of one image as numpy (C, H, W))
 
 Maps must be *blendable*: averaging two predictions of the same pixel must be meaningful
@@ -55,6 +55,9 @@ class ArchSpec(Protocol):
     name: str
     #: Side lengths of inputs must be multiples of this (inference pads to it).
     size_multiple: int
+    #: Multiple inference when the caller does not choose (``segment_iter(tta=None)``): False,
+    #: True (the 8 flips and rotations) or 4 (the flips). A spec without it means False.
+    tta: bool | int
 
     def build(self, **kwargs: Any) -> nn.Module:
         """A fresh network; ``kwargs`` are recorded in the model card and passed again on load."""

@@ -15,6 +15,7 @@ from scipy import ndimage as ndi
 BACKGROUND, INSIDE, BOUNDARY = 0, 1, 2
 
 _CROSS = ndi.generate_binary_structure(2, 1)
+_SQUARE = ndi.generate_binary_structure(2, 2)
 
 
 def _check_labels(labels: np.ndarray) -> np.ndarray:
@@ -49,10 +50,13 @@ def boundaries(labels: np.ndarray) -> np.ndarray:
 def ternary_labels(labels: np.ndarray) -> np.ndarray:
     """Ternary classes of an instance-label image: 0 background, 1 inside, 2 boundary.
 
-    Identical to the labels of Qu et al. (FullNet-varCE ``create_ternary_labels``): the boundary
-    is two pixels thick (the outer ring of each nucleus and the ring just outside it), the inside
-    is each nucleus eroded by the 4-neighbourhood. ``postprocess.instances_from_ternary`` with
-    ``grow=1`` inverts it.
+    The labels Qu et al. write to disk (FullNet-varCE ``prepare_data.py``): the boundary is two
+    pixels thick (the outer ring of each nucleus and the ring just outside it), the inside is each
+    nucleus eroded by the 4-neighbourhood; they agree with the authors' published example on more
+    than 99.5 % of its pixels (their instance labels are not published, see the tests). Their
+    training does not use this boundary: it re-derives one from the inside, two pixels inside
+    the nucleus (:func:`fullnet_ternary_labels`). ``postprocess.instances_from_ternary`` with
+    ``grow="half"`` inverts these labels.
 
     Returns
     -------
@@ -64,6 +68,49 @@ def ternary_labels(labels: np.ndarray) -> np.ndarray:
     out[labels > 0] = INSIDE
     out[bnd] = BOUNDARY
     return out
+
+
+def fullnet_ternary_labels(labels: np.ndarray) -> np.ndarray:
+    """The ternary targets FullNet is trained on (Qu et al.'s training-time label encoding).
+
+    Qu et al. keep only the inside class of :func:`ternary_labels` (the union of the nuclei each
+    eroded by the 4-neighbourhood) and recompute the boundary from it on every training crop:
+    boundary = its dilation minus its erosion (4-neighbourhood), inside = its erosion. So the
+    two-pixel boundary lies *inside* each nucleus (its two outer rings, up to an opening), the
+    inside is the nucleus eroded twice, and touching nuclei are four boundary pixels apart.
+    Dilating the inside by a disk of radius 2, as their inference does
+    (``postprocess.instances_from_inside``), restores the nuclei.
+
+    Returns
+    -------
+    (H, W) int64: 0 background, 1 inside, 2 boundary.
+    """
+    eroded_once = ternary_labels(labels) == INSIDE
+    inside = ndi.binary_erosion(eroded_once, structure=_CROSS, border_value=1)
+    ring = ndi.binary_dilation(eroded_once, structure=_CROSS) & ~inside
+    out = np.zeros(eroded_once.shape, np.int64)
+    out[inside] = INSIDE
+    out[ring] = BOUNDARY
+    return out
+
+
+def variance_groups(ternary: np.ndarray) -> np.ndarray:
+    """The pixel groups of varCE's variance term: 8-connected components of the inside class.
+
+    Qu et al. label the connected components of ``target == inside`` (full connectivity), not the
+    nuclei: a whole nucleus would hold its boundary ring too, and the variance term would pull the
+    ring toward the inside class while the cross-entropy pulls it to the boundary class.
+
+    Parameters
+    ----------
+    ternary : (H, W) ternary classes (0 background, 1 inside, 2 boundary).
+
+    Returns
+    -------
+    (H, W) int64 group ids ``1..N``, 0 outside every group.
+    """
+    groups, _ = ndi.label(np.asarray(ternary) == INSIDE, structure=_SQUARE)
+    return groups.astype(np.int64, copy=False)
 
 
 def _inner_contour(mask: np.ndarray) -> np.ndarray:

@@ -22,8 +22,8 @@ class TernarySpec:
     """Targets, prediction, TTA inversion and post-processing of ternary architectures.
 
     Subclasses set ``name``, ``size_multiple`` and implement ``build`` (and may override
-    ``train_loss``). ``make_targets`` gives ``ternary`` (int64), ``weight`` (float32, FullNet weight
-    map) and ``instances`` (int64, the labels themselves, for varCE).
+    ``make_targets``, ``train_loss`` and ``instances``). ``make_targets`` gives ``ternary``
+    (int64) and ``weight`` (float32, FullNet weight map).
     """
 
     name = "ternary"
@@ -35,18 +35,16 @@ class TernarySpec:
     min_size = 30
     grow: int | str | None = "half"
     seed_threshold: float | None = 0.4
+    #: Multiple inference when the caller leaves it to the architecture (off: 8x the time).
+    tta: bool | int = False
 
     def build(self, **kwargs: Any) -> nn.Module:
         raise NotImplementedError
 
     def make_targets(self, labels: np.ndarray) -> dict[str, np.ndarray]:
-        """``ternary`` (H, W) int64, ``weight`` (H, W) float32, ``instances`` (H, W) int64."""
+        """``ternary`` (H, W) int64 and ``weight`` (H, W) float32."""
         labels = np.asarray(labels)
-        return {
-            "ternary": ternary_labels(labels),
-            "weight": weight_map(labels),
-            "instances": labels.astype(np.int64),
-        }
+        return {"ternary": ternary_labels(labels), "weight": weight_map(labels)}
 
     def train_loss(
         self, model: nn.Module, x: torch.Tensor, targets: dict[str, torch.Tensor]
