@@ -45,9 +45,9 @@ def crops():
 
 
 def score(model, pairs, device):
-    from napari_histo.core.metrics import evaluate
     from napari_histo.core.progress import drain
-    from napari_histo.core.seg_workflow import segment_array_iter
+    from napari_histo.core.seg.metrics import evaluate
+    from napari_histo.core.seg.workflow import segment_array_iter
 
     res = [
         evaluate(lab, drain(segment_array_iter(img, model=model, device=device)).labels)
@@ -63,7 +63,7 @@ def main() -> int:
     ap.add_argument("--json")
     args = ap.parse_args()
     from napari_histo.core.progress import drain
-    from napari_histo.core.train import train_iter
+    from napari_histo.core.seg.train import train_iter
 
     pairs = crops()
     # Every tile contributes to training and to testing, never with the same corner.

@@ -69,7 +69,7 @@ def tune_baseline(train) -> dict:
     """Grid-search the baseline's ``min_distance`` and ``smooth`` on training tiles (mean AJI)."""
     import itertools
 
-    from napari_histo.core.metrics import aggregated_jaccard_index
+    from napari_histo.core.seg.metrics import aggregated_jaccard_index
 
     best = (-1.0, {})
     for md, sm in itertools.product((4, 6, 8, 10), (1.0, 2.0, 3.0)):
@@ -89,7 +89,7 @@ def tune_baseline(train) -> dict:
 
 
 def score(method, val) -> dict:
-    from napari_histo.core.metrics import evaluate
+    from napari_histo.core.seg.metrics import evaluate
 
     per, seconds = {}, 0.0
     for name, img, lab in val:
@@ -105,9 +105,9 @@ def score(method, val) -> dict:
 
 
 def model_method(ref: str, tta: bool):
-    from napari_histo.core.models import load_model
     from napari_histo.core.progress import drain
     from napari_histo.core.seg.inference import segment_iter
+    from napari_histo.core.seg.registry import load_model
 
     model = load_model(ref, "cpu")
     return lambda img: drain(segment_iter(img, model, tta=tta)).labels
@@ -211,7 +211,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import torch
 
-    from napari_histo.core.models import list_models
+    from napari_histo.core.seg.registry import list_models
 
     torch.set_num_threads(args.threads)
     train, val = _train_script().load_split()

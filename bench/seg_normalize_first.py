@@ -26,10 +26,10 @@ def main() -> int:
     ap.add_argument("--json")
     args = ap.parse_args()
     from napari_histo.core.io import read_image, read_labels
-    from napari_histo.core.metrics import evaluate
-    from napari_histo.core.models import load_model
     from napari_histo.core.progress import drain
     from napari_histo.core.seg.inference import segment_iter
+    from napari_histo.core.seg.metrics import evaluate
+    from napari_histo.core.seg.registry import load_model
     from napari_histo.core.stain import get_normalizer
 
     model = load_model("default", "cpu")

@@ -34,7 +34,7 @@ IMAGE = (
 def models_to_time(device: str) -> list:
     import torch
 
-    from napari_histo.core.models import LoadedModel, default_model_name, load_model
+    from napari_histo.core.seg.registry import LoadedModel, default_model_name, load_model
     from napari_histo.core.seg.spec import ARCH_MODULES, get_arch
 
     out = []

@@ -32,7 +32,7 @@ def build_slide(path: Path, size: int, tile: int = 512) -> Path:
 
     from napari_histo.core.io import read_image
     from napari_histo.core.progress import drain
-    from napari_histo.core.slide import write_pyramidal_tiff_iter
+    from napari_histo.core.slide.segment import write_pyramidal_tiff_iter
 
     tiles = [read_image(p) for p in sorted(DATA.glob("*.png"))]
     th, tw = tiles[0].shape[:2]
@@ -103,16 +103,16 @@ class PeakMemory:
 def run_once(
     slide: Path, out: Path, model: str, workers: int | None, normalize: bool, tile: int, halo: int
 ) -> dict:
-    from napari_histo.core.cluster import dask_client
     from napari_histo.core.io import read_slide
     from napari_histo.core.progress import drain
-    from napari_histo.core.slide import SlideTiling, segment_slide_iter
-    from napari_histo.core.slide_models import ModelSegmenter
+    from napari_histo.core.slide.cluster import dask_client
+    from napari_histo.core.slide.segment import SlideTiling, segment_slide_iter
+    from napari_histo.core.slide.segmenter import ModelSegmenter
 
     levels = read_slide(slide)
     if normalize:
         from napari_histo.core.stain import get_normalizer
-        from napari_histo.core.stain_workflow import normalize_levels
+        from napari_histo.core.stain.workflow import normalize_levels
 
         levels = normalize_levels(get_normalizer("macenko").fit(np.asarray(levels[-1])), levels)
     seg = ModelSegmenter(model, "auto", False)

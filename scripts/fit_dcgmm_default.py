@@ -32,50 +32,39 @@ LICENSE = (
 )
 
 
-def card_markdown(card: dict) -> str:
-    tr = card["training"]
+def describe(card: dict) -> dict:
+    """Summary and notes for card.md (rendered by napari_histo.core.weights.card_markdown)."""
     ev = card.get("evaluation", {})
-    lines = [
-        "# dcgmm_default: the shipped DCGMM stain model",
-        "",
-        "A deep convolutional Gaussian mixture model of H&E stain colour (Zanjani et al., MIDL 2018),",
-        "fitted unsupervised with napari-histo. The network reads the optical density of a tile and",
-        f"assigns every pixel to {card['classes']} classes ordered by density: "
-        + ", ".join(card["class_names"])
-        + ". It carries no template: `get_normalizer('dcgmm').fit(template)` adds one.",
-        "",
-        f"- **data**: {card['data']}",
-        f"- **license**: {card['license']}",
-        f"- **command**: `{card['command']}`",
-        f"- **architecture**: {card['architecture']}; the network sees the density at 1/{card['scale']}"
-        " resolution, logits are upsampled bilinearly",
-        "- **training**: "
-        + ", ".join(
-            f"{k}={tr[k]}"
-            for k in ("steps", "batch_size", "crop", "lr", "seed", "precision", "device", "seconds")
-            if k in tr
-        ),
-        f"- **final loss** (mixture negative log-likelihood per pixel, {tr['final_loss_over']}): "
-        f"{tr['final_loss']}",
+    notes = [
+        f"the network sees the density at 1/{card['scale']} resolution; logits are upsampled "
+        "bilinearly",
+        f"final loss (mixture negative log-likelihood per pixel, "
+        f"{card['training']['final_loss_over']}): {card['training']['final_loss']}",
     ]
     if ev:
-        lines.append(
-            f"- **loss on the whole training images** (each its own M-step): {ev['loss_full_images']:.4f}"
-            f" (a new untrained network: {ev['loss_untrained']:.4f})"
+        notes.append(
+            f"loss on the whole training images (each its own M-step): "
+            f"{ev['loss_full_images']:.4f} (a new untrained network: {ev['loss_untrained']:.4f})"
         )
-        lines.append(
-            "- **mean density of each class** on the training images: "
+        notes.append(
+            "mean density of each class on the training images: "
             + ", ".join(
                 f"{n} {d:.3f}"
                 for n, d in zip(card["class_names"], ev["class_mean_density"], strict=True)
             )
         )
-    lines += [
-        "",
-        "Licence note: weights fitted on MoNuSeg are non-commercial and share-alike; a model you",
-        "refit from these weights inherits that licence (the refit's card says so).",
-    ]
-    return "\n".join(lines) + "\n"
+    notes.append(
+        "licence note: weights fitted on MoNuSeg are non-commercial and share-alike; a model you "
+        "refit from these weights inherits that licence (the refit's card says so)"
+    )
+    summary = (
+        "A deep convolutional Gaussian mixture model of H&E stain colour (Zanjani et al., MIDL "
+        "2018), fitted unsupervised with napari-histo. The network reads the optical density of "
+        f"a tile and assigns every pixel to {card['classes']} classes ordered by density: "
+        + ", ".join(card["class_names"])
+        + ". It carries no template: `get_normalizer('dcgmm').fit(template)` adds one."
+    )
+    return {"summary": summary, "notes": notes}
 
 
 def main(argv=None) -> int:
@@ -138,7 +127,8 @@ def main(argv=None) -> int:
         "loss_untrained": untrained.loss(images),
         "class_mean_density": _class_densities(norm, images),
     }
-    norm.save_folder(args.out, card_markdown(norm.card_json("weights.safetensors")))
+    norm.card.update(describe(norm.card_json("weights.safetensors")))
+    norm.save_folder(args.out)
     print(f"wrote {args.out} in {time.perf_counter() - t0:.0f} s; card: {norm.card}", flush=True)
     return 0
 

@@ -55,10 +55,14 @@ def main() -> int:
 
     # Fine-tune: the tile's top and bottom halves with their hand-drawn nuclei as corrected pairs.
     image = viewer.layers[tile].data
-    truth = viewer.layers[next(n.name for n in viewer.layers if n.name.startswith("ground-truth"))].data
+    truth = viewer.layers[
+        next(n.name for n in viewer.layers if n.name.startswith("ground-truth"))
+    ].data
     for part, rows in (("top", slice(0, 500)), ("bottom", slice(500, 1000))):
         viewer.add_image(image[rows], name=f"tile {part}", rgb=True, visible=False)
-        lab = viewer.add_labels(truth[rows].astype("uint32"), name=f"tile {part} corrected", visible=False)
+        lab = viewer.add_labels(
+            truth[rows].astype("uint32"), name=f"tile {part} corrected", visible=False
+        )
         lab.metadata["napari_histo_image"] = f"tile {part}"
     ft = next(w for name, w in inner.items() if name.startswith("Fine-tune"))
     ft_dock = ft.parent()
@@ -68,7 +72,11 @@ def main() -> int:
         item = ft.pair_list.item(i)
         from qtpy.QtCore import Qt
 
-        item.setCheckState(Qt.CheckState.Checked if item.text().endswith("tile top corrected") else Qt.CheckState.Unchecked)
+        item.setCheckState(
+            Qt.CheckState.Checked
+            if item.text().endswith("tile top corrected")
+            else Qt.CheckState.Unchecked
+        )
     ft.val_combo.setCurrentText("current layer: tile bottom corrected")
     ft.epochs.setValue(int(os.environ.get("SCREENSHOT_EPOCHS", "8")))
     ft.run()

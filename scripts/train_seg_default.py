@@ -115,10 +115,10 @@ def set_default(name: str) -> None:
 def evaluate_model(folder: Path, val, tta: bool = False) -> dict:
     import numpy as np
 
-    from napari_histo.core.metrics import evaluate
-    from napari_histo.core.models import load_model
     from napari_histo.core.progress import drain
     from napari_histo.core.seg.inference import segment_iter
+    from napari_histo.core.seg.metrics import evaluate
+    from napari_histo.core.seg.registry import load_model
 
     model = load_model(folder, "cpu")
     per = {}
@@ -192,7 +192,7 @@ def main(argv=None) -> int:
         return 0
 
     from napari_histo.core.progress import drain
-    from napari_histo.core.train import train_iter
+    from napari_histo.core.seg.train import train_iter
 
     data = (
         f"{len(train)} tiles at 40x from ../shared/data ({', '.join(SETS[args.sets])}): "
@@ -204,7 +204,7 @@ def main(argv=None) -> int:
     )
     parent_card = {}
     if args.init != "none":
-        from napari_histo.core.models import read_card, resolve_model
+        from napari_histo.core.seg.registry import read_card, resolve_model
 
         parent_card = read_card(resolve_model(args.init))
     card = {
@@ -275,7 +275,8 @@ def main(argv=None) -> int:
     res20 = evaluate_model(folder, val_all[len(val) :])
     res_tta = evaluate_model(folder, val, tta=True)
     from napari_histo.core.atomic import atomic_write_text
-    from napari_histo.core.models import card_markdown, read_card
+    from napari_histo.core.seg.registry import read_card
+    from napari_histo.core.weights import card_markdown
 
     c = read_card(folder)
     c["validation"] = {**c.get("validation", {}), **res}

@@ -52,8 +52,8 @@ def load_data() -> dict[str, np.ndarray | list[np.ndarray]]:
 
 def evaluate(model_dir: Path, data: dict) -> dict:
     """The five metrics of both cycles on the held-out crops (mean over crops)."""
-    from napari_histo.core.quality import cycle_scores
     from napari_histo.core.translate import load_translator
+    from napari_histo.core.translate.quality import cycle_scores
 
     fwd = load_translator(model_dir, "ihc2he", device="cpu")
     back = load_translator(model_dir, "he2ihc", device="cpu")
@@ -70,7 +70,7 @@ def evaluate(model_dir: Path, data: dict) -> dict:
 
 
 def card_md(card: dict) -> str:
-    from napari_histo.core.quality import METRICS
+    from napari_histo.core.translate.quality import METRICS
 
     tr = card["training"]
     ev = card.get("evaluation", {})

@@ -185,7 +185,7 @@ def test_usage_errors_are_one_line(extra, message, files, bad_inputs, tmp_path, 
 def test_slide_is_normalized_lazily_to_a_pyramidal_tiff(monuseg, files, tmp_path, capsys):
     from napari_histo.core.io import is_slide, read_slide
     from napari_histo.core.progress import drain
-    from napari_histo.core.slide import write_pyramidal_tiff_iter
+    from napari_histo.core.slide.segment import write_pyramidal_tiff_iter
 
     tile = read_image(sorted((monuseg / "images").glob("*.png"))[3])
     slide = tmp_path / "slide.tif"

@@ -9,8 +9,8 @@ import pytest
 import tifffile
 
 from napari_histo.cli import main
-from napari_histo.core import models
 from napari_histo.core.io import read_image, read_labels, write_image, write_labels
+from napari_histo.core.seg import registry as models
 
 BROKEN = {"empty.png", "five_channel.tif", "huge_header.png", "not_an_image.png", "truncated.png"}
 BLANK = {"blank_white", "all_black"}
@@ -48,7 +48,7 @@ def segmented(shipped, held_out, tmp_path_factory):
 
 
 def test_segment_real_tile_gives_plausible_nuclei(segmented, held_out):
-    from napari_histo.core.metrics import aggregated_jaccard_index
+    from napari_histo.core.seg.metrics import aggregated_jaccard_index
 
     pred = read_labels(segmented / "crop.tif")
     truth = read_labels(held_out / "masks" / "crop.tif")
@@ -194,7 +194,7 @@ def test_train_from_scratch_and_bad_folders(tiny_folder, capsys):
 @pytest.mark.slow
 def test_segment_whole_slide_to_zarr_with_exports(shipped, monuseg, tmp_path, capsys):
     from napari_histo.core.progress import drain
-    from napari_histo.core.slide import open_labels_pyramid, write_pyramidal_tiff_iter
+    from napari_histo.core.slide.segment import open_labels_pyramid, write_pyramidal_tiff_iter
 
     img = read_image(monuseg / "images" / f"{HELD_OUT}.png")[:640, :768]
     slide = tmp_path / "slide.tif"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from napari_histo.core.cluster import dask_client
 from napari_histo.core.errors import HistoError
+from napari_histo.core.slide.cluster import dask_client
 
 
 def test_default_is_local_threads():

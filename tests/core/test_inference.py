@@ -8,7 +8,6 @@ import torch
 
 from napari_histo.core.errors import HistoError, InputWarning
 from napari_histo.core.io import read_image, read_labels
-from napari_histo.core.models import LoadedModel
 from napari_histo.core.progress import drain
 from napari_histo.core.seg import spec as seg_spec
 from napari_histo.core.seg.inference import (
@@ -19,6 +18,7 @@ from napari_histo.core.seg.inference import (
     segment_iter,
     tta_transforms,
 )
+from napari_histo.core.seg.registry import LoadedModel
 from napari_histo.core.tiling import TileSpec
 
 TILE = "TCGA-A7-A13E-01Z-00-DX1"
@@ -102,7 +102,7 @@ def test_unet_tiled_matches_untiled_within_tolerance(crop):
 
 
 def test_shipped_model_tiled_matches_untiled(monuseg):
-    from napari_histo.core.models import default_model_name, load_model
+    from napari_histo.core.seg.registry import default_model_name, load_model
 
     assert default_model_name() is not None, "the package ships a default segmentation model"
     model = load_model("default", "cpu")

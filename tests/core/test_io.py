@@ -227,7 +227,7 @@ def test_undecodable_tiles_are_one_clear_error_naming_the_compression(monuseg, t
 
 def test_vendor_slides_through_openslide_match_tifffile(svs_path, tmp_path):
     """OpenSlide reads the same SVS pixels as tifffile (the backend for NDPI, MRXS, ...)."""
-    from napari_histo.core.io import _read_openslide
+    from napari_histo.core.io.slides import _read_openslide
 
     ours, theirs = read_slide(svs_path), _read_openslide(svs_path, 1024)
     assert theirs[0].shape == ours[0].shape and len(theirs) >= 2

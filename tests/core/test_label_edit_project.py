@@ -8,8 +8,8 @@ from skimage.draw import disk, ellipse
 
 from napari_histo.core.errors import HistoError
 from napari_histo.core.io import read_image, read_labels
-from napari_histo.core.label_edit import delete_label, merge_labels, next_free_label, split_label
-from napari_histo.core.project import Project, default_project_dir
+from napari_histo.core.labels.edit import delete_label, merge_labels, next_free_label, split_label
+from napari_histo.core.labels.project import Project, default_project_dir
 
 
 def _labels():

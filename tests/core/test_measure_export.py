@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from skimage.draw import disk
 
-from napari_histo.core.export import label_polygons, nuclei_geojson, write_csv, write_geojson
 from napari_histo.core.io import read_image, read_labels
-from napari_histo.core.measure import COLUMNS, measure_nuclei
+from napari_histo.core.labels.export import label_polygons, nuclei_geojson, write_csv, write_geojson
+from napari_histo.core.labels.measure import COLUMNS, measure_nuclei
 
 
 def _two_disks():

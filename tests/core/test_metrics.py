@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_histo.core import metrics
 from napari_histo.core.io import read_labels
+from napari_histo.core.seg import metrics
 
 
 def square_pair(shift: int) -> tuple[np.ndarray, np.ndarray]:

@@ -11,13 +11,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from napari_histo.core import models  # noqa: E402
 from napari_histo.core.errors import HistoError  # noqa: E402
 from napari_histo.core.io import read_image, read_labels, write_image, write_labels  # noqa: E402
 from napari_histo.core.progress import drain  # noqa: E402
+from napari_histo.core.seg import registry as models  # noqa: E402
 from napari_histo.core.seg.inference import segment_iter  # noqa: E402
 from napari_histo.core.seg.spec import get_arch  # noqa: E402
-from napari_histo.core.train import (  # noqa: E402
+from napari_histo.core.seg.train import (  # noqa: E402
     PatchSampler,
     load_pairs,
     split_validation,
@@ -140,7 +140,7 @@ def test_importing_the_registry_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, napari_histo.core.models, napari_histo.core.train, napari_histo.core.tiling; print('torch' in sys.modules)"
+    code = "import sys, napari_histo.core.seg.registry, napari_histo.core.seg.train, napari_histo.core.tiling; print('torch' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "False"
 
@@ -319,7 +319,7 @@ def test_a_save_killed_mid_write_leaves_a_loadable_model(tmp_path, saved):
     good = {k: v.clone() for k, v in net.state_dict().items()}
     script = (
         "import torch\n"
-        "from napari_histo.core import models\n"
+        "from napari_histo.core.seg import registry as models\n"
         "from napari_histo.core.seg.spec import get_arch\n"
         "net = get_arch('unet').build(base=4)\n"
         "print('ready', flush=True)\n"

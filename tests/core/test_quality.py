@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from napari_histo.core.errors import HistoError, InputWarning
-from napari_histo.core.quality import METRICS, cycle_scores, format_scores, quality_scores
+from napari_histo.core.translate.quality import METRICS, cycle_scores, format_scores, quality_scores
 
 
 @pytest.fixture(scope="module")

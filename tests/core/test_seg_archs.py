@@ -208,7 +208,7 @@ def test_maskrcnn_targets_and_rasterize(crops):
 
     assert np.array_equal(probs.argmax(0), ternary_labels(truth))
     labels, _ = arch.instances({"ternary": probs})
-    from napari_histo.core.metrics import aggregated_jaccard_index
+    from napari_histo.core.seg.metrics import aggregated_jaccard_index
 
     assert aggregated_jaccard_index(truth, labels) > 0.97
     # A detection scored under 0.5 does not survive the argmax.

@@ -7,9 +7,8 @@ import pytest
 from PIL import Image
 from scipy import ndimage as ndi
 
-from napari_histo.core import metrics
 from napari_histo.core.io import read_labels
-from napari_histo.core.seg import postprocess, targets
+from napari_histo.core.seg import metrics, postprocess, targets
 
 
 @pytest.fixture(scope="module")

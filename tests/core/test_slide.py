@@ -9,7 +9,7 @@ from slide_helpers import HALO, ThresholdSegmenter
 from napari_histo.core.errors import HistoError
 from napari_histo.core.io import read_image
 from napari_histo.core.progress import drain
-from napari_histo.core.slide import (
+from napari_histo.core.slide.segment import (
     SlideTiling,
     open_labels_pyramid,
     segment_slide_iter,
@@ -105,8 +105,8 @@ def test_same_result_on_a_process_cluster(tile, tmp_path):
     import cloudpickle
     import tifffile
 
-    from napari_histo.core.cluster import dask_client
     from napari_histo.core.io import read_slide
+    from napari_histo.core.slide.cluster import dask_client
 
     cloudpickle.register_pickle_by_value(
         sys.modules[ThresholdSegmenter.__module__]
@@ -134,8 +134,8 @@ def test_export_whole_slide_matches_per_tile_measurements(tile, tmp_path):
     import csv
     import json
 
-    from napari_histo.core.measure import measure_nuclei
-    from napari_histo.core.slide import export_slide_iter
+    from napari_histo.core.labels.measure import measure_nuclei
+    from napari_histo.core.slide.segment import export_slide_iter
 
     image = tile[:600, :700]
     result = drain(
@@ -163,7 +163,7 @@ def test_export_whole_slide_matches_per_tile_measurements(tile, tmp_path):
 
 def test_pyramidal_tiff_writer_roundtrip(tile, tmp_path):
     from napari_histo.core.io import read_slide
-    from napari_histo.core.slide import write_pyramidal_tiff_iter
+    from napari_histo.core.slide.segment import write_pyramidal_tiff_iter
 
     big = np.concatenate([tile, tile], axis=0)[:, :900]  # 2000 x 900
     out = drain(write_pyramidal_tiff_iter(big, tmp_path / "n.tif", tile=256))

@@ -9,8 +9,8 @@ from slide_helpers import HALO, ThresholdSegmenter
 from napari_histo.core.errors import HistoError
 from napari_histo.core.io import read_image
 from napari_histo.core.progress import drain
-from napari_histo.core.slide import SlideTiling, open_labels_pyramid, segment_slide_iter
-from napari_histo.core.slide_edit import JOURNAL, read_region, recover_pending, write_region
+from napari_histo.core.slide.edit import JOURNAL, read_region, recover_pending, write_region
+from napari_histo.core.slide.segment import SlideTiling, open_labels_pyramid, segment_slide_iter
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def test_edit_roundtrip_with_new_and_deleted_nuclei(slide_zarr):
 
 
 def test_crash_between_journal_and_apply_is_recovered(slide_zarr, monkeypatch):
-    import napari_histo.core.slide_edit as se
+    import napari_histo.core.slide.edit as se
 
     rows, cols = slice(0, 200), slice(0, 200)
     edited = np.zeros((200, 200), np.uint32)

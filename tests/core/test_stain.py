@@ -66,7 +66,7 @@ def _angle(u, v) -> float:
 
 
 def test_registry_names_and_errors():
-    from napari_histo.core import stain_workflow
+    from napari_histo.core.stain import workflow as stain_workflow
 
     assert set(METHODS) == set(stain_workflow.METHODS)
     for name in CLASSICAL:
@@ -179,7 +179,7 @@ def test_batches_and_fixed_source_stats(method, tiles, template):
 def test_lazy_transform_of_a_dask_image(method, tiles, template, request):
     import dask.array as da
 
-    from napari_histo.core.stain_workflow import lazy_transform
+    from napari_histo.core.stain.workflow import lazy_transform
 
     if method == "dcgmm":
         norm = request.getfixturevalue("dcgmm")
@@ -568,8 +568,8 @@ def test_nmi_cv_drops_after_normalization(monuseg, dcgmm):
 def test_slide_levels_normalized_with_one_set_of_statistics(svs_path, template):
     """Every chunk of a slide uses the same stain statistics: a tile equals the whole-slide map."""
     from napari_histo.core.io import read_slide
-    from napari_histo.core.regions import pick_level
-    from napari_histo.core.stain_workflow import normalize_levels
+    from napari_histo.core.io.regions import pick_level
+    from napari_histo.core.stain.workflow import normalize_levels
 
     levels = read_slide(svs_path)
     norm = get_normalizer("macenko").fit(template)

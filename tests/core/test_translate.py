@@ -164,7 +164,7 @@ def test_import_stays_torch_free():
     import sys
 
     code = (
-        "import sys, napari_histo, napari_histo.core.translate, napari_histo.core.quality;"
+        "import sys, napari_histo, napari_histo.core.translate, napari_histo.core.translate.quality;"
         "print('torch' in sys.modules)"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -47,7 +47,7 @@ def test_lists_rgb_images_and_shipped_model(viewer_and_widget):
 
 
 def test_segment_gives_editable_labels_close_to_truth(viewer_and_widget, crop, qtbot):
-    from napari_histo.core.metrics import aggregated_jaccard_index, dice
+    from napari_histo.core.seg.metrics import aggregated_jaccard_index, dice
 
     viewer, widget = viewer_and_widget
     widget.uncertainty.setChecked(True)

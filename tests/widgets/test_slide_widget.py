@@ -86,7 +86,7 @@ def test_slide_normalized_to_the_fitted_template(
     template = read_image(sorted((monuseg / "images").glob("*.png"))[0])
     stain.normalizer = get_normalizer("reinhard").fit(template)
     viewer.window.add_dock_widget(stain, name="Stain normalization")
-    import napari_histo.core.stain_workflow as workflow
+    import napari_histo.core.stain.workflow as workflow
 
     real, calls = workflow.normalize_levels, []
 

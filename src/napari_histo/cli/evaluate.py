@@ -44,7 +44,7 @@ def run(args) -> int:
     from ..core.atomic import atomic_write_text
     from ..core.errors import HistoError
     from ..core.io import read_labels
-    from ..core.metrics import evaluate
+    from ..core.seg.metrics import evaluate
 
     pred, truth = _index(Path(args.pred)), _index(Path(args.truth))
     if not pred:

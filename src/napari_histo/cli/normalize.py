@@ -64,7 +64,7 @@ def _read_any(path: Path):
     import numpy as np
 
     from ..core.io import is_slide, read_image, read_slide
-    from ..core.regions import pick_level
+    from ..core.io.regions import pick_level
 
     if is_slide(path):
         levels = read_slide(path)
@@ -81,7 +81,7 @@ def _read_inputs(paths: list[str], label: str) -> tuple[list, int]:
 def run(args) -> int:
     from ..core.errors import HistoError
     from ..core.stain import load_normalizer
-    from ..core.stain_workflow import prepare_normalizer
+    from ..core.stain.workflow import prepare_normalizer
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -146,8 +146,8 @@ def run(args) -> int:
         import numpy as np
 
         from ..core.io import is_slide, read_image, read_slide, write_image, write_labels
-        from ..core.slide import write_pyramidal_tiff_iter
-        from ..core.stain_workflow import normalize_images
+        from ..core.slide.segment import write_pyramidal_tiff_iter
+        from ..core.stain.workflow import normalize_images
 
         slide = is_slide(path)
         data = read_slide(path) if slide else read_image(path)

@@ -25,7 +25,7 @@ def run(args) -> int:
     from ..core.atomic import atomic_write_text
     from ..core.errors import InputWarning
     from ..core.io import read_image
-    from ..core.quality import METRIC_BY_KEY, format_scores, quality_scores
+    from ..core.translate.quality import METRIC_BY_KEY, format_scores, quality_scores
     from ._common import note
 
     a, b = Path(args.a), Path(args.b)

@@ -87,11 +87,11 @@ def run(args) -> int:
     import warnings
 
     from ..core.errors import HistoError, InputWarning
-    from ..core.export import nuclei_geojson, write_csv
     from ..core.io import is_slide, read_image, write_labels
-    from ..core.measure import measure_nuclei
-    from ..core.models import load_model
+    from ..core.labels.export import nuclei_geojson, write_csv
+    from ..core.labels.measure import measure_nuclei
     from ..core.seg.inference import segment_iter
+    from ..core.seg.registry import load_model
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -106,14 +106,14 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     def slide(path: Path) -> str:
-        from ..core.cluster import dask_client
         from ..core.io import read_slide
-        from ..core.slide import SlideTiling, export_slide_iter, segment_slide_iter
-        from ..core.slide_models import ModelSegmenter
+        from ..core.slide.cluster import dask_client
+        from ..core.slide.segment import SlideTiling, export_slide_iter, segment_slide_iter
+        from ..core.slide.segmenter import ModelSegmenter
 
         raw = levels = read_slide(path)
         if normalizer is not None:
-            from ..core.stain_workflow import normalize_levels
+            from ..core.stain.workflow import normalize_levels
 
             levels = normalize_levels(normalizer, raw)
         dest = out / f"{path.stem}.zarr"

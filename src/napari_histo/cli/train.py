@@ -62,12 +62,11 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from ..core.errors import HistoError
-    from ..core.train import train_iter
+    from ..core.seg.train import train_iter
 
     if not 0.0 <= args.val_fraction < 1.0:
         raise HistoError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     scratch = str(args.init).lower() in ("none", "scratch")
-    lr = args.lr if args.lr is not None else (1e-3 if scratch else 2e-4)
     out = Path(args.out)
     gen = train_iter(
         images=args.images,
@@ -76,7 +75,7 @@ def run(args) -> int:
         init="none" if scratch else args.init,
         arch=args.arch,
         epochs=args.epochs,
-        lr=lr,
+        lr=args.lr,
         device=args.device,
         seed=args.seed,
         patch=args.patch,
@@ -104,7 +103,7 @@ def run(args) -> int:
     except KeyboardInterrupt:
         error(f"interrupted; run the same command with --resume to continue {out}")
         return 130
-    from ..core.models import read_card
+    from ..core.seg.registry import read_card
 
     val = read_card(folder).get("validation") or {}
     summary = ", ".join(f"{k}={val[k]:.3f}" for k in ("aji", "dice", "f1", "pq") if k in val)

@@ -1,6 +1,6 @@
 """The "Fine-tune" dock widget: teach the model from corrected masks, compare before and after.
 
-Thin over :func:`napari_histo.core.seg_workflow.fine_tune_iter`: gathers the training pairs (the
+Thin over :func:`napari_histo.core.seg.workflow.fine_tune_iter`: gathers the training pairs (the
 current corrected Labels layer and saved pairs from the project folder), runs training in a worker
 with a live loss plot and Cancel, and shows the new version's before/after table.
 """
@@ -168,7 +168,7 @@ class FineTuneWidget(RunCancelMixin, QWidget):
         seg = self._segment_widget()
         if seg is not None:
             return seg.project()
-        from ..core.project import Project, default_project_dir
+        from ..core.labels.project import Project, default_project_dir
 
         return Project(default_project_dir(None))
 
@@ -184,7 +184,8 @@ class FineTuneWidget(RunCancelMixin, QWidget):
 
     def refresh(self, event=None) -> None:
         """List the corrected layers and the project's saved pairs; refresh the model list."""
-        from ..core.seg_workflow import available_models, user_model_dir
+        from ..core.seg.registry import user_model_dir
+        from ..core.seg.workflow import available_models
 
         checked = {
             self.pair_list.item(i).text()
@@ -260,7 +261,7 @@ class FineTuneWidget(RunCancelMixin, QWidget):
             notify_error(error_message(exc))
             self._set_status(error_message(exc))
             return None
-        from ..core.seg_workflow import fine_tune_iter
+        from ..core.seg.workflow import fine_tune_iter
 
         import_torch_safely()
         self.plot.clear()

@@ -1,8 +1,8 @@
 """The "Segment nuclei" dock widget: run a model, correct its labels, autosave the corrections.
 
-Thin over the core: segmentation is :mod:`napari_histo.core.seg_workflow`, editing operations are
-:mod:`napari_histo.core.label_edit`, measurements :mod:`napari_histo.core.measure`, the correction
-folder :mod:`napari_histo.core.project`. Layers are touched only on the main thread.
+Thin over the core: segmentation is :mod:`napari_histo.core.seg.workflow`, editing operations are
+:mod:`napari_histo.core.labels.edit`, measurements :mod:`napari_histo.core.labels.measure`, the correction
+folder :mod:`napari_histo.core.labels.project`. Layers are touched only on the main thread.
 """
 
 from __future__ import annotations
@@ -190,7 +190,7 @@ class SegmentWidget(RunCancelMixin, QWidget):
 
     def refresh_models(self, select: str | None = None) -> None:
         """List shipped models and the user's fine-tuned versions (newest first)."""
-        from ..core.seg_workflow import available_models
+        from ..core.seg.workflow import available_models
 
         keep = select or self.model_combo.currentData()
         self.model_combo.blockSignals(True)
@@ -203,7 +203,7 @@ class SegmentWidget(RunCancelMixin, QWidget):
         self.model_combo.blockSignals(False)
 
     def user_model_dir(self) -> Path:
-        from ..core.seg_workflow import user_model_dir
+        from ..core.seg.registry import user_model_dir
 
         return user_model_dir()
 
@@ -213,7 +213,7 @@ class SegmentWidget(RunCancelMixin, QWidget):
 
     def _region_slices(self, layer) -> list[tuple[slice, slice]]:
         from ..core.errors import HistoError
-        from ..core.regions import rectangle_slices
+        from ..core.io.regions import rectangle_slices
 
         shape = layer_levels(layer)[0].shape
         region = self.region_combo.currentText()
@@ -361,7 +361,7 @@ class SegmentWidget(RunCancelMixin, QWidget):
         return int(value or 0)
 
     def next_label(self) -> int:
-        from ..core.label_edit import next_free_label
+        from ..core.labels.edit import next_free_label
 
         self.labels_layer.selected_label = next_free_label(self.labels_layer.data)
         return self.labels_layer.selected_label
@@ -372,7 +372,7 @@ class SegmentWidget(RunCancelMixin, QWidget):
         self.mark_dirty()
 
     def delete_at(self, position) -> None:
-        from ..core.label_edit import delete_label
+        from ..core.labels.edit import delete_label
 
         self._guard(
             lambda: self._replace(
@@ -381,7 +381,7 @@ class SegmentWidget(RunCancelMixin, QWidget):
         )
 
     def merge_at(self, position) -> None:
-        from ..core.label_edit import merge_labels
+        from ..core.labels.edit import merge_labels
 
         label = self._label_at(position)
         if self._merge_first is None:
@@ -398,7 +398,7 @@ class SegmentWidget(RunCancelMixin, QWidget):
 
     def split_last_line(self) -> None:
         from ..core.errors import HistoError
-        from ..core.label_edit import split_label
+        from ..core.labels.edit import split_label
 
         def do():
             if "cut lines" not in self.viewer.layers or not len(
@@ -498,8 +498,8 @@ class SegmentWidget(RunCancelMixin, QWidget):
         worker.start()
 
     def export_csv(self, path: str | Path) -> Path:
-        from ..core.export import write_csv
-        from ..core.measure import measure_nuclei
+        from ..core.labels.export import write_csv
+        from ..core.labels.measure import measure_nuclei
 
         image = np.asarray(self.viewer.layers[self._image_name].data)
         return write_csv(path, measure_nuclei(np.asarray(self.labels_layer.data), image))
@@ -532,7 +532,7 @@ class SegmentWidget(RunCancelMixin, QWidget):
 
     def project_for(self, image_name: str):
         """The correction project of ``image_name`` (folder field, else beside that image)."""
-        from ..core.project import Project, default_project_dir
+        from ..core.labels.project import Project, default_project_dir
 
         text = self.project_edit.text().strip()
         if text:
@@ -583,7 +583,7 @@ def _segment_regions_job(crops, model, device, tta, normalizer, translator=None)
     With a ``translator`` (IHC → H&E CycleGAN) each crop is translated first.
     """
     from ..core.progress import Progress
-    from ..core.seg_workflow import segment_array_iter
+    from ..core.seg.workflow import segment_array_iter
 
     outputs = []
     for k, (_, _, crop) in enumerate(crops, start=1):
@@ -603,7 +603,7 @@ def _measure_table(labels: np.ndarray, image: np.ndarray | None):
     """Worker: the measurements of every nucleus as a DataFrame indexed like napari features."""
     import pandas as pd
 
-    from ..core.measure import measure_nuclei
+    from ..core.labels.measure import measure_nuclei
 
     df = pd.DataFrame(measure_nuclei(labels, image))
     df.insert(0, "index", df["label"])

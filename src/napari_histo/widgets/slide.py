@@ -1,7 +1,7 @@
 """The "Whole slide" dock widget: segment a pyramidal slide on dask, view and edit the labels.
 
-Thin over :mod:`napari_histo.core.slide` (processing), :mod:`napari_histo.core.slide_edit`
-(region editing) and :mod:`napari_histo.core.cluster` (local threads, local processes, or a
+Thin over :mod:`napari_histo.core.slide` (processing), :mod:`napari_histo.core.slide.edit`
+(region editing) and :mod:`napari_histo.core.slide.cluster` (local threads, local processes, or a
 ``dask.distributed`` scheduler).
 """
 
@@ -132,7 +132,8 @@ class SlideWidget(RunCancelMixin, QWidget):
         self._on_where(self.where.currentText())
 
     def refresh(self, event=None) -> None:
-        from ..core.seg_workflow import available_models, user_model_dir
+        from ..core.seg.registry import user_model_dir
+        from ..core.seg.workflow import available_models
 
         keep = self.slide_combo.currentText()
         self.slide_combo.clear()
@@ -171,8 +172,8 @@ class SlideWidget(RunCancelMixin, QWidget):
     def run(self):
         if self.runner.running:
             return None
-        from ..core.slide import SlideTiling
-        from ..core.slide_models import ModelSegmenter
+        from ..core.slide.segment import SlideTiling
+        from ..core.slide.segmenter import ModelSegmenter
 
         try:
             layer = self._slide_layer()
@@ -212,8 +213,8 @@ class SlideWidget(RunCancelMixin, QWidget):
 
     def open_labels(self, path: str | Path):
         """Show a labels pyramid as a multiscale Labels layer (aligned with the slide)."""
-        from ..core.slide import open_labels_pyramid
-        from ..core.slide_edit import recover_pending
+        from ..core.slide.edit import recover_pending
+        from ..core.slide.segment import open_labels_pyramid
 
         path = Path(path)
         if recover_pending(path):
@@ -250,7 +251,7 @@ class SlideWidget(RunCancelMixin, QWidget):
     def pull_region(self, region: tuple[slice, slice] | None = None):
         """Copy a region of the labels pyramid into an editable in-memory Labels layer."""
         from ..core.errors import HistoError
-        from ..core.slide_edit import read_region
+        from ..core.slide.edit import read_region
 
         try:
             if self.zarr_path is None:
@@ -285,7 +286,7 @@ class SlideWidget(RunCancelMixin, QWidget):
     def push_region(self) -> dict | None:
         """Write the edited region back into the pyramid (journaled, ids kept slide-unique)."""
         from ..core.errors import HistoError
-        from ..core.slide_edit import write_region
+        from ..core.slide.edit import write_region
 
         try:
             if self.edit_region is None or "region edit" not in self.viewer.layers:
@@ -304,7 +305,7 @@ class SlideWidget(RunCancelMixin, QWidget):
 
     def export(self, geojson: str | Path | None, csv: str | Path | None) -> int:
         from ..core.progress import drain
-        from ..core.slide import export_slide_iter
+        from ..core.slide.segment import export_slide_iter
 
         layer = self._slide_layer()
         return drain(export_slide_iter(self.zarr_path, layer_levels(layer)[0], geojson, csv))
@@ -336,12 +337,12 @@ class SlideWidget(RunCancelMixin, QWidget):
 
 
 def _slide_job(levels, segmenter, out, tiling, scheduler, workers, normalizer=None):
-    from ..core.cluster import dask_client
     from ..core.progress import Progress
-    from ..core.slide import segment_slide_iter
+    from ..core.slide.cluster import dask_client
+    from ..core.slide.segment import segment_slide_iter
 
     if normalizer is not None:
-        from ..core.stain_workflow import normalize_levels
+        from ..core.stain.workflow import normalize_levels
 
         yield Progress(step=0, total=1, stage="normalize", message="stain statistics of the slide")
         levels = normalize_levels(normalizer, levels)

@@ -1,6 +1,6 @@
 """The "Stain normalization" dock widget: pick a template by eye, fit, preview class maps, normalize.
 
-Thin over :mod:`napari_histo.core.stain_workflow`: it gathers inputs, runs the core generators in a
+Thin over :mod:`napari_histo.core.stain.workflow`: it gathers inputs, runs the core generators in a
 worker, and adds layers in the worker's callbacks on the main thread.
 """
 
@@ -176,7 +176,7 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
 
     def refresh_candidates(self) -> None:
         """Rebuild the gallery (open RGB layers + folder images) and the layer choosers."""
-        from ..core.regions import thumbnail
+        from ..core.io.regions import thumbnail
 
         chosen = self.current_template()
         files = [c for c in self.candidates if c.path is not None]
@@ -271,7 +271,7 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
     def template_images(self) -> list[np.ndarray]:
         """The template as arrays: the whole image, or the regions of the chosen Shapes layer."""
         from ..core.errors import HistoError
-        from ..core.regions import crop_rectangles, pick_level
+        from ..core.io.regions import crop_rectangles, pick_level
 
         cand = self.current_template()
         if cand is None:
@@ -337,7 +337,7 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
         targets = [(lyr.name, layer_levels(lyr) if lyr.multiscale else lyr.data) for lyr in layers]
         fit_on = None
         if method == "dcgmm" and self.refit.isChecked():
-            from ..core.regions import pick_level
+            from ..core.io.regions import pick_level
 
             fit_on = [
                 np.asarray(lv[pick_level(lv)]) if isinstance(lv, list) else np.asarray(lv)
@@ -360,7 +360,7 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
         )
 
     def _on_event(self, event) -> None:
-        from ..core.stain_workflow import NormalizedImage
+        from ..core.stain.workflow import NormalizedImage
 
         payload = getattr(event, "payload", None)
         if isinstance(payload, NormalizedImage):
@@ -470,7 +470,7 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
 
 def _job(method, templates, targets, fit_on, steps, device, class_maps, probabilities):
     """The worker: fit (unless ``method`` is already a normalizer), then normalize each image."""
-    from ..core.stain_workflow import normalize_images, prepare_normalizer
+    from ..core.stain.workflow import normalize_images, prepare_normalizer
 
     if isinstance(method, str):
         normalizer = yield from prepare_normalizer(

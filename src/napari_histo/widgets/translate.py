@@ -46,7 +46,7 @@ def _translate_job(
     result = yield from translate_iter(image, tr, tile=tile)
     scores = None
     if with_quality:
-        from ..core.quality import quality_scores
+        from ..core.translate.quality import quality_scores
 
         other = "he2ihc" if direction == "ihc2he" else "ihc2he"
         back_model = load_translator(tr.path, other, device)
@@ -194,7 +194,7 @@ class TranslateWidget(QWidget):
         add_or_update_image(self.viewer, name, image, rgb=True, **kwargs)
         self.status_label.setText(f"done: {name}")
         if scores:
-            from ..core.quality import METRIC_BY_KEY
+            from ..core.translate.quality import METRIC_BY_KEY
 
             self.metrics_label.setText(
                 "round trip vs input: "

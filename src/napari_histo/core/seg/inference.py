@@ -109,13 +109,14 @@ def make_predictor(model: Any, transforms=((0, False),)) -> Predictor:
     """
     import torch
 
+    from ..device import amp_dtype as _amp
     from .spec import to_input
 
     net, spec, dev = model.net, model.spec, model.device
+    # Mixed precision on GPUs only: CPU inference stays float32 so labels do not depend on the
+    # CPU model.
     use_amp = getattr(dev, "type", "cpu") == "cuda"
-    amp_dtype = None
-    if use_amp:
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    amp_dtype = _amp(dev) if use_amp else None
 
     def predict(batch: np.ndarray) -> dict[str, np.ndarray]:
         with torch.inference_mode():
@@ -155,8 +156,7 @@ def make_predictor(model: Any, transforms=((0, False),)) -> Predictor:
 
 def segment_iter(
     image: np.ndarray,
-    net: Any = "default",
-    device: Any = "auto",
+    model: Any,
     tta: bool | int | None = None,
     normalizer: Any = None,
     tile: TileSpec | int | None = None,
@@ -168,10 +168,9 @@ def segment_iter(
     image : array
         Anything :func:`~napari_histo.core.io.to_rgb_uint8` accepts (RGB, RGBA, grayscale,
         16-bit, float...).
-    net : LoadedModel or str
-        A loaded model, or what :func:`~napari_histo.core.models.load_model` takes.
-    device : str
-        Used only when ``net`` is not loaded yet.
+    model : LoadedModel
+        A loaded model (:func:`~napari_histo.core.seg.registry.load_model`); the workflow's
+        :func:`~napari_histo.core.seg.workflow.segment_array_iter` takes a name or folder.
     tta : bool, int or None
         Multiple inference: True = the 8 dihedral transforms, 4 = the 4 flips, False = none;
         None = the architecture's default (``spec.tta``: on for FullNet, as in Qu et al.).
@@ -188,10 +187,13 @@ def segment_iter(
     gets no nuclei and an :class:`~napari_histo.core.errors.InputWarning` note.
     """
     from ..io import to_rgb_uint8
-    from ..models import load_model
 
+    if not hasattr(model, "spec"):
+        raise HistoError(
+            f"segment_iter takes a loaded model, not {model!r}; load it with "
+            "seg.registry.load_model or call seg.workflow.segment_array_iter"
+        )
     rgb = to_rgb_uint8(image, "image")
-    model = load_model(net, device)
     h, w = rgb.shape[:2]
     notes: list[str] = []
     if tissue_fraction(rgb) < MIN_TISSUE_FRACTION:
@@ -230,6 +232,6 @@ def segment_iter(
     return SegResult(labels=labels, confidence=conf, maps=maps, notes=notes)
 
 
-def segment(image: np.ndarray, net: Any = "default", **kwargs: Any) -> SegResult:
+def segment(image: np.ndarray, model: Any, **kwargs: Any) -> SegResult:
     """Blocking :func:`segment_iter`."""
-    return drain(segment_iter(image, net, **kwargs))
+    return drain(segment_iter(image, model, **kwargs))

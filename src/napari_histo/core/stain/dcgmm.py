@@ -33,7 +33,6 @@ import math
 import os
 import time
 from collections.abc import Generator, Sequence
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -42,17 +41,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import color
-from ..atomic import atomic_path, atomic_write_text
-from ..errors import HistoError, first_line
+from .. import color, weights
+from ..atomic import atomic_write_text
+from ..errors import HistoError
 from ..io import to_rgb_uint8
 from ..progress import Progress
+from ..weights import WEIGHTS_FILE
 from .classical import SourceStats, as_image_list, is_batch, tissue_pixels, warn_no_tissue
 
 FORMAT = "napari-histo-dcgmm"
 FORMAT_VERSION = 1
 DEFAULT_MODEL = "dcgmm_default"
-WEIGHTS_FILE = "weights.safetensors"
 CARD_FILE = "card.json"
 
 #: Height and width the network needs (two 2x poolings).
@@ -174,22 +173,14 @@ class DCGMM(nn.Module):
 def fast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
     """bfloat16 for the convolutions where the hardware runs it natively, else None (float32).
 
-    ``precision`` ``"float32"`` forces full precision. The M-step, the loss and the colour
-    transform always run in float32.
+    The policy is :func:`~napari_histo.core.device.amp_dtype`'s, except that a GPU without
+    bfloat16 stays in float32 (the mixture statistics need its range). The M-step, the loss
+    and the colour transform always run in float32.
     """
-    if precision == "float32":
-        return None
-    if precision not in ("auto", "bfloat16"):
-        raise HistoError(f"unknown precision {precision!r}; use auto, bfloat16 or float32")
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    if device.type == "cpu":
-        try:
-            ok = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            ok = False
-        return torch.bfloat16 if ok or precision == "bfloat16" else None
-    return None
+    from ..device import amp_dtype
+
+    dtype = amp_dtype(device, precision)
+    return None if dtype == torch.float16 else dtype
 
 
 def mixture_stats(x: torch.Tensor, gamma: torch.Tensor, floor: float = VAR_FLOOR):
@@ -524,31 +515,18 @@ class DCGMMNormalizer:
         atomically) and either one loads with :func:`napari_histo.core.stain.load_normalizer`.
         Returns the weights path.
         """
-        from safetensors.torch import save_file
-
         p = Path(path)
-        weights = p if p.suffix.lower() == ".safetensors" else p.with_suffix(".safetensors")
-        card = p if p.suffix.lower() == ".json" else weights.with_suffix(".json")
-        tensors, meta = self._tensors_and_meta()
-        with atomic_path(weights) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
-        atomic_write_text(card, json.dumps(self.card_json(weights.name), indent=2) + "\n")
-        return weights
+        wpath = p if p.suffix.lower() == ".safetensors" else p.with_suffix(".safetensors")
+        card = p if p.suffix.lower() == ".json" else wpath.with_suffix(".json")
+        weights.write_safetensors(wpath, *self._tensors_and_meta())
+        atomic_write_text(card, json.dumps(self.card_json(wpath.name), indent=2) + "\n")
+        return wpath
 
-    def save_folder(self, folder: str | os.PathLike, card_md: str | None = None) -> Path:
-        """Write a model folder: ``weights.safetensors``, ``card.json`` (and ``card.md``)."""
-        from safetensors.torch import save_file
-
+    def save_folder(self, folder: str | os.PathLike) -> Path:
+        """Write a model folder: ``weights.safetensors``, ``card.json`` and ``card.md``."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        tensors, meta = self._tensors_and_meta()
-        with atomic_path(folder / WEIGHTS_FILE) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
-        atomic_write_text(
-            folder / CARD_FILE, json.dumps(self.card_json(WEIGHTS_FILE), indent=2) + "\n"
-        )
-        if card_md is not None:
-            atomic_write_text(folder / "card.md", card_md)
+        weights.write_safetensors(folder / WEIGHTS_FILE, *self._tensors_and_meta())
+        weights.write_card(folder, self.card_json(WEIGHTS_FILE))
         return folder
 
 
@@ -565,29 +543,9 @@ def stats_from_sums(sums: np.ndarray) -> SourceStats:
 # --------------------------------------------------------------------------- files
 
 
-@lru_cache(maxsize=4)
-def _read_weights_cached(path: str, mtime: float) -> tuple[dict, dict]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
-
-    name = Path(path).name
-    try:
-        with safe_open(path, framework="pt") as fh:
-            meta = dict(fh.metadata() or {})
-        tensors = load_file(path)
-    except (SafetensorError, OSError, ValueError, RuntimeError, UnicodeDecodeError) as exc:
-        reason = first_line(exc)
-        raise HistoError(
-            f"{name}: not a napari-histo normalizer (not JSON nor safetensors: {reason})"
-        ) from None
-    if meta.get("format") != FORMAT:
-        raise HistoError(f"{name}: not a napari-histo DCGMM (format {meta.get('format')!r})")
-    return tensors, meta
-
-
-def _read_card(weights: Path) -> dict:
-    candidates = [weights.parent / CARD_FILE] if weights.name == WEIGHTS_FILE else []
-    candidates.append(weights.with_suffix(".json"))
+def _read_card(wfile: Path) -> dict:
+    candidates = [wfile.parent / CARD_FILE] if wfile.name == WEIGHTS_FILE else []
+    candidates.append(wfile.with_suffix(".json"))
     for c in candidates:
         if c.is_file():
             try:
@@ -627,7 +585,7 @@ def load_dcgmm(path: str | os.PathLike | None = None, device: str = "auto") -> D
                 "scripts/fit_dcgmm_default.py"
             )
         raise HistoError(f"{p}: no such file")
-    tensors, meta = _read_weights_cached(str(p.resolve()), p.stat().st_mtime)
+    tensors, meta = weights.read_safetensors(p, FORMAT, "DCGMM normalizer")
     try:
         classes, scale = int(meta["classes"]), int(meta["scale"])
         names = json.loads(meta.get("class_names", "[]"))

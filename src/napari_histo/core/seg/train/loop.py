@@ -1,4 +1,4 @@
-"""Training and fine-tuning segmentation models from (image, instance labels) pairs.
+"""The training loop: training and fine-tuning segmentation models from (image, instance labels) pairs.
 
 One loop serves both: from scratch (``init="none"``) or from a parent model (``init`` = a model
 name or folder, whose architecture is kept). It is a generator of progress events:
@@ -20,374 +20,47 @@ changes and a small scale jitter. Early stopping watches the validation AJI.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import os
 import shutil
 import time
 from collections.abc import Generator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from .errors import HistoError
-from .progress import Progress, drain
-
-if TYPE_CHECKING:
-    import torch
+from ...errors import HistoError
+from ...progress import Progress, drain
+from .checkpoint import (
+    CHECKPOINT_FILE,
+    _read_checkpoint,
+    _restore_optimizer,
+    _sub,
+    _write_checkpoint,
+)
+from .data import PatchSampler, _as_named_pairs, load_pairs, split_validation
 
 MONUSEG_LICENSE = "CC BY-NC-SA 4.0"
-CHECKPOINT_FILE = "checkpoint.safetensors"
-TRAIN_STATE_FORMAT = "napari-histo-seg-train-state"
-
-Pair = tuple[np.ndarray, np.ndarray]
 
 
-# ----------------------------------------------------------------------------- data
+def default_lr(init: Any) -> float:
+    """The learning rate policy: 1e-3 for a network trained from scratch, 2e-4 for fine-tuning."""
+    return 1e-3 if _is_scratch(init) else 2e-4
 
 
-def _mask_index(masks_dir: Path) -> dict[str, Path]:
-    from .io import is_image_path
-
-    index: dict[str, Path] = {}
-    for p in sorted(masks_dir.iterdir()):
-        if not p.is_file() or not is_image_path(p):
-            continue
-        stem = (
-            p.name.split(".")[0] if p.name.lower().endswith((".ome.tif", ".ome.tiff")) else p.stem
-        )
-        index.setdefault(stem, p)
-        for suffix in ("_mask", "_masks", "_labels", "_label"):
-            if stem.endswith(suffix):
-                index.setdefault(stem[: -len(suffix)], p)
-    return index
+def _is_scratch(init: Any) -> bool:
+    return init is None or str(init).lower() in ("none", "scratch", "")
 
 
-def load_pairs(
-    images: str | os.PathLike, masks: str | os.PathLike
-) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """Read ``(name, rgb, labels)`` pairs from an image folder and a mask folder.
-
-    Masks are matched to images by file stem (``img01.png`` <-> ``img01.tif``; a ``_mask`` or
-    ``_labels`` suffix on the mask is accepted too).
-
-    Raises
-    ------
-    HistoError
-        A missing or empty folder, an image without a mask, a file that cannot be read, or a
-        mask whose size differs from its image (each naming the file).
-    """
-    from .io import list_images, read_image, read_labels
-
-    images, masks = Path(images), Path(masks)
-    for folder, what in ((images, "images"), (masks, "masks")):
-        if not folder.is_dir():
-            raise HistoError(f"{folder}: not a folder ({what})")
-    files = list_images(images)
-    if not files:
-        raise HistoError(f"{images}: no images found (PNG, JPEG or TIFF)")
-    index = _mask_index(masks)
-    if not index:
-        raise HistoError(f"{masks}: no masks found (TIFF or PNG instance labels)")
-    pairs = []
-    for f in files:
-        mpath = index.get(f.stem)
-        if mpath is None:
-            raise HistoError(f"{f.name}: no mask with the same name in {masks}")
-        rgb = read_image(f)
-        lab = read_labels(mpath)
-        if lab.shape != rgb.shape[:2]:
-            raise HistoError(
-                f"{mpath.name}: mask size {lab.shape[1]}x{lab.shape[0]} does not match its image "
-                f"{f.name} ({rgb.shape[1]}x{rgb.shape[0]})"
-            )
-        pairs.append((f.stem, rgb, lab))
-    return pairs
-
-
-def _as_named_pairs(pairs: Sequence, prefix: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    from .io import to_rgb_uint8
-
-    out = []
-    for i, p in enumerate(pairs):
-        if len(p) == 3:
-            name, img, lab = p
-        elif len(p) == 2:
-            (img, lab), name = p, f"{prefix}{i}"
-        else:
-            raise HistoError("training pairs must be (image, labels) or (name, image, labels)")
-        rgb = to_rgb_uint8(img, str(name))
-        lab = np.asarray(lab)
-        if lab.ndim != 2 or not (np.issubdtype(lab.dtype, np.integer) or lab.dtype == bool):
-            raise HistoError(
-                f"{name}: labels must be a 2D integer image, got {lab.dtype} {lab.shape}"
-            )
-        if lab.shape != rgb.shape[:2]:
-            raise HistoError(f"{name}: labels {lab.shape} do not match the image {rgb.shape[:2]}")
-        out.append((str(name), rgb, lab.astype(np.int32)))
-    return out
-
-
-def split_validation(
-    pairs: list[tuple[str, np.ndarray, np.ndarray]], fraction: float, seed: int = 0
-) -> tuple[list, list]:
-    """Hold out ``fraction`` of the pairs (at least one, seeded) for validation.
-
-    With a single pair, its last rows (or columns, for a wide image) are held out instead,
-    when both parts keep at least 64 pixels; otherwise there is no validation.
-    """
-    if fraction <= 0 or not pairs:
-        return pairs, []
-    if len(pairs) >= 2:
-        n_val = min(len(pairs) - 1, max(1, round(len(pairs) * fraction)))
-        order = np.random.default_rng(seed).permutation(len(pairs))
-        val_idx = set(order[:n_val].tolist())
-        train = [p for i, p in enumerate(pairs) if i not in val_idx]
-        val = [p for i, p in enumerate(pairs) if i in val_idx]
-        return train, val
-    name, img, lab = pairs[0]
-    axis = 0 if img.shape[0] >= img.shape[1] else 1
-    n = img.shape[axis]
-    cut = n - max(1, round(n * fraction))
-    if cut < 64 or n - cut < 64:
-        return pairs, []
-    if axis == 0:
-        return [(name, img[:cut], lab[:cut])], [(f"{name}[val rows]", img[cut:], lab[cut:])]
-    return [(name, img[:, :cut], lab[:, :cut])], [(f"{name}[val cols]", img[:, cut:], lab[:, cut:])]
-
-
-def hed_jitter(
-    rgb: np.ndarray, rng: np.random.Generator, sigma: float = 0.05, bias: float = 0.05
-) -> np.ndarray:
-    """Perturb the haematoxylin, eosin and DAB channels: ``c * (1 + a) + b`` per channel."""
-    from skimage.color import hed2rgb, rgb2hed
-
-    hed = rgb2hed(rgb)
-    a = rng.uniform(-sigma, sigma, 3)
-    b = rng.uniform(-bias, bias, 3) * np.abs(hed).reshape(-1, 3).max(axis=0).clip(1e-3)
-    hed = hed * (1.0 + a) + b
-    out = hed2rgb(hed)
-    return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
-
-
-class PatchSampler:
-    """Random training patches and their targets from in-memory pairs.
-
-    Parameters
-    ----------
-    pairs : list of (name, rgb, labels)
-    spec : ArchSpec
-        Makes the targets (after augmentation, so vector targets stay right).
-    patch : int
-        Patch side (a multiple of ``spec.size_multiple``).
-    augment : bool
-        Dihedral transforms, HED and brightness/contrast jitter, scale jitter.
-    scale_jitter : float
-        Patches are resized by a factor in ``[1 / (1 + j), 1 + j]``.
-    scale_range : (float, float), optional
-        Overrides ``scale_jitter``: patches are resized by a log-uniform factor in
-        ``[lo, hi]`` (0.5 shows 40x tissue as a 20x scanner would).
-    blur : float
-        Probability of a Gaussian blur (sigma 0.5-1.5 px), as out-of-focus scans give.
-    """
-
-    margin = 8  # context cut off after the targets are made (crop-border effects)
-
-    def __init__(
-        self,
-        pairs: list[tuple[str, np.ndarray, np.ndarray]],
-        spec: Any,
-        patch: int,
-        augment: bool = True,
-        scale_jitter: float = 0.1,
-        hed_sigma: float = 0.05,
-        scale_range: tuple[float, float] | None = None,
-        blur: float = 0.0,
-    ):
-        self.spec = spec
-        self.patch = int(patch)
-        self.augment = augment
-        if scale_range is None:
-            scale_range = (1 / (1 + scale_jitter), 1 + scale_jitter)
-        lo, hi = sorted(float(v) for v in scale_range)
-        if lo <= 0:
-            raise ValueError(f"scale_range must be positive, got {scale_range}")
-        self.scale_range = (lo, hi)
-        self.hed_sigma = float(hed_sigma)
-        self.blur = float(blur)
-        need = self.patch + 2 * self.margin
-        self.images, self.labels = [], []
-        for _, img, lab in pairs:
-            h, w = lab.shape
-            ph, pw = (
-                max(0, math.ceil(need / lo) - h),
-                max(0, math.ceil(need / lo) - w),
-            )
-            if ph or pw:  # small images: pad with glass (white) and background
-                img = np.pad(img, ((0, ph), (0, pw), (0, 0)), constant_values=255)
-                lab = np.pad(lab, ((0, ph), (0, pw)))
-            self.images.append(img)
-            self.labels.append(lab)
-        area = np.array([lab.size for lab in self.labels], np.float64)
-        self.p = area / area.sum()
-
-    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """One ``(patch, patch, 3)`` uint8 image and its targets."""
-        i = int(rng.choice(len(self.images), p=self.p))
-        img, lab = self.images[i], self.labels[i]
-        out = self.patch + 2 * self.margin
-        scale = 1.0
-        lo, hi = self.scale_range
-        if self.augment and hi > lo:
-            scale = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-        src = min(max(8, round(out / scale)), img.shape[0], img.shape[1])
-        y = int(rng.integers(0, img.shape[0] - src + 1))
-        x = int(rng.integers(0, img.shape[1] - src + 1))
-        im = img[y : y + src, x : x + src]
-        lb = lab[y : y + src, x : x + src]
-        if src != out:
-            from skimage.transform import resize
-
-            im = resize(im, (out, out, 3), order=1, preserve_range=True, anti_aliasing=src > out)
-            im = np.clip(np.rint(im), 0, 255).astype(np.uint8)
-            lb = resize(lb, (out, out), order=0, preserve_range=True, anti_aliasing=False).astype(
-                lb.dtype
-            )
-        if self.augment:
-            k, flip = int(rng.integers(4)), bool(rng.integers(2))
-            if flip:
-                im, lb = im[:, ::-1], lb[:, ::-1]
-            im, lb = np.rot90(im, k), np.rot90(lb, k)
-            if self.hed_sigma > 0:
-                im = hed_jitter(np.ascontiguousarray(im), rng, self.hed_sigma, self.hed_sigma)
-            if self.blur > 0 and rng.random() < self.blur:
-                from scipy.ndimage import gaussian_filter
-
-                sigma = float(rng.uniform(0.5, 1.5))
-                im = gaussian_filter(im.astype(np.float32), (sigma, sigma, 0))
-                im = np.clip(np.rint(im), 0, 255).astype(np.uint8)
-            gain = rng.uniform(0.9, 1.1)
-            shift = rng.uniform(-10, 10)
-            mean = im.reshape(-1, 3).mean(axis=0)
-            im = np.clip((im.astype(np.float32) - mean) * gain + mean + shift, 0, 255).astype(
-                np.uint8
-            )
-        im = np.ascontiguousarray(im)
-        lb = np.ascontiguousarray(lb)
-        targets = self.spec.make_targets(lb)
-        m = self.margin
-        im = im[m:-m, m:-m]
-        targets = {k: np.ascontiguousarray(v[..., m:-m, m:-m]) for k, v in targets.items()}
-        return im, targets
-
-    def batch(self, rng: np.random.Generator, n: int, device: Any) -> tuple[torch.Tensor, dict]:
-        """A collated batch on ``device``: input tensor and stacked targets."""
-        import torch
-
-        from .seg.spec import to_input
-
-        items = [self.sample(rng) for _ in range(n)]
-        x = to_input(np.stack([it[0] for it in items]), device)
-        keys = items[0][1].keys()
-        targets = {
-            k: torch.as_tensor(np.stack([it[1][k] for it in items])).to(device) for k in keys
-        }
-        return x, targets
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def _optimizer_tensors(opt: Any) -> tuple[dict, dict]:
-    """Optimizer state as flat tensors + JSON-able rest (no pickle)."""
+def _training_amp(dev: Any) -> Any:
+    """The autocast dtype for training: the device policy, but never float16 (no loss scaling)."""
     import torch
 
-    sd = opt.state_dict()
-    tensors, scalars = {}, {}
-    for pid, st in sd["state"].items():
-        for key, val in st.items():
-            if isinstance(val, torch.Tensor):
-                tensors[f"opt.{pid}.{key}"] = val.detach().cpu().contiguous().clone()
-            else:
-                scalars[f"{pid}.{key}"] = val
-    groups = [dict(g) for g in sd["param_groups"]]
-    return tensors, {"param_groups": groups, "scalars": scalars}
+    from ...device import amp_dtype
 
-
-def _restore_optimizer(opt: Any, tensors: dict, meta: dict) -> None:
-    state: dict = {}
-    for key, val in tensors.items():
-        if not key.startswith("opt."):
-            continue
-        _, pid, name = key.split(".", 2)
-        state.setdefault(int(pid), {})[name] = val
-    for key, val in meta.get("scalars", {}).items():
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = val
-    sd = {"state": state, "param_groups": meta["param_groups"]}
-    # A fresh optimizer state is an acceptable fallback when resuming.
-    with contextlib.suppress(ValueError, KeyError, RuntimeError):
-        opt.load_state_dict(sd)
-
-
-def _write_checkpoint(path: Path, net: Any, best: dict | None, opt: Any, meta: dict) -> None:
-    from safetensors.torch import save_file
-
-    from .atomic import atomic_path
-    from .models import state_tensors
-
-    tensors = {f"net.{k}": v for k, v in state_tensors(net).items()}
-    if best is not None:
-        tensors.update({f"best.{k}": v for k, v in best.items()})
-    opt_t, opt_meta = _optimizer_tensors(opt)
-    tensors.update(opt_t)
-    md = {
-        "format": TRAIN_STATE_FORMAT,
-        "state": json.dumps({**meta, "optimizer": opt_meta}, default=str),
-    }
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=md)
-
-
-def _read_checkpoint(path: Path) -> tuple[dict, dict]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            md = dict(fh.metadata() or {})
-        tensors = load_file(str(path))
-        if md.get("format") != TRAIN_STATE_FORMAT:
-            raise ValueError(f"format {md.get('format')!r}")
-        meta = json.loads(md["state"])
-    except (SafetensorError, OSError, ValueError, KeyError) as exc:
-        raise HistoError(
-            f"{path}: not a readable napari-histo training checkpoint ({exc})"
-        ) from None
-    return tensors, meta
-
-
-def _sub(tensors: dict, prefix: str) -> dict:
-    n = len(prefix) + 1
-    return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
-
-
-# ----------------------------------------------------------------------------- the loop
-
-
-def _amp_dtype(dev: Any) -> Any:
-    """The autocast dtype worth using on ``dev`` (None: stay in float32)."""
-    import torch
-
-    if dev.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    try:
-        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    except AttributeError:  # pragma: no cover - older torch
-        native = False
-    return torch.bfloat16 if native else None
+    dtype = amp_dtype(dev)
+    return None if dtype == torch.float16 else dtype
 
 
 def _lr_at(step: int, total: int, lr: float, warmup: int, time_fraction: float = 0.0) -> float:
@@ -406,9 +79,9 @@ def validate(
     tile: Any = None,
 ) -> dict:
     """Segment every validation pair with ``net`` and score it (mean and per image)."""
-    from .metrics import evaluate
-    from .models import LoadedModel
-    from .seg.inference import segment_iter
+    from ..inference import segment_iter
+    from ..metrics import evaluate
+    from ..registry import LoadedModel
 
     was_training = net.training
     net.eval()
@@ -446,7 +119,7 @@ def train_iter(
     out: str | os.PathLike = "model",
     init: str | os.PathLike | None = "default",
     epochs: int = 10,
-    lr: float = 2e-4,
+    lr: float | None = None,
     val_pairs: Sequence | None = None,
     device: Any = "auto",
     seed: int = 0,
@@ -491,8 +164,9 @@ def train_iter(
     epochs : int
         Maximum number of epochs (an epoch = ``steps_per_epoch`` steps; by default as many
         patches as cover the training images once).
-    lr : float
-        Peak learning rate (AdamW; linear warm-up, cosine decay to 5 %).
+    lr : float, optional
+        Peak learning rate (AdamW; linear warm-up, cosine decay to 5 %); default
+        :func:`default_lr` (1e-3 from scratch, 2e-4 when fine-tuning).
     val_pairs : sequence, optional
         Validation pairs; otherwise ``val_fraction`` of the pairs is held out.
     device, seed :
@@ -537,9 +211,9 @@ def train_iter(
     """
     import torch
 
-    from .device import resolve_device
-    from .models import STATE_FILE, build_from_state, read_model, save_model, state_tensors
-    from .seg.spec import get_arch
+    from ...device import resolve_device
+    from ..registry import STATE_FILE, build_from_state, read_model, save_model, state_tensors
+    from ..spec import get_arch
 
     t_start = time.perf_counter()
     out = Path(out)
@@ -568,7 +242,7 @@ def train_iter(
     dev = resolve_device(device)
     if threads:
         torch.set_num_threads(int(threads))
-    amp_dtype = _amp_dtype(dev) if amp is None or amp else None
+    amp_dtype = _training_amp(dev) if amp is None or amp else None
 
     # Model: resumed, fine-tuned from a parent, or fresh.
     ckpt_path = None
@@ -592,7 +266,7 @@ def train_iter(
         net, spec = build_from_state(arch_name, kwargs, _sub(ckpt_tensors, "net"), ckpt_path.name)
         parent = state_meta.get("parent")
         parent_card = {"license": state_meta.get("parent_license", "")}
-    elif init is None or str(init).lower() in ("none", "scratch", ""):
+    elif _is_scratch(init):
         arch_name = (arch or "unet").lower()
         spec = get_arch(arch_name)
         kwargs = dict(arch_kwargs or {})
@@ -626,6 +300,8 @@ def train_iter(
     steps_per_epoch = int(steps_per_epoch)
     total_steps = int(epochs) * steps_per_epoch
     warmup = 0 if parent else min(100, max(1, total_steps // 20))
+    if lr is None:
+        lr = default_lr(None if parent is None else "parent")
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
 
     epoch = int(state_meta.get("epoch", 0))

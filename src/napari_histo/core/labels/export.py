@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write_text
+from ..atomic import atomic_write_text
 
 
 def label_polygons(

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import HistoError
-from .progress import Progress
-from .regions import pick_level
+from ..errors import HistoError
+from ..io.regions import pick_level
+from ..progress import Progress
 
 METHODS = ("dcgmm", "macenko", "reinhard", "vahadane")
 
@@ -68,7 +68,7 @@ def prepare_normalizer(
     model : path, optional
         A saved normalizer to start from instead of the shipped one.
     """
-    from .stain import fit_dcgmm, get_normalizer, load_normalizer
+    from . import fit_dcgmm, get_normalizer, load_normalizer
 
     method = method.lower()
     if method not in METHODS:
@@ -112,7 +112,7 @@ def _normalize_one(
 ) -> NormalizedImage:
     import warnings
 
-    from .errors import InputWarning
+    from ..errors import InputWarning
 
     notes: list[str] = []
     full = levels[0]

@@ -20,8 +20,8 @@ class ModelSegmenter:
     tta: bool | int | None = None  # None: the architecture's default
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        from .progress import drain
-        from .seg_workflow import segment_array_iter
+        from ..progress import drain
+        from ..seg.workflow import segment_array_iter
 
         result = drain(segment_array_iter(rgb, model=self.model, device=self.device, tta=self.tta))
         return np.asarray(result.labels, dtype=np.uint32)

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import HistoError, InputWarning
-from .io import to_rgb_uint8
+from ..errors import HistoError, InputWarning
+from ..io import to_rgb_uint8
 
 if TYPE_CHECKING:
     import torch
@@ -170,7 +170,7 @@ def cycle_scores(
     dict
         The five metrics (round trip vs original).
     """
-    from .translate import Translator, load_translator, translate
+    from . import Translator, load_translator, translate
 
     if not isinstance(forward, Translator):
         model = forward

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import HistoError
+from ..errors import HistoError
 
 
 def rectangle_slices(
@@ -62,7 +62,7 @@ def thumbnail(image, size: int = 96) -> np.ndarray:
         small = np.repeat(small[..., None], 3, axis=-1)
     small = small[..., :3]
     if small.dtype != np.uint8:
-        from .io import to_rgb_uint8
+        from . import to_rgb_uint8
 
         small = to_rgb_uint8(small)
     return np.ascontiguousarray(small)

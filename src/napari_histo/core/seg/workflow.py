@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import HistoError
-from .progress import Progress
+from ..errors import HistoError
+from ..progress import Progress
+from .registry import list_models, load_model, user_model_dir
 
 
 @dataclass
@@ -30,15 +31,8 @@ class ModelEntry:
     shipped: bool = False
 
 
-def user_model_dir() -> Path:
-    """Where fine-tuned model versions are kept."""
-    env = os.environ.get("NAPARI_HISTO_MODELS")
-    return Path(env) if env else Path.home() / ".napari-histo" / "models"
-
-
 def available_models(user_dir: str | os.PathLike | None = None) -> list[ModelEntry]:
     """Shipped models first, then the user's versions newest first."""
-    from .models import list_models
 
     entries = []
     for info in list_models(user_dir if user_dir is not None else user_model_dir()):
@@ -72,11 +66,10 @@ def segment_array_iter(
 
     ``tta=None`` leaves multiple inference to the model's architecture (see ``segment_iter``).
     """
-    from .models import load_model
-    from .seg.inference import segment_iter
+    from .inference import segment_iter
 
     net = load_model(model, device=device)
-    return (yield from segment_iter(image, net, device=device, tta=tta, normalizer=normalizer))
+    return (yield from segment_iter(image, net, tta=tta, normalizer=normalizer))
 
 
 @dataclass
@@ -133,7 +126,7 @@ def fine_tune_iter(
     )
 
     def score(model_ref) -> dict[str, float]:
-        from .progress import drain
+        from ..progress import drain
 
         _, img, truth = validation
         pred = drain(segment_array_iter(img, model=str(model_ref), device=device)).labels

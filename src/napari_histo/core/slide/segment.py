@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import HistoError
-from .progress import Progress
+from ..errors import HistoError
+from ..progress import Progress
 
 IDS_PER_BLOCK = 2**16
 
@@ -190,7 +190,7 @@ def segment_slide_iter(
         The slide pyramid (``read_slide``); level 0 is segmented, the coarsest finds tissue.
     segment_fn : callable
         RGB uint8 window -> instance labels of the same height/width. Must be picklable for a
-        process-based cluster (e.g. :class:`napari_histo.core.slide_models.ModelSegmenter`).
+        process-based cluster (e.g. :class:`napari_histo.core.slide.segmenter.ModelSegmenter`).
     out : path
         The ``.zarr`` folder to write (replaced atomically when done).
     client : dask.distributed.Client, optional
@@ -348,9 +348,9 @@ def export_slide_iter(
 
     import zarr
 
-    from .atomic import atomic_path
-    from .export import nuclei_geojson
-    from .measure import measure_nuclei
+    from ..atomic import atomic_path
+    from ..labels.export import nuclei_geojson
+    from ..labels.measure import measure_nuclei
 
     group = zarr.open_group(str(labels_zarr), mode="r")
     info = group.attrs.get("napari_histo")
@@ -386,7 +386,7 @@ def export_slide_iter(
         with atomic_path(geojson) as tmp:
             tmp.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     if csv is not None:
-        from .export import write_csv
+        from ..labels.export import write_csv
 
         write_csv(csv, merged)
     return len(merged["label"])
@@ -403,7 +403,7 @@ def write_pyramidal_tiff_iter(
     import dask.array as da
     import tifffile
 
-    from .atomic import atomic_path
+    from ..atomic import atomic_path
 
     arr = level0 if isinstance(level0, da.Array) else da.from_array(level0, chunks=(tile, tile, -1))
     shapes, level = [], arr

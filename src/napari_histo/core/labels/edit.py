@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import HistoError
+from ..errors import HistoError
 
 
 def next_free_label(labels: np.ndarray) -> int:

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write_text
-from .errors import HistoError
-from .io import read_image, read_labels, write_image, write_labels
+from ..atomic import atomic_write_text
+from ..errors import HistoError
+from ..io import read_image, read_labels, write_image, write_labels
 
 DEFAULT_FOLDER_NAME = "napari-histo-project"
 

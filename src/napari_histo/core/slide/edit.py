@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import HistoError
+from ..errors import HistoError
 
 JOURNAL = "pending_edit.npz"
 
@@ -73,7 +73,7 @@ def write_region(
         hit = src[order][pos] == out
         out = np.where(hit, dst[order][pos], out).astype(np.uint32)
 
-    from .atomic import atomic_path
+    from ..atomic import atomic_path
 
     journal = path / JOURNAL
     with atomic_path(journal) as tmp, open(tmp, "wb") as fh:

@@ -18,29 +18,25 @@ torch is imported inside functions only: importing this module stays cheap.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .atomic import atomic_path, atomic_write_text
-from .errors import HistoError, first_line
+from .. import weights
+from ..errors import HistoError
+from ..weights import WEIGHTS_FILE, read_card
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from .seg.spec import ArchSpec
+    from .spec import ArchSpec
 
 FORMAT = "napari-histo-seg"
 FORMAT_VERSION = 1
-WEIGHTS_FILE = "weights.safetensors"
 STATE_FILE = "train_state.safetensors"
-CARD_JSON = "card.json"
-CARD_MD = "card.md"
 SHIPPED_SUBDIR = "seg"
 REGISTRY_FILE = "registry.json"
 DEFAULT_ALIAS = "default"
@@ -110,7 +106,7 @@ class LoadedModel:
 
 def shipped_dir() -> Path:
     """``resources/seg``: one folder per shipped model, plus ``registry.json``."""
-    from .resources import resource_path
+    from ..resources import resource_path
 
     return resource_path(SHIPPED_SUBDIR)
 
@@ -132,12 +128,14 @@ def _shipped_names() -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / WEIGHTS_FILE).is_file())
 
 
-def _user_dir(user_dir: str | os.PathLike | None) -> Path:
-    if user_dir is not None:
-        return Path(user_dir)
-    from .seg_workflow import user_model_dir
+def user_model_dir() -> Path:
+    """Where fine-tuned model versions are kept (``NAPARI_HISTO_MODELS`` or ``~/.napari-histo/models``)."""
+    env = os.environ.get("NAPARI_HISTO_MODELS")
+    return Path(env) if env else Path.home() / ".napari-histo" / "models"
 
-    return user_model_dir()
+
+def _user_dir(user_dir: str | os.PathLike | None) -> Path:
+    return Path(user_dir) if user_dir is not None else user_model_dir()
 
 
 def _locate(ref: str | os.PathLike) -> tuple[Path, Path]:
@@ -181,15 +179,6 @@ def resolve_model(ref: str | os.PathLike = DEFAULT_ALIAS) -> Path:
         When nothing by that name or path exists, or the folder holds no weights.
     """
     return _locate(ref)[0]
-
-
-def read_card(folder: str | os.PathLike) -> dict:
-    """The ``card.json`` of a model folder ({} when missing or unreadable)."""
-    try:
-        card = json.loads((Path(folder) / CARD_JSON).read_text("utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return card if isinstance(card, dict) else {}
 
 
 def list_models(user_dir: str | os.PathLike | None = None) -> list[ModelInfo]:
@@ -245,33 +234,14 @@ def list_models(user_dir: str | os.PathLike | None = None) -> list[ModelInfo]:
 
 
 def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors (on the CPU) and metadata of one of our safetensors files.
+    """Tensors (on the CPU) and metadata of a segmentation model's weights file.
 
     Raises
     ------
     HistoError
         One line naming the file when it is not safetensors or not a napari-histo model.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
-
-    path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = dict(fh.metadata() or {})
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        reason = first_line(exc)
-        raise HistoError(
-            f"{path.name}: not a readable safetensors weights file ({reason}); "
-            "not one of our segmentation models"
-        ) from None
-    if meta.get("format") != FORMAT:
-        raise HistoError(
-            f"{path.name}: not a napari-histo segmentation model "
-            f"(format {meta.get('format')!r}, expected {FORMAT!r})"
-        )
-    return tensors, meta
+    return weights.read_safetensors(path, FORMAT, "segmentation model")
 
 
 def read_model(ref: str | os.PathLike = DEFAULT_ALIAS) -> tuple[str, dict, dict, dict, Path]:
@@ -293,7 +263,7 @@ def build_from_state(
     arch: str, kwargs: dict, state: dict, source: str = "weights"
 ) -> tuple[nn.Module, ArchSpec]:
     """Build ``arch`` with ``kwargs`` and load ``state`` into it (strict), on the CPU."""
-    from .seg.spec import get_arch
+    from .spec import get_arch
 
     spec = get_arch(arch)
     try:
@@ -332,29 +302,26 @@ def load_model(ref: Any = DEFAULT_ALIAS, device: Any = "auto") -> LoadedModel:
     """
     if isinstance(ref, LoadedModel):
         return ref
-    from .device import resolve_device
+    from ..device import resolve_device
 
     _, wfile = _locate(ref)
-    dev = resolve_device(device)
-    st = wfile.stat()
-    return _load_cached(str(wfile.resolve()), st.st_mtime_ns, st.st_size, str(dev))
+    return _load_cached(wfile, resolve_device(device))
 
 
-@functools.lru_cache(maxsize=8)
-def _load_cached(wfile: str, mtime_ns: int, size: int, device: str) -> LoadedModel:
+@weights.cached_loader(maxsize=8)
+def _load_cached(wfile: str, device: str) -> LoadedModel:
     import torch
 
     arch, kwargs, state, card, folder = read_model(wfile)
     net, spec = build_from_state(arch, kwargs, state, Path(wfile).name)
     dev = torch.device(device)
     net.to(dev).eval()
-    name = folder.name
-    return LoadedModel(net=net, spec=spec, card=card, device=dev, path=folder, name=name)
+    return LoadedModel(net=net, spec=spec, card=card, device=dev, path=folder, name=folder.name)
 
 
 def clear_model_cache() -> None:
     """Forget every cached model (frees their memory)."""
-    _load_cached.cache_clear()
+    weights.clear_cache()
 
 
 # ----------------------------------------------------------------------------- writing
@@ -393,18 +360,11 @@ def save_model(
     Path
         The folder.
     """
-    from safetensors.torch import save_file
-
-    from .seg.spec import INPUT_MEAN, INPUT_STD
+    from .spec import INPUT_MEAN, INPUT_STD
 
     folder = Path(folder)
     kwargs = dict(kwargs or {})
-    tensors = (
-        {k: v.detach().to("cpu").contiguous() for k, v in net.items()}
-        if isinstance(net, dict)
-        else state_tensors(net)
-    )
-    n_params = int(sum(v.numel() for v in tensors.values()))
+    tensors = dict(net) if isinstance(net, dict) else state_tensors(net)
     full = {
         "name": folder.name,
         **(card or {}),
@@ -412,86 +372,19 @@ def save_model(
         "format_version": FORMAT_VERSION,
         "arch": arch,
         "kwargs": kwargs,
-        "parameters": n_params,
+        "parameters": int(sum(v.numel() for v in tensors.values())),
         "input": {
             "rgb": "uint8 RGB scaled to [0, 1], then (x - mean) / std per channel",
             "mean": list(INPUT_MEAN),
             "std": list(INPUT_STD),
         },
     }
-    full.setdefault("created", time.time())
-    full.setdefault(
-        "created_iso", time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(full["created"]))
-    )
     meta = {
         "format": FORMAT,
-        "format_version": str(FORMAT_VERSION),
+        "format_version": FORMAT_VERSION,
         "arch": arch,
         "kwargs": json.dumps(kwargs, sort_keys=True),
     }
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / WEIGHTS_FILE) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-    atomic_write_text(folder / CARD_JSON, json.dumps(full, indent=2, default=_json_default) + "\n")
-    atomic_write_text(folder / CARD_MD, card_markdown(full))
+    weights.write_safetensors(folder / WEIGHTS_FILE, tensors, meta)
+    weights.write_card(folder, full)
     return folder
-
-
-def _json_default(o: Any):
-    try:
-        import numpy as np
-
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
-def card_markdown(card: dict) -> str:
-    """A short human-readable model card from ``card.json``'s content."""
-    lines = [f"# {card.get('name', 'napari-histo segmentation model')}", ""]
-    if card.get("summary"):
-        lines += [str(card["summary"]), ""]
-    kw = ", ".join(f"{k}={v}" for k, v in (card.get("kwargs") or {}).items())
-    lines.append(
-        f"- **architecture**: {card.get('arch')}({kw}), {card.get('parameters', '?')} parameters"
-    )
-    for key in ("data", "license", "parent", "validation_split", "command", "created_iso"):
-        if card.get(key):
-            val = card[key]
-            if isinstance(val, list | tuple):
-                val = ", ".join(map(str, val))
-            lines.append(f"- **{key}**: {val}")
-    tr = card.get("training") or {}
-    if tr:
-        lines.append(
-            "- **training**: "
-            + ", ".join(f"{k}={_fmt(v)}" for k, v in tr.items() if not isinstance(v, dict | list))
-        )
-    val = card.get("validation") or {}
-    if val:
-        nums = {k: v for k, v in val.items() if isinstance(v, int | float)}
-        lines.append("- **validation**: " + ", ".join(f"{k}={_fmt(v)}" for k, v in nums.items()))
-        for img, m in (val.get("per_image") or {}).items():
-            lines.append(f"  - {img}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in m.items()))
-    for key, extra_val in card.items():
-        if key.startswith("validation_") and isinstance(extra_val, dict):
-            nums = {k: v for k, v in extra_val.items() if isinstance(v, int | float)}
-            lines.append(f"- **{key}**: " + ", ".join(f"{k}={_fmt(v)}" for k, v in nums.items()))
-    for extra in card.get("notes", []) or []:
-        lines.append(f"- {extra}")
-    inp = card.get("input") or {}
-    if inp:
-        lines.append(f"- **input**: {inp.get('rgb')}; mean={inp.get('mean')}, std={inp.get('std')}")
-    return "\n".join(lines) + "\n"
