@@ -232,11 +232,94 @@ def test_five_channels_are_refused(tiny_unet):
         drain(segment_iter(np.zeros((20, 20, 5), np.uint8), tiny_unet))
 
 
-def test_untrained_model_on_real_labels_is_scored(tiny_unet, monuseg):
-    """Smoke test of the metrics hook-up: the labels of an untrained net are valid ids."""
-    lab = read_labels(monuseg / "masks" / f"{TILE}.tif")[100:300, 200:440]
-    img = read_image(monuseg / "images" / f"{TILE}.png")[100:300, 200:440]
-    res = drain(segment_iter(img, tiny_unet))
-    ids = np.unique(res.labels)
-    assert ids[0] == 0 and lab.shape == res.labels.shape
-    assert res.n_nuclei == len(ids) - 1
+@pytest.fixture(scope="module")
+def crop_labels(monuseg) -> np.ndarray:
+    return read_labels(monuseg / "masks" / f"{TILE}.tif")[100:300, 200:440]
+
+
+def test_metrics_of_the_real_crop_have_hand_computed_values(crop_labels):
+    from napari_histo.core.metrics import evaluate
+
+    lab = crop_labels.astype(np.int64)
+    ids = np.unique(lab[lab > 0])
+    assert ids.size == 25
+    # Perfect labels score 1 on every metric, whatever the ids are called.
+    relabelled = np.where(lab > 0, lab * 7 + 1000, 0)
+    assert (
+        evaluate(lab, lab)
+        == evaluate(lab, relabelled)
+        == dict.fromkeys(("dice", "aji", "f1", "precision", "recall", "pq", "dq", "sq"), 1.0)
+    )
+    # Labels shifted 2 pixels to the right (what leaves on the right edge is lost). Each nucleus
+    # keeps its id, so its own shifted copy is its match: IoU per id by plain numpy.
+    pred = np.zeros_like(lab)
+    pred[:, 2:] = lab[:, :-2]
+    inter = np.array([((lab == g) & (pred == g)).sum() for g in ids])
+    union = np.array([((lab == g) | (pred == g)).sum() for g in ids])
+    iou = inter / union
+    n_pred = len(np.unique(pred[pred > 0]))
+    tp = int((iou > 0.5).sum())
+    fp, fn = n_pred - tp, ids.size - tp
+    fg_t, fg_p = lab > 0, pred > 0
+    dq = tp / (tp + 0.5 * fp + 0.5 * fn)
+    sq = iou[iou > 0.5].mean()
+    expected = {
+        "dice": 2 * (fg_t & fg_p).sum() / (fg_t.sum() + fg_p.sum()),
+        # Every nucleus is 167+ px, so a 2-px shift keeps its own copy as its best match (AJI).
+        "aji": inter.sum() / union.sum(),
+        "f1": 2 * tp / (2 * tp + fp + fn),
+        "precision": tp / (tp + fp),
+        "recall": tp / (tp + fn),
+        "pq": dq * sq,
+        "dq": dq,
+        "sq": sq,
+    }
+    got = evaluate(lab, pred)
+    assert got == pytest.approx(expected, rel=1e-12)
+    # The case is not degenerate: a real loss of overlap, and every nucleus still matched.
+    assert 0.7 < got["aji"] < got["dice"] < 0.95 and tp == ids.size == n_pred
+    assert got["pq"] == pytest.approx(got["sq"]) and got["pq"] < 0.8
+
+
+def _threshold_model() -> LoadedModel:
+    """A hand-set 1x1 'net': a pixel is inside a nucleus when its (normalized) red is < -0.2."""
+    net = torch.nn.Conv2d(3, 3, 1)
+    with torch.no_grad():
+        net.weight.zero_()
+        net.bias.zero_()
+        net.weight[1, 0, 0, 0] = -20.0
+        net.bias[1] = -4.0
+        net.bias[2] = -100.0  # never boundary
+    spec = seg_spec.get_arch("test_pointwise")
+    return LoadedModel(net=net.eval(), spec=spec, card={}, device=torch.device("cpu"), name="thr")
+
+
+def test_untrained_model_on_real_labels_is_scored(tiny_unet, crop, crop_labels):
+    """The training loop's validation (segment, then score) gives the metrics of the labels."""
+    from napari_histo.core.train import validate
+
+    lab = crop_labels
+    # A crude but real prediction: the hand-set threshold net finds most nuclei.
+    model = _threshold_model()
+    pred = drain(segment_iter(crop, model)).labels
+    scores = validate(model.net, model.spec, model.device, [("crop", crop, lab)])
+    per = scores["per_image"]["crop"]
+    assert {k: v for k, v in scores.items() if k != "per_image"} == per
+    fg_t, fg_p = lab > 0, pred > 0
+    assert per["dice"] == pytest.approx(2 * (fg_t & fg_p).sum() / (fg_t.sum() + fg_p.sum()))
+    # One-to-one matches at IoU > 0.5, counted by hand.
+    t_ids, p_ids = np.unique(lab[fg_t]), np.unique(pred[fg_p])
+    tp = sum(
+        ((lab == g) & (pred == s)).sum() / ((lab == g) | (pred == s)).sum() > 0.5
+        for g in t_ids
+        for s in np.unique(pred[(lab == g) & fg_p])
+    )
+    assert per["precision"] == pytest.approx(tp / p_ids.size)
+    assert per["recall"] == pytest.approx(tp / t_ids.size)
+    assert 0.7 < per["dice"] < 0.95 and 0 < tp < min(t_ids.size, p_ids.size)
+    # The untrained U-Net finds nothing on this crop: the empty-prediction scores.
+    untrained = validate(tiny_unet.net, tiny_unet.spec, tiny_unet.device, [("crop", crop, lab)])
+    assert drain(segment_iter(crop, tiny_unet)).labels.max() == 0
+    assert {k: untrained[k] for k in ("dice", "aji", "recall", "pq", "precision")} == {
+        "dice": 0.0, "aji": 0.0, "recall": 0.0, "pq": 0.0, "precision": 1.0,
+    }  # fmt: skip

@@ -53,6 +53,34 @@ def test_edit_roundtrip_with_new_and_deleted_nuclei(slide_zarr):
     assert m2[999_999] == fresh + 1
 
 
+def test_export_has_the_nuclei_painted_in_an_edit(slide_zarr, tmp_path):
+    import csv
+
+    from napari_histo.core.slide import export_slide_iter
+
+    rows, cols = slice(100, 400), slice(300, 700)  # crosses the block border at column 512
+    region = read_region(slide_zarr, rows, cols)
+    full = np.asarray(open_labels_pyramid(slide_zarr)[0])
+    # A victim wholly inside the region (below the rows cleared next), so deleting it there
+    # deletes it from the slide.
+    ids, areas = np.unique(region[30:][region[30:] > 0], return_counts=True)
+    victim = int(next(i for i, a in zip(ids, areas, strict=True) if (full == i).sum() == a))
+    edited = region.copy()
+    edited[edited == victim] = 0
+    edited[:30, :] = 0  # room for two new nuclei: one inside block (0, 0), one across 512
+    edited[5:15, 10:22] = 1  # 120 px
+    edited[5:20, 205:220] = 2  # 225 px, columns 505-519 of the slide
+    mapping = write_region(slide_zarr, rows, cols, edited)
+    assert set(mapping) == {1, 2}
+    n = drain(export_slide_iter(slide_zarr, None, None, tmp_path / "e.csv"))
+    table = {int(r["label"]): r for r in csv.DictReader((tmp_path / "e.csv").open())}
+    labels = np.asarray(open_labels_pyramid(slide_zarr)[0])
+    # Every nucleus of the edited slide is exported once, the painted ones whole.
+    assert sorted(table) == np.unique(labels[labels > 0]).tolist() and n == len(table)
+    assert victim not in table
+    assert float(table[mapping[1]]["area"]) == 120 and float(table[mapping[2]]["area"]) == 225
+
+
 def test_crash_between_journal_and_apply_is_recovered(slide_zarr, monkeypatch):
     import napari_histo.core.slide.edit as se
 

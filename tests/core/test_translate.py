@@ -114,9 +114,36 @@ def test_save_load_round_trip_identical(model_dir, images):
     assert a.card["training"]["steps_done"] == 4
 
 
-def test_resume_continues_step_count(model_dir, images, tmp_path):
-    out = train_translator(*images, steps=6, out=tmp_path / "r", resume=model_dir, **TINY)
+def test_resume_continues_step_count(model_dir, images, tmp_path, monkeypatch):
+    import torch
+
+    # Snapshot what the optimizers are handed: the generators' weights before the first step.
+    real_adam, handed = torch.optim.Adam, []
+
+    def spy_adam(params, *args, **kwargs):
+        params = list(params)
+        handed.append([p.detach().clone() for p in params])
+        return real_adam(params, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "Adam", spy_adam)
+    events = []
+    gen = train_translator_iter(*images, steps=6, out=tmp_path / "r", resume=model_dir, **TINY)
+    out = drain(gen, events.append)
+    # model_dir was saved after 4 steps: training goes on with steps 5 and 6, not from 1.
+    assert [(e.step, e.total) for e in events] == [(5, 6), (6, 6)]
     assert json.loads((out / "card.json").read_text())["training"]["steps_done"] == 6
+    # ... and from the checkpoint's weights, not from a fresh initialisation.
+    saved = [
+        p
+        for direction in ("ihc2he", "he2ihc")
+        for p in load_translator(model_dir, direction, device="cpu").net.parameters()
+    ]
+    start = handed[0]
+    assert len(start) == len(saved)
+    assert all(torch.equal(a, b) for a, b in zip(start, saved, strict=True))
+    # Training then moved them on.
+    after = load_translator(out, "ihc2he", device="cpu").net.parameters()
+    assert not all(torch.equal(a, b) for a, b in zip(after, saved, strict=False))
 
 
 def test_closing_training_keeps_previous_checkpoint(images, tmp_path):

@@ -139,31 +139,78 @@ def test_main_thread_stays_responsive_while_segmenting(viewer_and_widget, qtbot)
     assert max(gaps[3:]) < 120, sorted(gaps)[-5:]
 
 
-def test_normalize_first_uses_the_stain_widgets_normalizer(viewer_and_widget, qtbot):
+class SpyNormalizer:
+    """Wraps a fitted normalizer and records every image it is asked to transform."""
+
+    def __init__(self, inner):
+        self.inner, self.seen = inner, []
+
+    def transform(self, rgb):
+        self.seen.append(np.array(rgb, copy=True))
+        return self.inner.transform(rgb)
+
+
+def test_normalize_first_uses_the_stain_widgets_normalizer(viewer_and_widget, crop, monuseg, qtbot):
+    from napari_histo.core.progress import drain
+    from napari_histo.core.seg_workflow import segment_array_iter
+    from napari_histo.core.stain import get_normalizer
+    from napari_histo.widgets._common import fitted_stain_normalizer
+
     viewer, widget = viewer_and_widget
     widget.normalize.setChecked(True)
     assert widget.run() is None  # nothing fitted yet: a message, not a crash
     assert "no stain template" in widget.status.text()
     _, stain = viewer.window.add_plugin_dock_widget("napari-histo", "Stain normalization")
-    from napari_histo.core.stain import get_normalizer
-
-    stain.normalizer = get_normalizer("reinhard", device="cpu").fit(viewer.layers["tile"].data)
-    from napari_histo.widgets._common import fitted_stain_normalizer
-
+    # A template from another MoNuSeg slide, so that normalizing really changes the tile.
+    template = read_image(sorted((monuseg / "images").glob("*.png"))[5])
+    real = get_normalizer("reinhard", device="cpu").fit(template)
+    stain.normalizer = SpyNormalizer(real)
     assert fitted_stain_normalizer(viewer) is stain.normalizer
+
+    def direct(image):
+        model = widget.model_combo.currentData() or "default"
+        return drain(segment_array_iter(image, model=model, device="cpu")).labels
+
     _segment(widget, qtbot)
-    assert "nuclei found" in widget.status.text()
+    assert len(stain.normalizer.seen) == 1
+    np.testing.assert_array_equal(stain.normalizer.seen[0], crop[0])
+    normalized = np.asarray(widget.labels_layer.data).copy()
+    np.testing.assert_array_equal(normalized, direct(real.transform(crop[0])))
+    # Unticked: the normalizer is left alone and the labels are those of the tile as it is.
+    widget.normalize.setChecked(False)
+    _segment(widget, qtbot)
+    assert len(stain.normalizer.seen) == 1
+    plain = np.asarray(widget.labels_layer.data)
+    np.testing.assert_array_equal(plain, direct(crop[0]))
+    assert not np.array_equal(plain, normalized)  # the comparison can tell the two apart
 
 
 def test_bad_inputs_give_a_message_not_a_crash(make_napari_viewer, tmp_path, monkeypatch):
+    import napari_histo.widgets.segment as segment_module
     from napari_histo.widgets.segment import SegmentWidget
 
     monkeypatch.setenv("NAPARI_HISTO_MODELS", str(tmp_path / "models"))
+    errors = []
+    monkeypatch.setattr(segment_module, "notify_error", errors.append)
     viewer = make_napari_viewer()
     widget = SegmentWidget(viewer)
     assert widget.run() is None
-    assert "no image" in widget.status.text()
+    assert "no image" in widget.status.text() and "no image" in errors[-1]
     viewer.add_image(np.full((64, 64, 3), 255, np.uint8), name="blank", rgb=True)
+    assert widget.image_combo.currentText() == "blank"
+    # Segmenting the rectangles of a Shapes layer that has none.
+    viewer.add_shapes(name="nothing")
     widget.region_combo.setCurrentText("rectangles of 'nothing'")
-    widget.delete_at((1, 1))  # no labels layer yet: a notification, not an exception
-    assert widget.labels_layer is None
+    assert widget.region_combo.currentText() == "rectangles of 'nothing'"
+    assert widget.run() is None and not widget.runner.running
+    assert "'nothing' has no rectangles" in widget.status.text()
+    assert errors[-1] == widget.status.text()
+    # ... and of a rectangle that lies beside the image.
+    viewer.layers["nothing"].add_rectangles(np.array([[100, 100], [150, 150]]))
+    assert widget.run() is None and not widget.runner.running
+    assert "does not overlap the image" in widget.status.text()
+    assert errors[-1] == widget.status.text()
+    # Edit keys before any segmentation: a notification, not an exception.
+    widget.delete_at((1, 1))
+    assert "segment an image first" in errors[-1] and widget.labels_layer is None
+    assert len(errors) == 4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -34,22 +35,45 @@ def test_slide_segment_edit_export(make_napari_viewer, svs_path, tmp_path, qtbot
     n_nuclei = int(widget.status.text().split()[0])
     assert n_nuclei > 500  # a real slide region full of nuclei
 
-    # Edit a region: delete one nucleus in memory, write it back, the pyramid has it gone.
+    # Edit a region in memory: delete one nucleus, paint a new one; write it back.
+    before = np.asarray(lab.data[0])
+    ids, areas = np.unique(before[before > 0], return_counts=True)
+    assert ids.size == n_nuclei
     region = (slice(1000, 1400), slice(1000, 1400))
     edit = widget.pull_region(region)
     data = np.asarray(edit.data).copy()
-    victim = np.unique(data[data > 0])[0]
+    # The victim lies wholly inside the region (all its pixels are there), so deleting it there
+    # removes it from the slide: no fragment outside can keep it alive.
+    inside, inside_areas = np.unique(data[data > 0], return_counts=True)
+    whole = inside[inside_areas == areas[np.searchsorted(ids, inside)]]
+    victim = int(whole[0])
     data[data == victim] = 0
+    y, x = next(
+        (y, x)
+        for y in range(0, 388, 4)
+        for x in range(0, 388, 4)
+        if not data[y : y + 12, x : x + 12].any()
+    )
+    painted = int(data.max()) + 1  # napari's "next label" in the region: may exist elsewhere
+    data[y : y + 12, x : x + 12] = painted
     edit.data = data
-    assert widget.push_region() is not None
-    after = np.asarray(viewer.layers[name].data[0][region])
-    assert not (after == victim).any()
+    mapping = widget.push_region()
+    assert set(mapping) == {painted}
+    fresh = mapping[painted]
+    assert fresh not in ids
+    expected = np.where(before == victim, 0, before)
+    expected[1000 + y : 1012 + y, 1000 + x : 1012 + x] = fresh
+    assert np.array_equal(np.asarray(viewer.layers[name].data[0]), expected)
 
+    # The export has every nucleus but the victim, plus the painted one, and nothing else.
+    kept = sorted({*ids.tolist(), fresh} - {victim})
     n = widget.export(tmp_path / "n.geojson", tmp_path / "n.csv")
-    assert n == n_nuclei - 1 or n == n_nuclei  # the victim may have been partly outside
+    assert n == n_nuclei
     features = json.loads((tmp_path / "n.geojson").read_text())["features"]
-    assert len(features) == n
-    assert (tmp_path / "n.csv").read_text().count("\n") == n + 1
+    assert sorted(f["properties"]["label"] for f in features) == kept
+    with (tmp_path / "n.csv").open() as fh:
+        rows = {int(row["label"]): row for row in csv.DictReader(fh)}
+    assert sorted(rows) == kept and float(rows[fresh]["area"]) == 144
 
 
 def test_no_slide_is_a_clear_message(make_napari_viewer):

@@ -340,8 +340,9 @@ def export_slide_iter(
 ) -> Generator[Progress, None, int]:
     """Measure and outline every nucleus of a slide's label zarr, block by block (yields progress).
 
-    Each nucleus is handled once, by the block that owns it (its id says which), on that block's
-    window, so nuclei crossing block borders are whole. Writes QuPath GeoJSON and/or CSV
+    Each nucleus is handled once, by the block that owns it (its id says which; a nucleus painted
+    in a region edit, by where it lies), on that block's window, so nuclei crossing block borders
+    are whole. Writes QuPath GeoJSON and/or CSV
     atomically; returns the number of nuclei.
     """
     import json
@@ -368,6 +369,7 @@ def export_slide_iter(
             r1, c1 = min((i + 1) * t + h, H), min((j + 1) * t + h, W)
             window = np.asarray(lab0[r0:r1, c0:c1])
             mine = (window // per) == (i * nbx + j)
+            mine |= _edited_ids_owned(window, (r0, c0), (i, j), t, nby * nbx * per)
             window = np.where(mine & (window > 0), window, 0)
             if not window.any():
                 continue
@@ -390,6 +392,28 @@ def export_slide_iter(
 
         write_csv(csv, merged)
     return len(merged["label"])
+
+
+def _edited_ids_owned(
+    window: np.ndarray, origin: tuple[int, int], block: tuple[int, int], tile: int, first_free: int
+) -> np.ndarray:
+    """Pixels of ``window`` whose nucleus got its id from a region edit and belongs to ``block``.
+
+    Ids given by :func:`~napari_histo.core.slide_edit.write_region` lie past every block's
+    range, so the id says no owner: such a nucleus belongs to the block holding the top-left
+    corner of its bounding box (whole in that block's window when it is under a halo in size).
+    """
+    edited = window >= first_free
+    if not edited.any():
+        return edited
+    rows, cols = np.nonzero(edited)
+    ids, inv = np.unique(window[edited], return_inverse=True)
+    top = np.full(ids.size, np.iinfo(np.int64).max)
+    left = top.copy()
+    np.minimum.at(top, inv, rows + origin[0])
+    np.minimum.at(left, inv, cols + origin[1])
+    owned = ids[(top // tile == block[0]) & (left // tile == block[1])]
+    return edited & np.isin(window, owned)
 
 
 def write_pyramidal_tiff_iter(
