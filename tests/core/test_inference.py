@@ -238,7 +238,7 @@ def crop_labels(monuseg) -> np.ndarray:
 
 
 def test_metrics_of_the_real_crop_have_hand_computed_values(crop_labels):
-    from napari_histo.core.metrics import evaluate
+    from napari_histo.core.seg.metrics import evaluate
 
     lab = crop_labels.astype(np.int64)
     ids = np.unique(lab[lab > 0])
@@ -296,7 +296,7 @@ def _threshold_model() -> LoadedModel:
 
 def test_untrained_model_on_real_labels_is_scored(tiny_unet, crop, crop_labels):
     """The training loop's validation (segment, then score) gives the metrics of the labels."""
-    from napari_histo.core.train import validate
+    from napari_histo.core.seg.train import validate
 
     lab = crop_labels
     # A crude but real prediction: the hand-set threshold net finds most nuclei.

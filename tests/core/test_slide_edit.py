@@ -56,7 +56,7 @@ def test_edit_roundtrip_with_new_and_deleted_nuclei(slide_zarr):
 def test_export_has_the_nuclei_painted_in_an_edit(slide_zarr, tmp_path):
     import csv
 
-    from napari_histo.core.slide import export_slide_iter
+    from napari_histo.core.slide.segment import export_slide_iter
 
     rows, cols = slice(100, 400), slice(300, 700)  # crosses the block border at column 512
     region = read_region(slide_zarr, rows, cols)

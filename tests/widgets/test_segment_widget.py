@@ -152,7 +152,7 @@ class SpyNormalizer:
 
 def test_normalize_first_uses_the_stain_widgets_normalizer(viewer_and_widget, crop, monuseg, qtbot):
     from napari_histo.core.progress import drain
-    from napari_histo.core.seg_workflow import segment_array_iter
+    from napari_histo.core.seg.workflow import segment_array_iter
     from napari_histo.core.stain import get_normalizer
     from napari_histo.widgets._common import fitted_stain_normalizer
 

@@ -399,7 +399,7 @@ def _edited_ids_owned(
 ) -> np.ndarray:
     """Pixels of ``window`` whose nucleus got its id from a region edit and belongs to ``block``.
 
-    Ids given by :func:`~napari_histo.core.slide_edit.write_region` lie past every block's
+    Ids given by :func:`~napari_histo.core.slide.edit.write_region` lie past every block's
     range, so the id says no owner: such a nucleus belongs to the block holding the top-left
     corner of its bounding box (whole in that block's window when it is under a halo in size).
     """
