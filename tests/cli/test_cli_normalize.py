@@ -168,7 +168,7 @@ def test_bad_inputs_one_line_each_and_the_rest_processed(files, bad_inputs, tmp_
         ([], "no template"),
         (["--template", "MISSING.png"], "MISSING.png"),
         (["--template", "TEMPLATE", "--model", "RGBA"], "rgba.png"),
-        (["--template", "TEMPLATE", "--method", "macenko", "--fit-on", "TEMPLATE"], "--fit-on"),
+        (["--template", "TEMPLATE", "--method", "macenko", "--fit-on", "TEMPLATE"], "fit-on"),
         (["--template", "TEMPLATE", "--device", "quantum"], "unknown device"),
     ],
 )

@@ -88,6 +88,28 @@ def test_segment_with_stain_normalization(shipped, held_out, monuseg, tmp_path):
     assert rc == 2
 
 
+def test_segment_translates_ihc_first_like_the_widget(shipped, tmp_path, capsys):
+    """``--translate`` runs the same core workflow as the widget's "translate first" box."""
+    from skimage.data import immunohistochemistry
+
+    from napari_histo.core.progress import drain
+    from napari_histo.core.seg.workflow import segment_array_iter
+
+    ihc = immunohistochemistry()[:160, :192]
+    src = tmp_path / "ihc.png"
+    write_image(src, ihc)
+    out = tmp_path / "out"
+    rc = main(["segment", str(src), "--translate", "--out", str(out), "--device", "cpu", "--quiet"])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    got = read_labels(out / "ihc.tif")
+    want = drain(segment_array_iter(ihc, "default", "cpu", translator="ihc2he_default")).labels
+    plain = drain(segment_array_iter(ihc, "default", "cpu")).labels
+    assert np.array_equal(got, want) and not np.array_equal(got, plain)
+    # Options before the image work too (--translate takes no value to swallow it).
+    rc = main(["segment", "--translate", str(src), "--out", str(tmp_path / "o2"), "--quiet"])
+    assert rc == 0 and (tmp_path / "o2" / "ihc.tif").is_file()
+
+
 def test_segment_bad_inputs_one_line_each_and_the_batch_continues(
     shipped, bad_inputs, tmp_path, capsys
 ):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..core.stain import DEFAULT_METHOD, METHODS
 from ._common import add_device_argument, drain_with_bar, error, for_each_file, note
 
 NAME = "normalize"
@@ -16,8 +17,6 @@ DESCRIPTION = (
     "shipped fitted model unless --fit-on refits it (or --model loads a saved normalizer)."
 )
 ORDER = 12
-
-METHODS = ("dcgmm", "macenko", "reinhard", "vahadane")
 
 
 def add_arguments(parser) -> None:
@@ -33,7 +32,7 @@ def add_arguments(parser) -> None:
         "--method",
         choices=METHODS,
         default=None,
-        help="normalization method (default: dcgmm, or the method of --model)",
+        help=f"normalization method (default: {DEFAULT_METHOD}, or the method of --model)",
     )
     parser.add_argument(
         "--fit-on",
@@ -80,8 +79,7 @@ def _read_inputs(paths: list[str], label: str) -> tuple[list, int]:
 
 def run(args) -> int:
     from ..core.errors import HistoError
-    from ..core.stain import load_normalizer
-    from ..core.stain.workflow import prepare_normalizer
+    from ..core.stain.workflow import make_normalizer
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -101,44 +99,22 @@ def run(args) -> int:
         if not fit_on:
             raise HistoError("none of the --fit-on images could be read")
 
-    method = args.method
-    if args.model:
-        loaded = load_normalizer(args.model, device=args.device)
-        if method is not None and method != loaded.name:
-            raise HistoError(
-                f"{Path(args.model).name} is a {loaded.name} normalizer, but --method {method} was given"
-            )
-        method = loaded.name
-        if fit_on:
-            raise HistoError(
-                "--fit-on refits a DCGMM from the shipped model; drop --model or --fit-on"
-            )
-    method = method or "dcgmm"
-    if fit_on and method != "dcgmm":
-        raise HistoError(f"--fit-on refits a DCGMM; it does not apply to --method {method}")
+    normalizer = drain_with_bar(
+        make_normalizer(
+            args.method,
+            templates,
+            model=args.model,
+            fit_on=fit_on,
+            steps=args.steps,
+            device=args.device,
+            seed=args.seed,
+        ),
+        desc="fit",
+        quiet=args.quiet,
+    )
+    method = normalizer.name
     if args.class_maps and method != "dcgmm":
         note("--class-maps: only DCGMM has classes; no class maps are written")
-
-    if args.model and not templates:
-        normalizer = loaded
-        if not getattr(normalizer, "fitted", False):
-            raise HistoError(f"{Path(args.model).name} carries no template; give --template")
-    else:
-        if not templates:
-            raise HistoError("no template: give --template IMAGE [IMAGE ...] (or --model FITTED)")
-        normalizer = drain_with_bar(
-            prepare_normalizer(
-                method,
-                templates,
-                fit_on=fit_on,
-                steps=args.steps,
-                device=args.device,
-                model=args.model,
-                seed=args.seed,
-            ),
-            desc=f"{method} fit",
-            quiet=args.quiet,
-        )
     out.mkdir(parents=True, exist_ok=True)
     class_maps = bool(args.class_maps) and method == "dcgmm"
 

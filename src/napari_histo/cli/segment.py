@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..core.stain import DEFAULT_METHOD, METHODS
 from ._common import add_device_argument, drain_with_bar, error, for_each_file, note
 
 NAME = "segment"
@@ -47,10 +48,22 @@ def add_arguments(parser) -> None:
         help="normalize each tile's stain to this template image (or a saved normalizer .json)",
     )
     parser.add_argument(
+        "--translate",
+        action="store_true",
+        help="IHC tiles: translate to H&E first (CycleGAN), then normalize and segment",
+    )
+    parser.add_argument(
+        "--translator",
+        default="ihc2he_default",
+        metavar="MODEL",
+        help="the IHC -> H&E model for --translate (default: the shipped ihc2he_default; see "
+        "its card for its licence)",
+    )
+    parser.add_argument(
         "--normalize-method",
-        default="macenko",
-        choices=("macenko", "reinhard", "vahadane", "dcgmm"),
-        help="stain normalization method for --normalize (default: macenko)",
+        default=DEFAULT_METHOD,
+        choices=METHODS,
+        help=f"stain normalization method for --normalize (default: {DEFAULT_METHOD}, as normalize)",
     )
     parser.add_argument(
         "--tile", type=int, default=None, help="tile size in pixels (default 256 CPU / 512 GPU)"
@@ -69,18 +82,22 @@ def add_arguments(parser) -> None:
 
 
 def _normalizer(args):
+    """The fitted normalizer of ``--normalize``: a template image, or a saved normalizer."""
     from ..core.errors import HistoError
     from ..core.io import read_image
-    from ..core.stain import get_normalizer, load_normalizer
+    from ..core.progress import drain
+    from ..core.stain.workflow import make_normalizer
 
-    template = Path(args.normalize)
-    if template.suffix.lower() == ".json" or template.is_dir():
-        return load_normalizer(template, device=args.device)
-    rgb = read_image(template)
+    src = Path(args.normalize)
+    saved = src.is_dir() or src.suffix.lower() in (".json", ".safetensors")
     try:
-        return get_normalizer(args.normalize_method, device=args.device).fit(rgb)
+        if saved:
+            return drain(make_normalizer(model=src, device=args.device))
+        templates = [read_image(src)]
+        return drain(make_normalizer(args.normalize_method, templates, device=args.device))
     except HistoError as exc:
-        raise HistoError(f"template {template.name}: {exc}") from None
+        msg = str(exc)
+        raise HistoError(msg if src.name in msg else f"template {src.name}: {msg}") from None
 
 
 def run(args) -> int:
@@ -88,10 +105,10 @@ def run(args) -> int:
 
     from ..core.errors import HistoError, InputWarning
     from ..core.io import is_slide, read_image, write_labels
-    from ..core.labels.export import nuclei_geojson, write_csv
+    from ..core.labels.export import write_csv, write_geojson
     from ..core.labels.measure import measure_nuclei
-    from ..core.seg.inference import segment_iter
     from ..core.seg.registry import load_model
+    from ..core.seg.workflow import segment_array_iter
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -99,6 +116,11 @@ def run(args) -> int:
         return 2
     model = load_model(args.model, args.device)
     normalizer = _normalizer(args) if args.normalize else None
+    translator = None
+    if args.translate:
+        from ..core.translate import load_translator
+
+        translator = load_translator(args.translator, "ihc2he", args.device)
     # None leaves multiple inference to the model's architecture (on for FullNet).
     tta = (8 if args.tta_transforms == 8 else 4) if args.tta else args.tta
     if args.tile is not None and args.tile < 16:
@@ -107,6 +129,9 @@ def run(args) -> int:
 
     def slide(path: Path) -> str:
         from ..core.io import read_slide
+
+        if translator is not None:
+            raise HistoError(f"{path.name}: --translate works on tiles, not whole slides (yet)")
         from ..core.slide.cluster import dask_client
         from ..core.slide.segment import SlideTiling, export_slide_iter, segment_slide_iter
         from ..core.slide.segmenter import ModelSegmenter
@@ -142,11 +167,11 @@ def run(args) -> int:
         return f"{res.n_nuclei} nuclei -> {dest}"
 
     def tile(path: Path) -> str:
-        from ..core.atomic import atomic_write_text
-
         rgb = read_image(path)
         res = drain_with_bar(
-            segment_iter(rgb, model, tta=tta, normalizer=normalizer, tile=args.tile),
+            segment_array_iter(
+                rgb, model, tta=tta, normalizer=normalizer, translator=translator, tile=args.tile
+            ),
             desc=path.name,
             quiet=args.quiet,
         )
@@ -156,11 +181,7 @@ def run(args) -> int:
             if args.csv:
                 write_csv(out / f"{path.stem}.csv", table)
             if args.geojson:
-                import json
-
-                atomic_write_text(
-                    out / f"{path.stem}.geojson", json.dumps(nuclei_geojson(res.labels, table))
-                )
+                write_geojson(out / f"{path.stem}.geojson", res.labels, table)
         return f"{res.n_nuclei} nuclei -> {dest}"
 
     def one(path: Path) -> str:

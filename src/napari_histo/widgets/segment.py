@@ -293,19 +293,10 @@ class SegmentWidget(RunCancelMixin, QWidget):
             labels = np.asarray(self.viewer.layers[name].data)
         else:
             labels = np.zeros(full_shape, np.uint32)
+        from ..core.seg.workflow import merge_regions
+
         conf = np.ones(full_shape, np.float32) if self.uncertainty.isChecked() else None
-        next_id = 1
-        for (rs, cs, _), (lab, confidence) in zip(
-            result["regions"], result["outputs"], strict=True
-        ):
-            lab = np.asarray(lab, np.uint32)
-            # Re-running a region replaces what was there; ids stay unique in the layer.
-            labels[rs, cs] = 0
-            offset = max(next_id, int(labels.max()) + 1) - 1
-            labels[rs, cs] = np.where(lab > 0, lab + offset, 0)
-            next_id = int(labels.max()) + 1
-            if conf is not None and confidence is not None:
-                conf[rs, cs] = confidence
+        labels, conf = merge_regions(labels, result["regions"], result["outputs"], conf)
         kwargs = {"scale": layer.scale[-2:], "translate": layer.translate[-2:]}
         if name in self.viewer.layers:
             lab_layer = self.viewer.layers[name]
@@ -578,24 +569,10 @@ class SegmentWidget(RunCancelMixin, QWidget):
 
 
 def _segment_regions_job(crops, model, device, tta, normalizer, translator=None):
-    """Worker: segment each region crop; returns the regions and (labels, confidence) per region.
+    """Worker: segment each region crop (translated and normalized first when asked)."""
+    from ..core.seg.workflow import segment_regions_iter
 
-    With a ``translator`` (IHC → H&E CycleGAN) each crop is translated first.
-    """
-    from ..core.progress import Progress
-    from ..core.seg.workflow import segment_array_iter
-
-    outputs = []
-    for k, (_, _, crop) in enumerate(crops, start=1):
-        if translator is not None:
-            from ..core.translate import translate_iter
-
-            crop = yield from translate_iter(crop, translator)
-        result = yield from segment_array_iter(
-            crop, model=model, device=device, tta=tta, normalizer=normalizer
-        )
-        outputs.append((result.labels, getattr(result, "confidence", None)))
-        yield Progress(step=k, total=len(crops), stage="region")
+    outputs = yield from segment_regions_iter(crops, model, device, tta, normalizer, translator)
     return {"regions": crops, "outputs": outputs}
 
 

@@ -28,6 +28,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..core.stain import DEFAULT_METHOD, METHODS
 from ._common import (
     JobRunner,
     RunCancelMixin,
@@ -46,11 +47,10 @@ from ._common import (
 if TYPE_CHECKING:
     import napari
 
+_NAMES = {"dcgmm": "DCGMM (deep GMM)", "macenko": "Macenko", "reinhard": "Reinhard"}
+#: What the method chooser shows for each of core.stain.METHODS, the default first.
 METHOD_LABELS = {
-    "DCGMM (deep GMM)": "dcgmm",
-    "Macenko": "macenko",
-    "Reinhard": "reinhard",
-    "Vahadane": "vahadane",
+    _NAMES.get(m, m.capitalize()): m for m in sorted(METHODS, key=lambda m: m != DEFAULT_METHOD)
 }
 #: Class-map colours (the DCGMM paper's convention): label value = class index + 1.
 CLASS_COLOURS = {"background": "#3060ff", "surrounding tissue": "#30c030", "nuclei": "#ff3030"}

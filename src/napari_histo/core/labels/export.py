@@ -6,11 +6,12 @@ import csv
 import io
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_path, atomic_write_text
 
 
 def label_polygons(
@@ -47,45 +48,94 @@ def label_polygons(
     return out
 
 
-def nuclei_geojson(
+def nuclei_features(
     labels: np.ndarray,
     measurements: dict[str, np.ndarray] | None = None,
     offset: tuple[int, int] = (0, 0),
     classification: str = "Nucleus",
-) -> dict:
-    """A GeoJSON FeatureCollection of nucleus polygons in QuPath's layout (detections + measurements)."""
+) -> Iterator[dict]:
+    """GeoJSON features of the nuclei of ``labels``, in QuPath's layout (detections + measurements)."""
     polys = label_polygons(labels, offset=offset)
     rows = {}
     if measurements is not None and len(measurements.get("label", [])):
         keys = [k for k in measurements if k != "label"]
         for i, lab in enumerate(measurements["label"]):
             rows[int(lab)] = {k: _num(measurements[k][i]) for k in keys}
-    features = []
     for lab, poly in polys.items():
-        features.append(
-            {
-                "type": "Feature",
-                "id": f"nucleus-{lab}",
-                "geometry": {"type": "Polygon", "coordinates": [np.round(poly, 2).tolist()]},
-                "properties": {
-                    "objectType": "detection",
-                    "name": f"nucleus {lab}",
-                    "label": lab,
-                    "classification": {"name": classification, "color": [200, 0, 0]},
-                    "measurements": rows.get(lab, {}),
-                },
-            }
-        )
+        yield {
+            "type": "Feature",
+            "id": f"nucleus-{lab}",
+            "geometry": {"type": "Polygon", "coordinates": [np.round(poly, 2).tolist()]},
+            "properties": {
+                "objectType": "detection",
+                "name": f"nucleus {lab}",
+                "label": lab,
+                "classification": {"name": classification, "color": [200, 0, 0]},
+                "measurements": rows.get(lab, {}),
+            },
+        }
+
+
+def nuclei_geojson(
+    labels: np.ndarray,
+    measurements: dict[str, np.ndarray] | None = None,
+    offset: tuple[int, int] = (0, 0),
+    classification: str = "Nucleus",
+) -> dict:
+    """A GeoJSON FeatureCollection of nucleus polygons (in memory; see :class:`GeoJSONWriter`)."""
+    features = list(nuclei_features(labels, measurements, offset, classification))
     return {"type": "FeatureCollection", "features": features}
+
+
+class GeoJSONWriter:
+    """Streams a FeatureCollection to disk region by region; the file appears whole or not at all.
+
+    ::
+
+        with GeoJSONWriter(path) as out:
+            for window, table, origin in blocks:
+                out.add(window, table, origin)
+
+    Features are written as they come (memory stays flat for a whole slide); the temporary file
+    is renamed over ``path`` on a clean exit and removed on an error or cancel.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.count = 0
+        self._ctx = atomic_path(self.path)
+        self._fh = None
+
+    def __enter__(self) -> GeoJSONWriter:
+        tmp = self._ctx.__enter__()
+        self._fh = open(tmp, "w", encoding="utf-8")
+        self._fh.write('{"type": "FeatureCollection", "features": [')
+        return self
+
+    def add(self, labels: np.ndarray, measurements=None, offset=(0, 0)) -> int:
+        """Append the nuclei of ``labels`` (placed at ``offset``); returns how many."""
+        n = 0
+        for feature in nuclei_features(labels, measurements, offset):
+            self._fh.write(("," if self.count else "") + json.dumps(feature))
+            self.count += 1
+            n += 1
+        return n
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            self._fh.write("]}")
+        finally:
+            self._fh.close()
+        return bool(self._ctx.__exit__(exc_type, exc, tb))
 
 
 def write_geojson(
     path: str | os.PathLike, labels: np.ndarray, measurements=None, offset=(0, 0)
 ) -> Path:
     """Write the nuclei of ``labels`` as GeoJSON (atomic)."""
-    path = Path(path)
-    atomic_write_text(path, json.dumps(nuclei_geojson(labels, measurements, offset)))
-    return path
+    with GeoJSONWriter(path) as out:
+        out.add(labels, measurements, offset)
+    return Path(path)
 
 
 def write_csv(path: str | os.PathLike, table: dict[str, np.ndarray]) -> Path:

@@ -57,19 +57,86 @@ def available_models(user_dir: str | os.PathLike | None = None) -> list[ModelEnt
 
 def segment_array_iter(
     image: np.ndarray,
-    model: str = "default",
+    model: Any = "default",
     device: str = "auto",
     tta: bool | int | None = None,
     normalizer=None,
+    translator=None,
+    tile=None,
 ) -> Generator[Progress, None, Any]:
-    """Segment one in-memory RGB image with a model name or folder (yields per-tile progress).
+    """Translate? -> normalize? -> segment one in-memory image (yields per-tile progress).
 
-    ``tta=None`` leaves multiple inference to the model's architecture (see ``segment_iter``).
+    Parameters
+    ----------
+    image : array
+        RGB (or anything ``to_rgb_uint8`` takes).
+    model : str, path or LoadedModel
+        ``"default"``, a shipped or user model name, a folder, or a loaded model.
+    tta : bool, int or None
+        Multiple inference; None leaves it to the architecture (see ``segment_iter``).
+    normalizer : fitted stain normalizer, optional
+        Applied after translation, before the network.
+    translator : Translator, str or path, optional
+        An IHC -> H&E model (loaded, or what ``translate.load_translator`` takes): the image is
+        translated first, so IHC slides segment like H&E.
+
+    Returns
+    -------
+    SegResult
     """
     from .inference import segment_iter
 
     net = load_model(model, device=device)
-    return (yield from segment_iter(image, net, tta=tta, normalizer=normalizer))
+    if translator is not None:
+        from ..translate import load_translator, translate_iter
+
+        if isinstance(translator, str | os.PathLike):
+            translator = load_translator(translator, "ihc2he", device)
+        image = yield from translate_iter(image, translator)
+    return (yield from segment_iter(image, net, tta=tta, normalizer=normalizer, tile=tile))
+
+
+Region = tuple[slice, slice, np.ndarray]
+
+
+def segment_regions_iter(
+    regions: Sequence[Region],
+    model: Any = "default",
+    device: str = "auto",
+    tta: bool | int | None = None,
+    normalizer=None,
+    translator=None,
+) -> Generator[Progress, None, list]:
+    """:func:`segment_array_iter` on each ``(rows, cols, crop)`` region; returns their SegResults."""
+    results = []
+    for k, (_, _, crop) in enumerate(regions, start=1):
+        res = yield from segment_array_iter(crop, model, device, tta, normalizer, translator)
+        results.append(res)
+        yield Progress(step=k, total=len(regions), stage="region")
+    return results
+
+
+def merge_regions(
+    labels: np.ndarray,
+    regions: Sequence[Region],
+    results: Sequence[Any],
+    confidence: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Paste each region's nuclei into the full label image (and confidence map), in place.
+
+    A region segmented again replaces what was there; ids stay unique across the image (each
+    region's ids are shifted past every id already used).
+    """
+    next_id = 1
+    for (rs, cs, _), res in zip(regions, results, strict=True):
+        lab = np.asarray(res.labels, np.uint32)
+        labels[rs, cs] = 0
+        offset = max(next_id, int(labels.max()) + 1) - 1
+        labels[rs, cs] = np.where(lab > 0, lab + offset, 0)
+        next_id = int(labels.max()) + 1
+        if confidence is not None and getattr(res, "confidence", None) is not None:
+            confidence[rs, cs] = res.confidence
+    return labels, confidence
 
 
 @dataclass

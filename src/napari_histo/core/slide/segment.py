@@ -345,12 +345,11 @@ def export_slide_iter(
     are whole. Writes QuPath GeoJSON and/or CSV
     atomically; returns the number of nuclei.
     """
-    import json
+    import contextlib
 
     import zarr
 
-    from ..atomic import atomic_path
-    from ..labels.export import nuclei_geojson
+    from ..labels.export import GeoJSONWriter, write_csv
     from ..labels.measure import measure_nuclei
 
     group = zarr.open_group(str(labels_zarr), mode="r")
@@ -362,34 +361,30 @@ def export_slide_iter(
     H, W = lab0.shape
     nby, nbx = -(-H // t), -(-W // t)
     tables: list[dict] = []
-    features: list[dict] = []
-    for i in range(nby):
-        for j in range(nbx):
-            r0, c0 = max(i * t - h, 0), max(j * t - h, 0)
-            r1, c1 = min((i + 1) * t + h, H), min((j + 1) * t + h, W)
-            window = np.asarray(lab0[r0:r1, c0:c1])
-            mine = (window // per) == (i * nbx + j)
-            mine |= _edited_ids_owned(window, (r0, c0), (i, j), t, nby * nbx * per)
-            window = np.where(mine & (window > 0), window, 0)
-            if not window.any():
-                continue
-            img = None if image_level0 is None else np.asarray(image_level0[r0:r1, c0:c1])
-            table = measure_nuclei(window, img, offset=(r0, c0))
-            tables.append(table)
-            if geojson is not None:
-                features += nuclei_geojson(window, table, offset=(r0, c0))["features"]
-        yield Progress(step=i + 1, total=nby, stage="export")
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(GeoJSONWriter(geojson)) if geojson is not None else None
+        for i in range(nby):
+            for j in range(nbx):
+                r0, c0 = max(i * t - h, 0), max(j * t - h, 0)
+                r1, c1 = min((i + 1) * t + h, H), min((j + 1) * t + h, W)
+                window = np.asarray(lab0[r0:r1, c0:c1])
+                mine = (window // per) == (i * nbx + j)
+                mine |= _edited_ids_owned(window, (r0, c0), (i, j), t, nby * nbx * per)
+                window = np.where(mine & (window > 0), window, 0)
+                if not window.any():
+                    continue
+                img = None if image_level0 is None else np.asarray(image_level0[r0:r1, c0:c1])
+                table = measure_nuclei(window, img, offset=(r0, c0))
+                tables.append(table)
+                if out is not None:
+                    out.add(window, table, offset=(r0, c0))
+            yield Progress(step=i + 1, total=nby, stage="export")
     merged = (
         {k: np.concatenate([tb[k] for tb in tables]) for k in tables[0]}
         if tables
         else measure_nuclei(np.zeros((1, 1), np.uint32))
     )
-    if geojson is not None:
-        with atomic_path(geojson) as tmp:
-            tmp.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     if csv is not None:
-        from ..labels.export import write_csv
-
         write_csv(csv, merged)
     return len(merged["label"])
 

@@ -29,7 +29,9 @@ if TYPE_CHECKING:
     from .classical import StainNormalizer
     from .dcgmm import DCGMMNormalizer
 
+#: The normalization methods, and the one default every face uses.
 METHODS = ("dcgmm", "macenko", "reinhard", "vahadane")
+DEFAULT_METHOD = "dcgmm"
 
 #: A JSON normalizer larger than this is not one of ours.
 _MAX_JSON_BYTES = 16 * 1024 * 1024
@@ -137,4 +139,11 @@ def load_normalizer(
     return from_json(data, device=device, source=p.name)
 
 
-__all__ = ["METHODS", "fit_dcgmm", "fit_dcgmm_blocking", "get_normalizer", "load_normalizer"]
+__all__ = [
+    "DEFAULT_METHOD",
+    "METHODS",
+    "fit_dcgmm",
+    "fit_dcgmm_blocking",
+    "get_normalizer",
+    "load_normalizer",
+]

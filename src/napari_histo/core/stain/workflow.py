@@ -18,8 +18,7 @@ import numpy as np
 from ..errors import HistoError
 from ..io.regions import pick_level
 from ..progress import Progress
-
-METHODS = ("dcgmm", "macenko", "reinhard", "vahadane")
+from . import DEFAULT_METHOD, METHODS
 
 #: Images up to this many pixels are normalized in memory; larger ones lazily.
 IN_MEMORY_PIXELS = 4096 * 4096
@@ -84,6 +83,65 @@ def prepare_normalizer(
     yield Progress(step=0, total=None, stage="template", message="estimating template statistics")
     normalizer.fit(list(templates) if len(templates) > 1 else templates[0])
     return normalizer
+
+
+def make_normalizer(
+    method: str | None = None,
+    templates: Sequence[np.ndarray] = (),
+    model: str | Path | None = None,
+    fit_on: Sequence[np.ndarray] | None = None,
+    steps: int = 200,
+    device: str = "auto",
+    seed: int = 0,
+) -> Generator[Progress, None, Any]:
+    """Templates and/or a saved normalizer -> a fitted normalizer; the one way every face does it.
+
+    Parameters
+    ----------
+    method : str, optional
+        Default: the saved model's method, else :data:`~napari_histo.core.stain.DEFAULT_METHOD`.
+    templates : list of arrays
+        Template images (pooled). May be empty when ``model`` carries its template.
+    model : path, optional
+        A normalizer saved by the widget, the CLI or a script (JSON, safetensors or a folder).
+    fit_on, steps, seed :
+        DCGMM only: refit the network on these images first.
+
+    Raises
+    ------
+    HistoError
+        Conflicting choices (a method other than the model's, a refit of a non-DCGMM or of a
+        saved model) or no template at all.
+    """
+    from . import load_normalizer
+
+    loaded = None
+    if model is not None:
+        loaded = load_normalizer(model, device=device)
+        if method is not None and method.lower() != loaded.name:
+            raise HistoError(
+                f"{Path(model).name} is a {loaded.name} normalizer, but the method {method} was asked for"
+            )
+        method = loaded.name
+        if fit_on:
+            raise HistoError(
+                "a refit (fit-on images) starts from the shipped DCGMM; drop the saved normalizer "
+                "or the refit"
+            )
+    method = (method or DEFAULT_METHOD).lower()
+    if fit_on and method != "dcgmm":
+        raise HistoError(f"a refit (fit-on images) applies to DCGMM only, not to {method}")
+    if loaded is not None and not templates:
+        if not getattr(loaded, "fitted", False):
+            raise HistoError(f"{Path(model).name} carries no template; give a template image")
+        return loaded
+    if not templates:
+        raise HistoError("no template: give a template image (or a fitted normalizer)")
+    return (
+        yield from prepare_normalizer(
+            method, templates, fit_on=fit_on, steps=steps, device=device, model=model, seed=seed
+        )
+    )
 
 
 def normalize_images(
