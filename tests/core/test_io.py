@@ -249,3 +249,18 @@ def test_vendor_slide_without_openslide_says_what_to_install(tmp_path, monkeypat
     assert is_slide(path)
     with pytest.raises(ImageReadError, match=r"scan\.mrxs: .*OpenSlide.*pip install"):
         read_slide(path)
+
+
+def test_pyramid_levels_average_instead_of_striding(tmp_path):
+    """A 1-pixel stripe pattern becomes mid-grey one level down (striding would keep one stripe)."""
+    from napari_histo.core.io.slides import downsample2
+    from napari_histo.core.progress import drain
+    from napari_histo.core.slide.segment import write_pyramidal_tiff_iter
+
+    stripes = np.zeros((2048, 2048, 3), np.uint8)
+    stripes[:, 1::2] = 255
+    half = np.asarray(downsample2(stripes))
+    assert half.shape == (1024, 1024, 3) and (half == 128).all()  # round(127.5)
+    path = drain(write_pyramidal_tiff_iter(stripes, tmp_path / "s.tif", tile=256))
+    levels = read_slide(path)
+    assert len(levels) >= 2 and (np.asarray(levels[1][:64, :64]) == 128).all()

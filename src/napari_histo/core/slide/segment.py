@@ -74,8 +74,33 @@ class SlideResult:
     n_nuclei: int
 
 
+def tissue_mask(level, threshold: float = 0.15, smooth: float = 2.0, clean: int = 1):
+    """Tissue (True) vs glass, pen voids and specks on a coarse level, with dask-image.
+
+    Optical density is smoothed (Gaussian, ``smooth`` pixels), thresholded (mean OD above
+    ``threshold``, none of the channels saturated as black marker or holes are), then a binary
+    opening and closing of ``clean`` iterations removes dust and fills small gaps. Lazy: returns
+    a dask boolean array of the level's height and width.
+    """
+    import dask.array as da
+    from dask_image import ndfilters, ndmorph
+
+    rgb = level if isinstance(level, da.Array) else da.from_array(np.asarray(level))
+    rgb = rgb[..., :3].astype(np.float32)
+    od = -da.log((rgb + 1.0) / 256.0)
+    mean = od.mean(axis=-1)
+    if smooth > 0:
+        mean = ndfilters.gaussian_filter(mean, smooth)
+    tissue = (mean > threshold) & (od.max(axis=-1) < 2.5)
+    if clean > 0:
+        tissue = ndmorph.binary_closing(
+            ndmorph.binary_opening(tissue, iterations=clean), iterations=clean
+        )
+    return tissue
+
+
 def tissue_grid(level, shape0: tuple[int, int], tile: int, threshold: float = 0.15) -> np.ndarray:
-    """Fraction of tissue in every block, from a low-resolution level (optical-density threshold).
+    """Fraction of tissue (:func:`tissue_mask`) in every block, from a low-resolution level.
 
     Parameters
     ----------
@@ -86,24 +111,16 @@ def tissue_grid(level, shape0: tuple[int, int], tile: int, threshold: float = 0.
     tile : int
         Block size at level 0.
     """
-    rgb = np.asarray(level)[..., :3].astype(np.float32)
-    od = -np.log((rgb + 1.0) / 256.0)
-    tissue = (od.mean(axis=-1) > threshold) & (
-        od.max(axis=-1) < 2.5
-    )  # not white, not black marker/void
+    tissue = np.asarray(tissue_mask(level, threshold))
     nby, nbx = -(-shape0[0] // tile), -(-shape0[1] // tile)
-    sy, sx = level.shape[0] / shape0[0], level.shape[1] / shape0[1]
+    sy, sx = tissue.shape[0] / shape0[0], tissue.shape[1] / shape0[1]
     grid = np.zeros((nby, nbx), np.float32)
     for i in range(nby):
-        r0, r1 = (
-            int(i * tile * sy),
-            max(int(i * tile * sy) + 1, int(min((i + 1) * tile, shape0[0]) * sy)),
-        )
+        r0 = int(i * tile * sy)
+        r1 = max(r0 + 1, int(min((i + 1) * tile, shape0[0]) * sy))
         for j in range(nbx):
-            c0, c1 = (
-                int(j * tile * sx),
-                max(int(j * tile * sx) + 1, int(min((j + 1) * tile, shape0[1]) * sx)),
-            )
+            c0 = int(j * tile * sx)
+            c1 = max(c0 + 1, int(min((j + 1) * tile, shape0[1]) * sx))
             patch = tissue[r0:r1, c0:c1]
             grid[i, j] = patch.mean() if patch.size else 0.0
     return grid
@@ -297,7 +314,8 @@ def segment_slide_iter(
 
 
 def _write_label_pyramid(group, compute_kw, top_size: int = 1024) -> int:
-    """Nearest-neighbour 2x levels '1', '2', ... until the coarsest fits in ``top_size``."""
+    """Levels '1', '2', ... each taking every other pixel (labels: nearest, never a blend of ids)
+    until the coarsest fits in ``top_size``."""
     import dask.array as da
 
     k = 0
@@ -416,13 +434,14 @@ def write_pyramidal_tiff_iter(
 ) -> Generator[Progress, None, Path]:
     """Write an RGB dask/numpy image as a tiled pyramidal TIFF (SubIFDs), band by band, atomically.
 
-    Memory holds one band of tiles per level at a time; the reduced levels are made by
-    striding the level-0 graph lazily.
+    Memory holds one band of tiles per level at a time; each reduced level averages 2 x 2
+    blocks of the one above, lazily (no striding aliasing).
     """
     import dask.array as da
     import tifffile
 
     from ..atomic import atomic_path
+    from ..io.slides import downsample2
 
     arr = level0 if isinstance(level0, da.Array) else da.from_array(level0, chunks=(tile, tile, -1))
     shapes, level = [], arr
@@ -430,7 +449,7 @@ def write_pyramidal_tiff_iter(
         shapes.append(level)
         if max(level.shape[:2]) <= top_size:
             break
-        level = level[::2, ::2]
+        level = downsample2(level)
     total = sum(-(-lv.shape[0] // tile) for lv in shapes)
     done = 0
 
