@@ -220,3 +220,46 @@ def test_tissue_mask_keeps_tissue_and_drops_dust_and_marker(tile):
     assert mask[60:140, 60:140].mean() > 0.8  # lumen and fat in the crop are glass-bright
     assert not mask[ys, xs].any()
     assert not mask[165:185, 205:285].any()
+
+
+def test_in_memory_blocks_equal_the_slide_path(tile, tmp_path):
+    """One block engine: an in-memory image larger than a block gets exactly the slide's labels."""
+    from napari_histo.core.tiling import BlockTiling, segment_blocks_iter
+
+    image = np.concatenate([tile, tile[:, ::-1]], axis=1)[:700, :1500]
+    seg = ThresholdSegmenter()
+    tiling = BlockTiling(tile=512, halo=HALO, min_tissue=0)
+    mem, _ = drain(segment_blocks_iter(image, lambda w: (seg(w), {}), tiling))
+    res = drain(segment_slide_iter([image], seg, tmp_path / "m.zarr", tiling))
+    slide = np.asarray(open_labels_pyramid(res.zarr_path)[0])
+    assert mem.shape == image.shape[:2] and mem.max() > 0
+    assert np.array_equal(mem, slide)
+
+
+@pytest.mark.slow
+def test_shipped_model_in_memory_and_as_a_slide_agree(monuseg, tmp_path):
+    """The shipped UNet on a 1300 x 1300 mosaic of real tiles: the in-memory path and the
+    whole-slide path (pyramidal TIFF, local threads) give the same nuclei (AJI >= 0.99)."""
+    from napari_histo.core.io import read_slide
+    from napari_histo.core.seg.metrics import aggregated_jaccard_index
+    from napari_histo.core.seg.registry import load_model
+    from napari_histo.core.seg.workflow import segment_array_iter
+    from napari_histo.core.slide.segment import write_pyramidal_tiff_iter
+    from napari_histo.core.slide.segmenter import ModelSegmenter
+
+    names = sorted((monuseg / "images").glob("*.png"))[:4]
+    tiles = [read_image(p)[:650, :650] for p in names]
+    mosaic = np.concatenate(
+        [np.concatenate(tiles[:2], axis=1), np.concatenate(tiles[2:], axis=1)], axis=0
+    )
+    model = load_model("default", "cpu")
+    mem = drain(segment_array_iter(mosaic, model, "cpu")).labels
+    path = drain(write_pyramidal_tiff_iter(mosaic, tmp_path / "mosaic.tif", tile=256))
+    res = drain(
+        segment_slide_iter(
+            read_slide(path), ModelSegmenter(str(model.path), "cpu"), tmp_path / "m.zarr"
+        )
+    )
+    slide = np.asarray(open_labels_pyramid(res.zarr_path)[0])
+    assert len(np.unique(mem)) > 500
+    assert aggregated_jaccard_index(mem, slide) >= 0.99

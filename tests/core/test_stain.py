@@ -395,7 +395,7 @@ def test_dcgmm_transform_handles_tiny_and_odd_sizes(dcgmm, tiles):
 
 
 def test_dcgmm_large_image_is_tiled_like_the_whole(dcgmm, monuseg, monkeypatch):
-    from napari_histo.core.stain import dcgmm as mod
+    from napari_histo.core.stain.dcgmm import normalizer as mod
 
     image = read_image(sorted((monuseg / "images").glob("*.png"))[3])[:400, :600]
     whole = dcgmm.class_probabilities(image)

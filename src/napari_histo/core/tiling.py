@@ -14,6 +14,11 @@ a tile border (the least context) counts least. Only blendable maps (probabiliti
 may be merged this way; instance labels are made afterwards, on the whole blended maps.
 
 The predictor is any callable on a uint8 batch, so this module knows nothing about torch.
+
+Images larger than one block (whole slides, big mosaics) are cut a second way, into blocks whose
+instance labels are made separately and stitched by ownership (see :class:`BlockTiling`): the
+slide path runs these rules as a dask graph, :func:`segment_blocks_iter` runs them in memory,
+so both give the same nuclei on the same pixels.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -187,3 +193,159 @@ def predict_tiled_iter(
         name: np.ascontiguousarray((a * norm)[:, top : top + h, left : left + w])
         for name, a in acc.items()
     }
+
+
+# ----------------------------------------------------------------------------- blocks
+
+#: Ids of the nuclei owned by block ``b`` are ``b * IDS_PER_BLOCK + k``: unique without coordination.
+IDS_PER_BLOCK = 2**16
+
+
+@dataclass(frozen=True)
+class BlockTiling:
+    """How an image too large for one window is cut into blocks for instance segmentation.
+
+    ::
+
+        padded image = image padded with white to a multiple of ``tile``
+        block (i, j) = core [i*tile, (i+1)*tile) x [j*tile, (j+1)*tile)
+        window       = core grown by ``halo`` on every side (white beyond the image)
+
+    Each window is segmented on its own and keeps the nuclei it **owns** (centroid in its core);
+    each core is then assembled from its own nuclei plus the parts of its neighbours' nuclei that
+    reach into it, so a nucleus crossing a block border is neither split nor duplicated.
+
+    Parameters
+    ----------
+    tile : int
+        Core size of a block (pixels).
+    halo : int
+        Context added on every side; must exceed the largest nucleus radius.
+    min_tissue : float
+        Slides only: blocks whose tissue fraction (at low resolution) is below this are skipped.
+    """
+
+    tile: int = 1024
+    halo: int = 64
+    min_tissue: float = 0.01
+
+    def __post_init__(self):
+        if self.tile < 16 or self.halo < 0 or 2 * self.halo > self.tile:
+            raise HistoError(
+                f"invalid tiling: tile={self.tile}, halo={self.halo} (need tile >= 16 and halo <= tile/2)"
+            )
+
+
+def own_labels(
+    labels: np.ndarray, block: tuple[int, int], n_block_cols: int, tiling: BlockTiling
+) -> np.ndarray:
+    """Pass 1: the nuclei of a window's ``labels`` whose centroid lies in its core, with
+    image-unique ids ``(i * n_block_cols + j) * IDS_PER_BLOCK + k``; everything else 0."""
+    from scipy import ndimage
+
+    h, t = tiling.halo, tiling.tile
+    if labels.shape != (t + 2 * h, t + 2 * h):
+        raise HistoError(
+            f"segmenter returned shape {labels.shape} for a window of {(t + 2 * h, t + 2 * h)}"
+        )
+    out = np.zeros(labels.shape, np.uint32)
+    ids = np.unique(labels)
+    ids = ids[ids != 0]
+    if ids.size == 0:
+        return out
+    centroids = np.asarray(ndimage.center_of_mass(np.ones_like(labels), labels, ids)).reshape(-1, 2)
+    inside = (centroids >= h) & (centroids < h + t)
+    owned = ids[inside[:, 0] & inside[:, 1]]
+    i, j = block
+    if owned.size >= IDS_PER_BLOCK:
+        raise HistoError(f"block {i},{j} holds {owned.size} nuclei; use a smaller tile")
+    lut = np.zeros(int(labels.max()) + 1, np.uint32)
+    base = (i * n_block_cols + j) * IDS_PER_BLOCK
+    lut[owned] = base + np.arange(1, owned.size + 1, dtype=np.uint32)
+    return lut[labels]
+
+
+def assemble_core(block: np.ndarray, tiling: BlockTiling) -> np.ndarray:
+    """Pass 2 on one block of owned windows grown by ``halo``: own nuclei, then neighbours' overhangs.
+
+    ``block`` rows: [0, h) the upper neighbour's window bottom strip (= my core rows [0, h)),
+    [h, h + t + 2h) my window, [t + 3h, t + 4h) the lower neighbour's top strip (= my core rows
+    [t - h, t)); columns likewise.
+    """
+    h, t = tiling.halo, tiling.tile
+    core = block[2 * h : 2 * h + t, 2 * h : 2 * h + t].copy()
+    if h == 0:
+        return core
+    spans = {  # strip rows/cols in block -> where they land in my core
+        -1: (slice(0, h), slice(0, h)),
+        0: (slice(2 * h, 2 * h + t), slice(0, t)),
+        1: (slice(t + 3 * h, t + 4 * h), slice(t - h, t)),
+    }
+    for di in (-1, 0, 1):
+        for dj in (-1, 0, 1):
+            if di == 0 and dj == 0:
+                continue
+            src_r, dst_r = spans[di]
+            src_c, dst_c = spans[dj]
+            strip = block[src_r, src_c]
+            target = core[dst_r, dst_c]
+            fill = (target == 0) & (strip != 0)
+            target[fill] = strip[fill]
+    return core
+
+
+def segment_blocks_iter(
+    image: np.ndarray,
+    segment_window: Callable[[np.ndarray], tuple[np.ndarray, dict[str, Any]]],
+    tiling: BlockTiling | None = None,
+) -> Generator[Progress, None, tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Instance-segment an in-memory image block by block, as a slide is (yields per window).
+
+    Parameters
+    ----------
+    image : (H, W, 3) uint8
+    segment_window : callable
+        RGB window -> ``(labels, per-pixel maps)``; maps are ``{name: (..., h, w)}`` arrays
+        (e.g. confidence) of which each block keeps its core.
+    tiling : BlockTiling
+
+    Returns
+    -------
+    labels, maps
+        uint32 labels with image-unique ids (same partition as the slide path gives), and each
+        map assembled from the block cores.
+    """
+    tiling = tiling or BlockTiling()
+    t, h = tiling.tile, tiling.halo
+    H, W = image.shape[:2]
+    nby, nbx = -(-H // t), -(-W // t)
+    padded = np.full((nby * t + 2 * h, nbx * t + 2 * h, 3), 255, np.uint8)
+    padded[h : h + H, h : h + W] = image[..., :3]
+    # Owned windows laid side by side, as the slide path stores them, plus a zero border.
+    step = t + 2 * h
+    wins = np.zeros((nby * step + 2 * h, nbx * step + 2 * h), np.uint32)
+    maps: dict[str, np.ndarray] = {}
+    done = 0
+    for i in range(nby):
+        for j in range(nbx):
+            window = padded[i * t : i * t + step, j * t : j * t + step]
+            labels, wmaps = segment_window(np.ascontiguousarray(window))
+            owned = own_labels(np.asarray(labels), (i, j), nbx, tiling)
+            wins[h + i * step : h + (i + 1) * step, h + j * step : h + (j + 1) * step] = owned
+            for name, m in wmaps.items():
+                m = np.asarray(m)
+                if name not in maps:
+                    maps[name] = np.zeros((*m.shape[:-2], nby * t, nbx * t), m.dtype)
+                maps[name][..., i * t : (i + 1) * t, j * t : (j + 1) * t] = m[
+                    ..., h : h + t, h : h + t
+                ]
+            done += 1
+            yield Progress(step=done, total=nby * nbx, stage="block", message=f"block {done}")
+    out = np.zeros((nby * t, nbx * t), np.uint32)
+    for i in range(nby):
+        for j in range(nbx):
+            # My window with a halo of my neighbours' windows (what map_overlap hands pass 2).
+            r0, c0 = h + i * step - h, h + j * step - h
+            block = wins[r0 : r0 + step + 2 * h, c0 : c0 + step + 2 * h]
+            out[i * t : (i + 1) * t, j * t : (j + 1) * t] = assemble_core(block, tiling)
+    return out[:H, :W], {n: m[..., :H, :W] for n, m in maps.items()}

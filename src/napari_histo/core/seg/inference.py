@@ -7,9 +7,10 @@ The flow::
            spec.invert_tta and averaged; the spread between them is kept as a map)
     blended maps of the whole image --spec.instances--> labels, confidence
 
-Instances are made once, from the maps of the whole image, so a nucleus crossing a tile seam
-is one instance by construction (whole slides are cut into windows by ``core.slide``, which
-makes ids consistent across its own seams).
+Instances are made once, from the maps of a whole window, so a nucleus crossing a tile seam
+is one instance by construction. An image larger than one block (``BlockTiling``, 1024 px by
+default) is cut into blocks with halos and stitched by ownership, with the same rules (and so
+the same nuclei) as the whole-slide path.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 
 from ..errors import HistoError, InputWarning
 from ..progress import Progress, drain
-from ..tiling import Predictor, TileSpec, predict_tiled_iter
+from ..tiling import BlockTiling, Predictor, TileSpec, predict_tiled_iter, segment_blocks_iter
 
 #: The 8 dihedral transforms ``(k, flip)``: input = rot90(flip(x) if flip else x, k).
 DIHEDRAL_8 = tuple((k, f) for f in (False, True) for k in range(4))
@@ -160,6 +161,7 @@ def segment_iter(
     tta: bool | int | None = None,
     normalizer: Any = None,
     tile: TileSpec | int | None = None,
+    blocks: BlockTiling | None = BlockTiling(),
 ) -> Generator[Progress, None, SegResult]:
     """Segment nuclei in one RGB image; yields per-batch tile progress, returns a SegResult.
 
@@ -177,7 +179,11 @@ def segment_iter(
     normalizer : object, optional
         A fitted stain normalizer (``.transform(rgb) -> rgb``), applied first.
     tile : TileSpec or int, optional
-        Tiling (default 256 px tiles with 32 px overlap on the CPU, 512/64 on a GPU).
+        Tiling of the network (default 256 px tiles with 32 px overlap on the CPU, 512/64 on a
+        GPU).
+    blocks : BlockTiling or None
+        An image larger than ``blocks.tile`` on a side is segmented block by block with halos,
+        exactly as a whole slide is; None segments it as one window.
 
     Returns
     -------
@@ -215,6 +221,27 @@ def segment_iter(
     if tta is None:
         tta = getattr(model.spec, "tta", False)
     spec = as_tile_spec(tile, model.device)
+    if blocks is None or max(h, w) <= blocks.tile:
+        res = yield from _segment_window(rgb, model, tta, spec)
+        res.notes = notes
+        return res
+
+    def window(rgb_window: np.ndarray):
+        if tissue_fraction(rgb_window) < MIN_TISSUE_FRACTION:  # glass beyond the image
+            return np.zeros(rgb_window.shape[:2], np.uint32), {}
+        r = drain(_segment_window(rgb_window, model, tta, spec))
+        return r.labels, {"confidence": r.confidence, **r.maps}
+
+    labels, maps = yield from segment_blocks_iter(rgb, window, blocks)
+    conf = maps.pop("confidence", np.ones((h, w), np.float32)).astype(np.float32)
+    return SegResult(labels=labels, confidence=conf, maps=maps, notes=notes)
+
+
+def _segment_window(
+    rgb: np.ndarray, model: Any, tta: bool | int, spec: TileSpec
+) -> Generator[Progress, None, SegResult]:
+    """Maps over one window (tiled, blended, TTA), then its instances and confidence."""
+    h, w = rgb.shape[:2]
     predictor = make_predictor(model, tta_transforms(tta))
     maps = yield from predict_tiled_iter(
         rgb, predictor, spec, int(getattr(model.spec, "size_multiple", 1) or 1)
@@ -229,7 +256,7 @@ def segment_iter(
     conf = np.clip(conf, 0.0, 1.0).astype(np.float32)
     if labels.shape != (h, w):
         raise HistoError(f"the model returned labels of shape {labels.shape} for an image {(h, w)}")
-    return SegResult(labels=labels, confidence=conf, maps=maps, notes=notes)
+    return SegResult(labels=labels, confidence=conf, maps=maps, notes=[])
 
 
 def segment(image: np.ndarray, model: Any, **kwargs: Any) -> SegResult:

@@ -63,6 +63,7 @@ def segment_array_iter(
     normalizer=None,
     translator=None,
     tile=None,
+    blocks: Any = "default",
 ) -> Generator[Progress, None, Any]:
     """Translate? -> normalize? -> segment one in-memory image (yields per-tile progress).
 
@@ -79,6 +80,9 @@ def segment_array_iter(
     translator : Translator, str or path, optional
         An IHC -> H&E model (loaded, or what ``translate.load_translator`` takes): the image is
         translated first, so IHC slides segment like H&E.
+    tile, blocks :
+        Network tiling and block tiling (see ``segment_iter``); ``blocks=None`` segments the
+        image as one window (what a slide worker does with its window).
 
     Returns
     -------
@@ -93,7 +97,8 @@ def segment_array_iter(
         if isinstance(translator, str | os.PathLike):
             translator = load_translator(translator, "ihc2he", device)
         image = yield from translate_iter(image, translator)
-    return (yield from segment_iter(image, net, tta=tta, normalizer=normalizer, tile=tile))
+    kw = {} if blocks == "default" else {"blocks": blocks}
+    return (yield from segment_iter(image, net, tta=tta, normalizer=normalizer, tile=tile, **kw))
 
 
 Region = tuple[slice, slice, np.ndarray]

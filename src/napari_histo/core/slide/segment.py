@@ -32,34 +32,10 @@ import numpy as np
 
 from ..errors import HistoError
 from ..progress import Progress
+from ..tiling import IDS_PER_BLOCK, BlockTiling, assemble_core, own_labels
 
-IDS_PER_BLOCK = 2**16
-
-
-@dataclass(frozen=True)
-class SlideTiling:
-    """How a slide is cut for processing.
-
-    Parameters
-    ----------
-    tile : int
-        Core size of a block (level-0 pixels).
-    halo : int
-        Context added on every side; must exceed the largest nucleus radius (and should cover
-        the model's receptive field).
-    min_tissue : float
-        Blocks whose tissue fraction (at low resolution) is below this are skipped.
-    """
-
-    tile: int = 1024
-    halo: int = 64
-    min_tissue: float = 0.01
-
-    def __post_init__(self):
-        if self.tile < 16 or self.halo < 0 or 2 * self.halo > self.tile:
-            raise HistoError(
-                f"invalid tiling: tile={self.tile}, halo={self.halo} (need tile >= 16 and halo <= tile/2)"
-            )
+# The block / halo / ownership rules are the core tiling engine's, shared with in-memory images.
+SlideTiling = BlockTiling
 
 
 @dataclass
@@ -127,69 +103,18 @@ def tissue_grid(level, shape0: tuple[int, int], tile: int, threshold: float = 0.
 
 
 def _own_window(
-    window: np.ndarray, block_info, segment_fn, tiling: SlideTiling, grid: np.ndarray
+    window: np.ndarray, block_info, segment_fn, tiling: BlockTiling, grid: np.ndarray
 ) -> np.ndarray:
     """Pass 1 on one window: segment, keep owned nuclei, give them slide-unique ids."""
-    from scipy import ndimage
-
     i, j = block_info[None]["chunk-location"][:2]
-    nbx = grid.shape[1]
-    out = np.zeros(window.shape[:2], np.uint32)
     if grid[i, j] < tiling.min_tissue:
-        return out
+        return np.zeros(window.shape[:2], np.uint32)
     labels = np.asarray(segment_fn(np.ascontiguousarray(window[..., :3])))
-    if labels.shape != window.shape[:2]:
-        raise HistoError(
-            f"segmenter returned shape {labels.shape} for a window of {window.shape[:2]}"
-        )
-    ids = np.unique(labels)
-    ids = ids[ids != 0]
-    if ids.size == 0:
-        return out
-    centroids = np.asarray(ndimage.center_of_mass(np.ones_like(labels), labels, ids)).reshape(-1, 2)
-    h, t = tiling.halo, tiling.tile
-    owned = ids[
-        (centroids[:, 0] >= h)
-        & (centroids[:, 0] < h + t)
-        & (centroids[:, 1] >= h)
-        & (centroids[:, 1] < h + t)
-    ]
-    if owned.size >= IDS_PER_BLOCK:
-        raise HistoError(f"block {i},{j} holds {owned.size} nuclei; use a smaller tile")
-    lut = np.zeros(int(labels.max()) + 1, np.uint32)
-    base = (i * nbx + j) * IDS_PER_BLOCK
-    lut[owned] = base + np.arange(1, owned.size + 1, dtype=np.uint32)
-    return lut[labels]
+    return own_labels(labels, (i, j), grid.shape[1], tiling)
 
 
-def _assemble_core(block: np.ndarray, tiling: SlideTiling) -> np.ndarray:
-    """Pass 2 on one block of windows grown by ``halo``: own nuclei, then neighbours' overhangs.
-
-    ``block`` rows: [0, h) the upper neighbour's window bottom strip (= my core rows [0, h)),
-    [h, h + t + 2h) my window, [t + 3h, t + 4h) the lower neighbour's top strip (= my core rows
-    [t - h, t)); columns likewise.
-    """
-    h, t = tiling.halo, tiling.tile
-    core = block[2 * h : 2 * h + t, 2 * h : 2 * h + t].copy()
-    if h == 0:
-        return core
-    # (strip rows in block, strip cols in block, where they land in my core)
-    spans = {
-        -1: (slice(0, h), slice(0, h)),
-        0: (slice(2 * h, 2 * h + t), slice(0, t)),
-        1: (slice(t + 3 * h, t + 4 * h), slice(t - h, t)),
-    }
-    for di in (-1, 0, 1):
-        for dj in (-1, 0, 1):
-            if di == 0 and dj == 0:
-                continue
-            src_r, dst_r = spans[di]
-            src_c, dst_c = spans[dj]
-            strip = block[src_r, src_c]
-            target = core[dst_r, dst_c]
-            fill = (target == 0) & (strip != 0)
-            target[fill] = strip[fill]
-    return core
+def _assemble_core(block: np.ndarray, tiling: BlockTiling) -> np.ndarray:
+    return assemble_core(block, tiling)
 
 
 def segment_slide_iter(

@@ -23,5 +23,6 @@ class ModelSegmenter:
         from ..progress import drain
         from ..seg.workflow import segment_array_iter
 
-        result = drain(segment_array_iter(rgb, model=self.model, device=self.device, tta=self.tta))
+        # The window is already one block of the slide's block tiling: segment it whole.
+        result = drain(segment_array_iter(rgb, self.model, self.device, self.tta, blocks=None))
         return np.asarray(result.labels, dtype=np.uint32)
