@@ -237,3 +237,24 @@ def test_segment_whole_slide_to_zarr_with_exports(shipped, monuseg, tmp_path, ca
     assert rc == 0 and "not applied" not in err
     normed = np.asarray(open_labels_pyramid(tmp_path / "norm" / "slide.zarr")[0])
     assert normed.shape == labels.shape and len(np.unique(normed)) - 1 > 50
+
+
+def test_segment_resamples_to_the_models_pixel_size(shipped, held_out, tmp_path, capsys):
+    """A tile scanned at 20x (0.5 um/px) is segmented at the model's 0.25 um/px and the labels
+    come back at the tile's size; what was assumed is printed."""
+    from skimage.transform import rescale
+
+    img = read_image(held_out / "images" / "crop.png")
+    small = np.clip(np.rint(rescale(img, 0.5, channel_axis=-1, preserve_range=True)), 0, 255)
+    src = tmp_path / "20x.png"
+    write_image(src, small.astype(np.uint8))
+    out = tmp_path / "out"
+    assert main(["segment", str(src), "--mpp", "0.5", "--out", str(out), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "0.5 um/px" in err and "resampled x2.00" in err
+    lab = read_labels(out / "20x.tif")
+    truth = read_labels(held_out / "masks" / "crop.tif")
+    assert lab.shape == small.shape[:2]
+    assert 0.6 < (len(np.unique(lab)) - 1) / (len(np.unique(truth)) - 1) < 1.4
+    assert main(["segment", str(src), "--out", str(out), "--device", "cpu"]) == 0
+    assert "pixel size unknown" in capsys.readouterr().err

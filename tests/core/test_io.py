@@ -264,3 +264,18 @@ def test_pyramid_levels_average_instead_of_striding(tmp_path):
     path = drain(write_pyramidal_tiff_iter(stripes, tmp_path / "s.tif", tile=256))
     levels = read_slide(path)
     assert len(levels) >= 2 and (np.asarray(levels[1][:64, :64]) == 128).all()
+
+
+def test_pixel_size_is_read_where_the_file_records_it(svs_path, tmp_path):
+    from napari_histo.core.io.slides import read_mpp
+
+    assert read_mpp(svs_path) == pytest.approx(0.499)  # Aperio "MPP = 0.499"
+    img = np.zeros((8, 8, 3), np.uint8)
+    tifffile.imwrite(
+        tmp_path / "res.tif", img, resolution=(40000, 40000), resolutionunit="CENTIMETER"
+    )
+    assert read_mpp(tmp_path / "res.tif") == pytest.approx(0.25)
+    tifffile.imwrite(tmp_path / "dpi.tif", img, resolution=(72, 72), resolutionunit="INCH")
+    assert read_mpp(tmp_path / "dpi.tif") is None  # a screen default, not a scan
+    write_image(tmp_path / "t.png", img)
+    assert read_mpp(tmp_path / "t.png") is None

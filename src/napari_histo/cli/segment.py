@@ -48,6 +48,13 @@ def add_arguments(parser) -> None:
         help="normalize each tile's stain to this template image (or a saved normalizer .json)",
     )
     parser.add_argument(
+        "--mpp",
+        type=float,
+        default=None,
+        help="pixel size in micrometres per pixel (default: read from the file where it is "
+        "recorded, e.g. SVS/OME-TIFF); images of another size than the model's are resampled",
+    )
+    parser.add_argument(
         "--translate",
         action="store_true",
         help="IHC tiles: translate to H&E first (CycleGAN), then normalize and segment",
@@ -142,7 +149,10 @@ def run(args) -> int:
 
             levels = normalize_levels(normalizer, raw)
         dest = out / f"{path.stem}.zarr"
-        segmenter = ModelSegmenter(model=str(model.path), device=args.device, tta=tta)
+        from ..core.io.slides import read_mpp
+
+        mpp = args.mpp or read_mpp(path)
+        segmenter = ModelSegmenter(str(model.path), args.device, tta, mpp)
         # Blank windows of a slide are expected: no per-window "no tissue" notes.
         with dask_client(args.scheduler, args.workers) as client, warnings.catch_warnings():
             warnings.simplefilter("ignore", InputWarning)
@@ -167,10 +177,19 @@ def run(args) -> int:
         return f"{res.n_nuclei} nuclei -> {dest}"
 
     def tile(path: Path) -> str:
+        from ..core.io.slides import read_mpp
+
         rgb = read_image(path)
+        mpp = args.mpp or read_mpp(path)
         res = drain_with_bar(
             segment_array_iter(
-                rgb, model, tta=tta, normalizer=normalizer, translator=translator, tile=args.tile
+                rgb,
+                model,
+                tta=tta,
+                normalizer=normalizer,
+                translator=translator,
+                tile=args.tile,
+                mpp=mpp,
             ),
             desc=path.name,
             quiet=args.quiet,
@@ -182,7 +201,11 @@ def run(args) -> int:
                 write_csv(out / f"{path.stem}.csv", table)
             if args.geojson:
                 write_geojson(out / f"{path.stem}.geojson", res.labels, table)
-        return f"{res.n_nuclei} nuclei -> {dest}"
+        if mpp is None:
+            size = "pixel size unknown, segmented as it is (give --mpp)"
+        else:
+            size = f"{mpp:g} um/px" + (f", {res.notes[-1]}" if res.notes else "")
+        return f"{res.n_nuclei} nuclei -> {dest} ({size})"
 
     def one(path: Path) -> str:
         if path.is_file() and is_slide(path):

@@ -262,3 +262,51 @@ def is_slide(path: str | os.PathLike) -> bool:
             )
     except Exception:
         return False
+
+
+def read_mpp(path: str | os.PathLike) -> float | None:
+    """The pixel size (micrometres per pixel) a file records at full resolution, else None.
+
+    Read from the Aperio description (``MPP = 0.499``), OME-XML ``PhysicalSizeX``, the TIFF
+    resolution tags (centimetre or inch units), or OpenSlide's ``openslide.mpp-x``. PNG and
+    JPEG tiles rarely carry a trustworthy pixel size: None (the caller asks for ``--mpp``).
+    """
+    import re
+
+    p = Path(path)
+    name = p.name.lower()
+    if name.endswith(OPENSLIDE_SUFFIXES):
+        try:
+            import openslide
+
+            with openslide.OpenSlide(str(p)) as osr:
+                value = osr.properties.get("openslide.mpp-x")
+            return float(value) if value else None
+        except Exception:
+            return None
+    if not name.endswith(TIFF_SUFFIXES):
+        return None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(p) as tif:
+            page = tif.pages[0]
+            desc = page.description or ""
+            m = re.search(r"\bMPP\s*=\s*([0-9.]+)", desc)
+            if m:
+                return float(m.group(1))
+            m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', desc)
+            if m:
+                unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', desc)
+                scale = {"nm": 1e-3, "mm": 1e3, "cm": 1e4}.get(unit.group(1) if unit else "µm", 1.0)
+                return float(m.group(1)) * scale
+            res, unit = page.tags.get("XResolution"), page.tags.get("ResolutionUnit")
+            if res is not None and unit is not None:
+                num, den = res.value
+                per_unit = {2: 25400.0, 3: 10000.0}.get(int(unit.value))  # inch, centimetre
+                if per_unit and num > 0:
+                    mpp = per_unit * den / num
+                    return mpp if 0.05 <= mpp <= 20 else None  # 72/96 dpi defaults are not scans
+    except Exception:
+        return None
+    return None

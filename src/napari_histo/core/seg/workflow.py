@@ -64,8 +64,9 @@ def segment_array_iter(
     translator=None,
     tile=None,
     blocks: Any = "default",
+    mpp: float | None = None,
 ) -> Generator[Progress, None, Any]:
-    """Translate? -> normalize? -> segment one in-memory image (yields per-tile progress).
+    """Translate? -> normalize? -> resample? -> segment one in-memory image (yields progress).
 
     Parameters
     ----------
@@ -83,6 +84,10 @@ def segment_array_iter(
     tile, blocks :
         Network tiling and block tiling (see ``segment_iter``); ``blocks=None`` segments the
         image as one window (what a slide worker does with its window).
+    mpp : float, optional
+        The image's pixel size (micrometres per pixel). When the model's card records its
+        training pixel size and the two differ by more than 10 %, the image is resampled to the
+        model's pixel size and the labels back to the image's (the result's notes say so).
 
     Returns
     -------
@@ -98,7 +103,50 @@ def segment_array_iter(
             translator = load_translator(translator, "ihc2he", device)
         image = yield from translate_iter(image, translator)
     kw = {} if blocks == "default" else {"blocks": blocks}
-    return (yield from segment_iter(image, net, tta=tta, normalizer=normalizer, tile=tile, **kw))
+    factor = resample_factor(mpp, net.card)
+    if factor is None:
+        return (
+            yield from segment_iter(image, net, tta=tta, normalizer=normalizer, tile=tile, **kw)
+        )
+    from skimage.transform import resize
+
+    from ..io import to_rgb_uint8
+
+    rgb = to_rgb_uint8(image, "image")
+    if normalizer is not None:  # statistics of the image as scanned, then resample
+        rgb = to_rgb_uint8(normalizer.transform(rgb), "normalized image")
+    h, w = rgb.shape[:2]
+    shape = (max(1, round(h * factor)), max(1, round(w * factor)))
+    big = resize(rgb, (*shape, 3), order=1, preserve_range=True, anti_aliasing=factor < 1)
+    res = yield from segment_iter(
+        np.clip(np.rint(big), 0, 255).astype(np.uint8), net, tta=tta, tile=tile, **kw
+    )
+    res.labels = resize(res.labels, (h, w), order=0, preserve_range=True, anti_aliasing=False)
+    res.labels = res.labels.astype(np.uint32)
+    res.confidence = resize(res.confidence, (h, w), order=1, preserve_range=True).astype(np.float32)
+    res.maps = {}
+    res.notes.append(
+        f"resampled x{factor:.2f} from {mpp:g} to the model's {model_mpp(net.card):g} um/px"
+    )
+    return res
+
+
+def model_mpp(card: dict) -> float | None:
+    """The pixel size (um/px) a model was trained at, from its card (None when not recorded)."""
+    try:
+        value = float(card.get("mpp") or 0)
+    except (TypeError, ValueError):
+        return None
+    return value if value > 0 else None
+
+
+def resample_factor(mpp: float | None, card: dict, tolerance: float = 0.1) -> float | None:
+    """How much to scale an image of pixel size ``mpp`` for a model (None: leave it as it is)."""
+    target = model_mpp(card)
+    if not mpp or not target:
+        return None
+    factor = float(mpp) / target
+    return None if abs(factor - 1.0) <= tolerance else factor
 
 
 Region = tuple[slice, slice, np.ndarray]

@@ -18,6 +18,7 @@ class ModelSegmenter:
     model: str = "default"
     device: str = "auto"
     tta: bool | int | None = None  # None: the architecture's default
+    mpp: float | None = None  # the slide's pixel size: windows are resampled to the model's
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         from ..progress import drain
