@@ -200,3 +200,19 @@ def test_slide_is_normalized_lazily_to_a_pyramidal_tiff(monuseg, files, tmp_path
     assert levels[0].shape == (1000, 1000, 3)
     res = np.asarray(levels[0])
     assert res.dtype == np.uint8 and not np.array_equal(res, tile)
+
+
+def test_compare_prints_a_table_and_writes_each_method(files, tmp_path, capsys):
+    from napari_histo.core.io import read_labels  # noqa: F401 (the CSV is checked below)
+
+    out = tmp_path / "cmp"
+    tile = _tiles(files)[0]
+    argv = ["normalize", "--compare", str(tile), "--template", str(files / "template.png")]
+    assert main([*argv, "--device", "cpu", "--out", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert f"{tile.name}: best = " in text and "agreement" in text
+    for m in ("none", "dcgmm", "macenko", "reinhard", "vahadane"):
+        assert (out / f"{tile.stem}_{m}.png").is_file()
+        assert f" {m} " in text
+    rows = (out / f"{tile.stem}_compare.csv").read_text().splitlines()
+    assert len(rows) == 6 and rows[0].startswith("method,nuclei")

@@ -55,6 +55,19 @@ def add_arguments(parser) -> None:
     )
     add_device_argument(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="which normalization helps here? normalize each IMAGE with every method, segment "
+        "each result with the default model and print a table (nuclei, confidence, agreement "
+        "between methods); writes OUT/<stem>_<method>.png and OUT/<stem>_compare.csv",
+    )
+    parser.add_argument(
+        "--truth",
+        metavar="MASK",
+        help="with --compare: ground-truth or corrected instance labels of the (single) IMAGE; "
+        "methods are then ranked by AJI against it",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar, no per-file notes")
 
 
@@ -77,6 +90,43 @@ def _read_inputs(paths: list[str], label: str) -> tuple[list, int]:
     return list(done.values()), failures
 
 
+def _compare(args, templates: list, out: Path) -> int:
+    """``--compare``: every method on each image, judged by the segmentation it leads to."""
+    from ..core.errors import HistoError
+    from ..core.io import read_image, read_labels, write_image
+    from ..core.labels.export import write_csv
+    from ..core.seg.compare import compare_normalizations_iter
+
+    if not templates:
+        raise HistoError("--compare needs a template: give --template IMAGE")
+    if args.truth and len(args.images) != 1:
+        raise HistoError("--truth goes with one IMAGE (its labels)")
+    truth = read_labels(args.truth) if args.truth else None
+    out.mkdir(parents=True, exist_ok=True)
+
+    def one(path: Path) -> str:
+        image = read_image(path)
+        comp = drain_with_bar(
+            compare_normalizations_iter(image, templates, device=args.device, truth=truth),
+            desc=f"{path.name} compare",
+            quiet=args.quiet,
+        )
+        rows = comp.rows()
+        for o in comp.outcomes:
+            write_image(out / f"{path.stem}_{o.method}.png", o.image)
+        write_csv(out / f"{path.stem}_compare.csv", {k: [r[k] for r in rows] for k in rows[0]})
+        lines = [f"{path.name}: best = {comp.best} (ranked by {comp.ranked_by})"]
+        for r in rows:
+            cells = ", ".join(f"{k} {v}" for k, v in r.items() if k not in ("method", "best"))
+            lines.append(f"  {'*' if r['best'] else ' '} {r['method']:<9} {cells}")
+        lines += [f"  note: {n}" for n in comp.notes]
+        print("\n".join(lines))
+        return comp.best
+
+    _, failures = for_each_file(args.images, one)
+    return 1 if failures else 0
+
+
 def run(args) -> int:
     from ..core.errors import HistoError
     from ..core.stain.workflow import make_normalizer
@@ -92,6 +142,8 @@ def run(args) -> int:
     if args.template:
         # A template that cannot be read stops the run: its message is the one error line.
         templates = [_read_any(Path(p)) for p in args.template]
+    if args.compare:
+        return _compare(args, templates, out)
     fit_on = None
     if args.fit_on:
         fit_on, bad = _read_inputs(args.fit_on, "fit-on image")

@@ -158,6 +158,10 @@ def _num(v):
 
 
 def _fmt(v) -> str:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else ""
     if isinstance(v, (int, np.integer)):
         return str(int(v))
     v = float(v)
