@@ -76,6 +76,14 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--sets", choices=("monuseg13", "all80"), default="monuseg13",
+        help="all80: the 80 H&E tiles (MoNuSeg 30 + TNBC 50) minus the validation slides/patients "
+        "of scripts/train_seg_default.py, plus the stain examples",
+    )  # fmt: skip
+    parser.add_argument("--classes", type=int, default=3)
+    parser.add_argument("--scale", type=int, default=2, help="network resolution 1/scale")
+    parser.add_argument("--name", default="dcgmm_default")
     args = parser.parse_args(argv)
 
     import torch
@@ -84,18 +92,22 @@ def main(argv=None) -> int:
     from napari_histo.core.stain.dcgmm import DCGMM, DCGMMNormalizer, fit_dcgmm
 
     torch.set_num_threads(args.threads)
-    paths = [*sorted(MONUSEG.glob("*.png")), TIA_TARGET]
-    images = [read_image(p) for p in paths]
+    if args.sets == "all80":
+        paths, images, data = _all80(read_image)
+    else:
+        paths = [*sorted(MONUSEG.glob("*.png")), TIA_TARGET]
+        images = [read_image(p) for p in paths]
+        data = (
+            f"{len(paths) - 1} MoNuSeg 2018 training tiles (1000x1000, 40x H&E, TCGA: breast, kidney, "
+            "lung, prostate, colon; CC BY-NC-SA 4.0) and the TIAToolbox stain-normalisation target "
+            "(1000x1000 H&E, BSD-3-Clause)"
+        )
     command = "nice -n 15 .venv/bin/python scripts/fit_dcgmm_default.py " + shlex.join(
         a for a in (argv if argv is not None else sys.argv[1:])
     )
     card = {
-        "name": "dcgmm_default",
-        "data": (
-            f"{len(paths) - 1} MoNuSeg 2018 training tiles (1000x1000, 40x H&E, TCGA: breast, kidney, "
-            "lung, prostate, colon; CC BY-NC-SA 4.0) and the TIAToolbox stain-normalisation target "
-            "(1000x1000 H&E, BSD-3-Clause)"
-        ),
+        "name": args.name,
+        "data": data,
         "data_files": [p.name for p in paths],
         "license": LICENSE,
         "command": command.strip(),
@@ -111,6 +123,8 @@ def main(argv=None) -> int:
         lr=args.lr,
         start=None,
         card=card,
+        classes=args.classes,
+        scale=args.scale,
     )
     while True:
         try:
@@ -131,6 +145,30 @@ def main(argv=None) -> int:
     norm.save_folder(args.out)
     print(f"wrote {args.out} in {time.perf_counter() - t0:.0f} s; card: {norm.card}", flush=True)
     return 0
+
+
+def _all80(read_image):
+    """Training images of the all80 split (validation slides/patients left out) + stain examples."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "train_seg_default", ROOT / "scripts" / "train_seg_default.py"
+    )
+    seg = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seg)
+    paths = []
+    for folder in seg.SETS["all80"]:
+        paths += [
+            p for p in sorted((DATA / folder / "images").glob("*.png")) if not seg._held_out(p.stem)
+        ]
+    # The DCGMM authors' stain examples are GPL-3.0: kept out of a shipped model's data.
+    paths.append(TIA_TARGET)
+    data = (
+        f"{len(paths)} H&E images: the MoNuSeg 2018 training tiles and TNBC tiles not held out for "
+        "validation (scripts/train_seg_default.py VALIDATION: whole slides/patients) and the "
+        "TIAToolbox target; MoNuSeg CC BY-NC-SA 4.0, TNBC CC BY 4.0, TIAToolbox BSD-3-Clause"
+    )
+    return paths, [read_image(p) for p in paths], data
 
 
 def _class_densities(norm, images) -> list[float]:
