@@ -220,6 +220,8 @@ def segment_iter(
             )
     if tta is None:
         tta = getattr(model.spec, "tta", False)
+    if getattr(model.spec, "detector", False):
+        return (yield from _segment_instances(rgb, model, tta, blocks, notes))
     spec = as_tile_spec(tile, model.device)
     if blocks is None or max(h, w) <= blocks.tile:
         res = yield from _segment_window(rgb, model, tta, spec)
@@ -235,6 +237,48 @@ def segment_iter(
     labels, maps = yield from segment_blocks_iter(rgb, window, blocks)
     conf = maps.pop("confidence", np.ones((h, w), np.float32)).astype(np.float32)
     return SegResult(labels=labels, confidence=conf, maps=maps, notes=notes)
+
+
+def _segment_instances(
+    rgb: np.ndarray, model: Any, tta: bool | int, blocks: BlockTiling | None, notes: list[str]
+) -> Generator[Progress, None, SegResult]:
+    """An instance model (Mask R-CNN): detections painted by score, TTA merged as instance sets,
+    windows of ``spec.block_tiling`` stitched by ownership (see :mod:`.instances`)."""
+    import torch
+
+    from .instances import Detections, detect_with_tta, paint_by_score
+    from .spec import to_input
+
+    spec = model.spec
+    m = int(getattr(spec, "size_multiple", 1) or 1)
+    transforms = tta_transforms(tta)
+
+    def detect(x: np.ndarray) -> Detections:
+        h, w = x.shape[:2]
+        ph, pw = -(-h // m) * m, -(-w // m) * m
+        padded = np.pad(x, ((0, ph - h), (0, pw - w), (0, 0)), mode="reflect")
+        with torch.inference_mode():
+            det = spec.detect(model.net, to_input(padded[None], model.device))[0]
+        return Detections(det.masks[:, :h, :w], det.scores)
+
+    def window(w: np.ndarray):
+        if tissue_fraction(w) < MIN_TISSUE_FRACTION:  # glass beyond the image
+            return np.zeros(w.shape[:2], np.uint32), {}
+        det = detect_with_tta(
+            detect, w, transforms, spec.merge_iou, spec.min_votes, spec.score_threshold
+        )
+        labels, conf = paint_by_score(det, spec.score_threshold, spec.mask_threshold)
+        return labels, {"confidence": conf}
+
+    tiling = getattr(spec, "block_tiling", blocks) if blocks is not None else None
+    h, w = rgb.shape[:2]
+    if tiling is None or max(h, w) <= tiling.tile:
+        labels, maps = window(rgb)
+        yield Progress(step=1, total=1, stage="block", message="detected")
+    else:
+        labels, maps = yield from segment_blocks_iter(rgb, window, tiling)
+    conf = maps.get("confidence", np.ones((h, w), np.float32)).astype(np.float32)
+    return SegResult(labels=labels.astype(np.uint32), confidence=conf, maps={}, notes=notes)
 
 
 def _segment_window(

@@ -1,9 +1,11 @@
-"""Mask R-CNN (torchvision) adapted to the ternary contract, trained from scratch.
+"""Mask R-CNN (torchvision), trained from scratch, segmenting nuclei as instances.
 
 The detector is torchvision's ``MaskRCNN`` on a ResNet-FPN backbone (ResNet-18 by default, for
 CPU; no pretrained weights, BatchNorm instead of frozen BatchNorm since nothing is pretrained),
-with small anchors for nuclei. Its detections are rasterized into ternary probabilities, so that
-tiling, test-time augmentation and post-processing work exactly as for the U-Net.
+with small anchors for nuclei. Inference keeps its instances (``detector = True``): masks painted
+by score, multiple inference merged as instance sets, windows stitched by ownership
+(:mod:`.instances`). ``predict`` still rasterizes detections into ternary maps for code that
+wants maps (validation during training uses the instance path through ``segment_iter``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import torch
 from scipy import ndimage as ndi
 from torch import nn
 
+from ..tiling import BlockTiling
 from . import spec
+from .instances import Detections
 from .targets import BOUNDARY, INSIDE, ternary_labels
 from .unet import TernarySpec
 
@@ -149,6 +153,16 @@ class MaskRCNNSpec(TernarySpec):
 
     name = "maskrcnn"
     size_multiple = 32
+    #: Inference keeps the detector's instances (see :mod:`.instances`) instead of maps.
+    detector = True
+    score_threshold = 0.5
+    mask_threshold = 0.5
+    #: Multiple inference: detections of the transforms with mask IoU >= merge_iou are one
+    #: nucleus, kept when found in at least min_votes transforms (None: a majority).
+    merge_iou = 0.5
+    min_votes: int | None = None
+    #: Windows of at most 448 px (384 + 2 x 32 halo): under the 500 detections per image.
+    block_tiling = BlockTiling(tile=384, halo=32, min_tissue=0.0)
 
     def build(self, **kwargs: Any) -> nn.Module:
         """A fresh Mask R-CNN (keyword arguments as :func:`build_maskrcnn`)."""
@@ -173,6 +187,16 @@ class MaskRCNNSpec(TernarySpec):
         finally:
             model.train(was_training)
         return sum(losses.values())
+
+    def detect(self, model: nn.Module, x: torch.Tensor) -> list[Detections]:
+        """The detections of a batch (eval mode): soft masks and scores per image."""
+        model.eval()
+        with torch.no_grad():
+            dets = model(list(x))
+        return [
+            Detections(d["masks"][:, 0].float().cpu().numpy(), d["scores"].float().cpu().numpy())
+            for d in dets
+        ]
 
     def predict(self, model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{"ternary": (B, 3, H, W)}`` rasterized from the detections (eval mode)."""
