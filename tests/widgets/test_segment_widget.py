@@ -108,7 +108,9 @@ def test_edit_keys_and_autosave(viewer_and_widget, qtbot, tmp_path):
     widget.image_combo.setCurrentText("")
     widget.image_combo.setCurrentText("tile")
     assert widget.restore_btn.isVisibleTo(widget)
-    restored = widget.restore_saved()
+    assert widget.restore_saved() is not None  # read in a worker
+    qtbot.waitUntil(lambda: "tile nuclei" in viewer.layers, timeout=10_000)
+    restored = viewer.layers["tile nuclei"]
     assert restored.name == "tile nuclei" and np.array_equal(np.asarray(restored.data), corrected)
 
 
@@ -155,6 +157,7 @@ def test_normalize_first_uses_the_stain_widgets_normalizer(viewer_and_widget, cr
     from napari_histo.core.seg.workflow import segment_array_iter
     from napari_histo.core.stain import get_normalizer
     from napari_histo.widgets._common import fitted_stain_normalizer
+    from napari_histo.widgets._viewer_state import viewer_state
 
     viewer, widget = viewer_and_widget
     widget.normalize.setChecked(True)
@@ -164,8 +167,9 @@ def test_normalize_first_uses_the_stain_widgets_normalizer(viewer_and_widget, cr
     # A template from another MoNuSeg slide, so that normalizing really changes the tile.
     template = read_image(sorted((monuseg / "images").glob("*.png"))[5])
     real = get_normalizer("reinhard", device="cpu").fit(template)
-    stain.normalizer = SpyNormalizer(real)
+    stain.normalizer = SpyNormalizer(real)  # shared through the viewer state
     assert fitted_stain_normalizer(viewer) is stain.normalizer
+    assert viewer_state(viewer).normalizer is stain.normalizer
 
     def direct(image):
         model = widget.model_combo.currentData() or "default"

@@ -32,11 +32,12 @@ def _wait(qtbot, widget, timeout=60_000):
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=timeout)
 
 
-def test_gallery_lists_open_rgb_images(viewer_and_widget):
+def test_gallery_lists_open_rgb_images(viewer_and_widget, qtbot):
     viewer, widget = viewer_and_widget
     assert [c.name for c in widget.candidates] == ["lung", "target"]
     assert widget.gallery.count() == 2
-    assert not widget.gallery.item(0).icon().isNull()
+    # Thumbnails are decoded once, in a worker.
+    qtbot.waitUntil(lambda: not widget.gallery.item(0).icon().isNull(), timeout=10_000)
     viewer.add_labels(np.zeros((10, 10), np.uint8), name="not an image")
     assert widget.gallery.count() == 2
 
@@ -172,10 +173,13 @@ def test_save_and_load_roundtrip(qtbot, viewer_and_widget, tmp_path):
     _wait(qtbot, widget)
     first = viewer.layers["lung normalized"].data.copy()
     path = tmp_path / "lab_template.json"
-    widget.save(path)
+    widget.save(path)  # in a worker
+    _wait(qtbot, widget)
+    assert path.is_file()
     widget.normalizer = None
-    widget.load(path)
-    assert widget.reuse.isChecked()
+    widget.load(path)  # in a worker
+    _wait(qtbot, widget)
+    assert widget.reuse.isChecked() and widget.normalizer is not None
     viewer.layers.remove("lung normalized")
     widget.roi_combo.setCurrentText("(whole image)")
     widget.gallery.setCurrentRow(-1)  # no template needed: the loaded normalizer carries it
