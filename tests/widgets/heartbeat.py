@@ -8,6 +8,8 @@ the action itself costs the GUI thread.
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -40,6 +42,39 @@ class Heartbeat:
         self._timer.setInterval(TICK_MS)
         self._timer.timeout.connect(lambda: self._stamps.append(time.perf_counter()))
         self.results: list[Beat] = []
+        self.stalls: list[str] = []  # with HEARTBEAT_WATCH=1: where the GUI thread was stuck
+        if os.environ.get("HEARTBEAT_WATCH"):
+            self._start_watch()
+
+    def _start_watch(self) -> None:
+        """Sample every thread's stack while the heartbeat is late (diagnostics only)."""
+        import sys
+        import threading
+        import traceback
+
+        main = threading.main_thread().ident
+
+        def watch() -> None:
+            while True:
+                time.sleep(0.01)
+                if not self._timer_active or not self._stamps:
+                    continue
+                late = time.perf_counter() - self._stamps[-1]
+                if late > 0.06:
+                    lines = []
+                    for ident, frame in sys._current_frames().items():
+                        if ident == threading.get_ident():
+                            continue
+                        st = traceback.extract_stack(frame)[-4:]
+                        where = " < ".join(
+                            f"{f.filename.split('site-packages/')[-1].split('/src/')[-1]}:{f.lineno}"
+                            for f in reversed(st)
+                        )
+                        lines.append(("MAIN " if ident == main else "thr ") + where)
+                    self.stalls.append(f"{late * 1000:.0f} ms\n  " + "\n  ".join(lines))
+
+        self._timer_active = False
+        threading.Thread(target=watch, daemon=True).start()
 
     def _run_until(self, done: Callable[[], bool], timeout: float) -> list[float]:
         """Spin the Qt event loop (with the heartbeat) until ``done()``; the tick times."""
@@ -60,11 +95,13 @@ class Heartbeat:
                 loop.quit()
 
         poll.timeout.connect(check)
+        self._timer_active = True
         self._timer.start()
         poll.start()
         loop.exec_() if hasattr(loop, "exec_") else loop.exec()
         poll.stop()
         self._timer.stop()
+        self._timer_active = False
         self._stamps.append(time.perf_counter())
         if timed_out:
             raise TimeoutError(f"not done after {timeout} s")
@@ -101,8 +138,4 @@ class Heartbeat:
 
 
 def _max_gap(stamps: list[float]) -> float:
-    return (
-        max((b - a) * 1000 for a, b in zip(stamps, stamps[1:], strict=False))
-        if len(stamps) > 1
-        else 0.0
-    )
+    return max((b - a) * 1000 for a, b in itertools.pairwise(stamps)) if len(stamps) > 1 else 0.0

@@ -29,6 +29,13 @@ def main(out: Path, shots: Path | None) -> int:
         _journey(out, shots, report)
     except Exception:
         report["error"] = traceback.format_exc()
+    stalls = getattr(report.pop("_hb", None), "stalls", [])
+    report["stalls"] = [
+        "\n".join(
+            ln for ln in st.splitlines() if not ln.startswith("  thr") or "napari_histo" in ln
+        )
+        for st in stalls
+    ]
     (out / "journey.json").write_text(json.dumps(report, indent=1))
     return 0 if report["error"] is None else 1
 
@@ -41,6 +48,7 @@ def _journey(out: Path, shots: Path | None, report: dict) -> None:
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1500, 950)
     hb = Heartbeat()
+    report["_hb"] = hb
     beats = report["beats"]
 
     def step(name: str) -> None:
@@ -52,6 +60,7 @@ def _journey(out: Path, shots: Path | None, report: dict) -> None:
             viewer.screenshot(str(shots / f"journey_{name}.png"), canvas_only=False, flash=False)
 
     def measure(name, action, done, timeout=900):
+        hb.stalls.append(f"=== {name}")
         beat = hb.measure(name, action, done, timeout=timeout)
         beats.append(beat.as_dict())
         return beat
@@ -94,6 +103,8 @@ def _journey(out: Path, shots: Path | None, report: dict) -> None:
     assert stain.normalizer is not None, stain.status.text()
     assert f"{TILE_LAYER} normalized" in viewer.layers
     step("fit & normalize")
+    viewer.layers[f"{TILE_LAYER} classes"].visible = False
+    viewer.layers[TARGET_LAYER].visible = False
     shot("1_normalized")
 
     # 4. Segment nuclei (first click: torch and the model load in the worker).

@@ -206,7 +206,7 @@ class JobRunner:
         )
         self._cancelling = False
         self.worker = worker
-        self._bar("", description)
+        self._last_draw: dict[str, float] = {}
 
         state = {"returned": False}
 
@@ -223,6 +223,15 @@ class JobRunner:
             if on_event is not None:
                 on_event(event)
             if isinstance(event, Progress) and self.worker is worker:
+                # A napari bar is a widget in the activity dock: made once per stage, redrawn at
+                # most 5 times a second (each redraw is GUI-thread work), the last step always.
+                import time
+
+                now = time.perf_counter()
+                last = event.total is not None and event.step >= event.total
+                if not last and now - self._last_draw.get(event.stage, 0.0) < 0.2:
+                    return
+                self._last_draw[event.stage] = now
                 pbar = self._bar(event.stage, description)
                 if event.total and pbar.total != event.total:
                     pbar.total = event.total
