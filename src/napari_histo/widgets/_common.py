@@ -151,7 +151,7 @@ class JobRunner:
     """Runs one core progress generator at a time in a ``thread_worker``.
 
     Drives napari progress bars from the generator's :class:`Progress` events, one bar per stage
-    (fit steps, epochs, tiles... each with its own total, so they never fight over one bar),
+    (fit steps, epochs, tiles... each with its own total, so they never fight over one total),
     forwards the events to ``on_event`` on the main thread (where layers may be touched), and
     cancels with ``cancel()`` (the core generator is closed in the worker between two events).
 
@@ -207,6 +207,7 @@ class JobRunner:
         self._cancelling = False
         self.worker = worker
         self._last_draw: dict[str, float] = {}
+        self._stage_totals: dict[str, int] = {}
 
         state = {"returned": False}
 
@@ -232,6 +233,8 @@ class JobRunner:
                 if not last and now - self._last_draw.get(event.stage, 0.0) < 0.2:
                     return
                 self._last_draw[event.stage] = now
+                if event.total:
+                    self._stage_totals[event.stage] = event.total
                 pbar = self._bar(event.stage, description)
                 if event.total and pbar.total != event.total:
                     pbar.total = event.total
@@ -275,13 +278,21 @@ class JobRunner:
         return worker
 
     def _bar(self, stage: str, description: str):
-        """The progress bar of ``stage`` (made on its first event)."""
+        """The job's progress bar, showing ``stage`` with that stage's own total.
+
+        One napari bar per job (each new bar is a widget built in the activity dock on the GUI
+        thread); each stage keeps its own total and step, restored when its events come, so fit
+        steps, epochs and tiles never fight over one total.
+        """
         from napari.utils import progress
 
-        bar = self._bars.get(stage)
+        bar = self._bars.get("")
         if bar is None:
-            bar = progress(total=0, desc=f"{description} {stage}".strip())
-            self._bars[stage] = bar
+            bar = self._bars[""] = progress(total=0, desc=description)
+        if getattr(bar, "_histo_stage", None) != stage:
+            bar._histo_stage = stage
+            bar.total = self._stage_totals.get(stage, 0)
+            bar.set_description(f"{description} {stage}".strip())
         return bar
 
     def cancel(self) -> None:
