@@ -30,8 +30,8 @@ def viewer_widgets(make_napari_viewer, monuseg, tmp_path, monkeypatch):
     viewer.window.add_dock_widget(seg, name="Segment nuclei")
     ft = FineTuneWidget(viewer)
     viewer.window.add_dock_widget(ft, name="Fine-tune")
-    ft.device_combo.setCurrentText("cpu")
-    ft.epochs.setValue(1)
+    ft.device.value = "cpu"
+    ft.epochs.value = 1
     return viewer, seg, ft, tmp_path / "models"
 
 
@@ -40,7 +40,7 @@ def test_fine_tune_makes_a_selectable_version_with_before_after(viewer_widgets, 
     ft.refresh()
     items = [ft.pair_list.item(i).text() for i in range(ft.pair_list.count())]
     assert items == ["current layer: tile0 nuclei", "current layer: tile1 nuclei"]
-    ft.val_combo.setCurrentText("current layer: tile1 nuclei")
+    ft.val_choice.value = "current layer: tile1 nuclei"
     pairs, val = ft.gather()
     assert [p[0] for p in pairs] == ["tile0"] and val[0] == "tile1"
     assert ft.run() is not None
@@ -60,7 +60,7 @@ def test_fine_tune_makes_a_selectable_version_with_before_after(viewer_widgets, 
 def test_cancel_leaves_no_new_version(viewer_widgets, qtbot):
     viewer, seg, ft, models = viewer_widgets
     ft.refresh()
-    ft.epochs.setValue(50)
+    ft.epochs.value = 50
     assert ft.run() is not None
     qtbot.waitUntil(lambda: bool(ft.plot.loss) or not ft.runner.running, timeout=120_000)
     ft.runner.cancel()

@@ -40,7 +40,9 @@ def test_slide_segment_edit_export(make_napari_viewer, svs_path, tmp_path, qtbot
     ids, areas = np.unique(before[before > 0], return_counts=True)
     assert ids.size == n_nuclei
     region = (slice(1000, 1400), slice(1000, 1400))
-    edit = widget.pull_region(region)
+    assert widget.pull_region(region) is not None  # read in a worker
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=60_000)
+    edit = viewer.layers["region edit"]
     data = np.asarray(edit.data).copy()
     # The victim lies wholly inside the region (all its pixels are there), so deleting it there
     # removes it from the slide: no fragment outside can keep it alive.
@@ -57,7 +59,9 @@ def test_slide_segment_edit_export(make_napari_viewer, svs_path, tmp_path, qtbot
     painted = int(data.max()) + 1  # napari's "next label" in the region: may exist elsewhere
     data[y : y + 12, x : x + 12] = painted
     edit.data = data
-    mapping = widget.push_region()
+    assert widget.push_region() is not None  # written in a worker
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=60_000)
+    mapping = widget.last_mapping
     assert set(mapping) == {painted}
     fresh = mapping[painted]
     assert fresh not in ids
@@ -67,8 +71,9 @@ def test_slide_segment_edit_export(make_napari_viewer, svs_path, tmp_path, qtbot
 
     # The export has every nucleus but the victim, plus the painted one, and nothing else.
     kept = sorted({*ids.tolist(), fresh} - {victim})
-    n = widget.export(tmp_path / "n.geojson", tmp_path / "n.csv")
-    assert n == n_nuclei
+    assert widget.export(tmp_path / "n.geojson", tmp_path / "n.csv") is not None
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=300_000)
+    assert widget.last_export == n_nuclei
     features = json.loads((tmp_path / "n.geojson").read_text())["features"]
     assert sorted(f["properties"]["label"] for f in features) == kept
     with (tmp_path / "n.csv").open() as fh:
@@ -88,10 +93,9 @@ def test_no_slide_is_a_clear_message(make_napari_viewer):
 def test_slide_normalized_to_the_fitted_template(
     make_napari_viewer, svs_path, monuseg, tmp_path, qtbot, monkeypatch
 ):
-    from qtpy.QtWidgets import QWidget
-
     from napari_histo.core.io import read_image
     from napari_histo.core.stain import get_normalizer
+    from napari_histo.widgets._viewer_state import viewer_state
     from napari_histo.widgets.slide import SlideWidget
 
     monkeypatch.setenv("NAPARI_HISTO_MODELS", str(tmp_path / "models"))
@@ -105,11 +109,10 @@ def test_slide_normalized_to_the_fitted_template(
     # Without a fitted template: one clear message, nothing started.
     assert widget.run() is None
     assert "no stain template" in widget.status.text()
-    # A template fitted in the Stain normalization widget (here: its normalizer attribute).
-    stain = QWidget()
+    # A template fitted in the Stain normalization widget: it lives in the viewer's state.
     template = read_image(sorted((monuseg / "images").glob("*.png"))[0])
-    stain.normalizer = get_normalizer("reinhard").fit(template)
-    viewer.window.add_dock_widget(stain, name="Stain normalization")
+    fitted = get_normalizer("reinhard").fit(template)
+    viewer_state(viewer).set("normalizer", fitted)
     import napari_histo.core.stain.workflow as workflow
 
     real, calls = workflow.normalize_levels, []
@@ -123,4 +126,4 @@ def test_slide_normalized_to_the_fitted_template(
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=300_000)
     assert (tmp_path / "out" / "CMU-1-Small-Region.zarr").is_dir(), widget.status.text()
     assert int(widget.status.text().split()[0]) > 500
-    assert calls == [stain.normalizer]
+    assert calls == [fitted]

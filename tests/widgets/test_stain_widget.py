@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -32,11 +30,12 @@ def _wait(qtbot, widget, timeout=60_000):
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=timeout)
 
 
-def test_gallery_lists_open_rgb_images(viewer_and_widget):
+def test_gallery_lists_open_rgb_images(viewer_and_widget, qtbot):
     viewer, widget = viewer_and_widget
     assert [c.name for c in widget.candidates] == ["lung", "target"]
     assert widget.gallery.count() == 2
-    assert not widget.gallery.item(0).icon().isNull()
+    # Thumbnails are decoded once, in a worker.
+    qtbot.waitUntil(lambda: not widget.gallery.item(0).icon().isNull(), timeout=10_000)
     viewer.add_labels(np.zeros((10, 10), np.uint8), name="not an image")
     assert widget.gallery.count() == 2
 
@@ -107,26 +106,25 @@ def test_cancel_keeps_previous_normalizer(qtbot, viewer_and_widget):
 
 
 def test_gui_stays_responsive_during_fit(qtbot, viewer_and_widget):
-    from qtpy.QtCore import QTimer
+    from heartbeat import Heartbeat
 
     viewer, widget = viewer_and_widget
     widget.select_template("target")
     widget.method_combo.setCurrentText("DCGMM (deep GMM)")
     widget.refit.setChecked(True)
     widget.steps.setValue(25)
-    beats: list[float] = []
-    timer = QTimer()
-    timer.setInterval(20)
-    timer.timeout.connect(lambda: beats.append(time.perf_counter()))
-    timer.start()
-    worker = widget.run()
-    # Measured while the fit runs; adding the result layers afterwards is napari's own work.
-    worker.returned.connect(lambda _: timer.stop())
-    _wait(qtbot, widget, timeout=120_000)
-    timer.stop()
-    gaps = np.diff(beats)
-    assert len(beats) > 10
-    assert gaps.max() < 0.020 + 0.100, f"main thread blocked for {gaps.max() * 1000:.0f} ms"
+    # From the click to the result layers shown: no longer stall than the viewer idle + 100 ms.
+    # The worker phase (click -> result returned); adding the result layers afterwards is
+    # napari's own work, which the journey test (test_journey.py) measures with the whole action.
+    returned: list = []
+    beat = Heartbeat().measure(
+        "fit",
+        lambda: widget.run().returned.connect(returned.append),
+        lambda: bool(returned) or not widget.runner.running,
+    )
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=120_000)
+    assert beat.ticks > 10
+    assert beat.beyond_idle_ms < 100, beat
 
 
 def test_bad_inputs_give_notifications(qtbot, viewer_and_widget, bad_inputs):
@@ -172,10 +170,13 @@ def test_save_and_load_roundtrip(qtbot, viewer_and_widget, tmp_path):
     _wait(qtbot, widget)
     first = viewer.layers["lung normalized"].data.copy()
     path = tmp_path / "lab_template.json"
-    widget.save(path)
+    widget.save(path)  # in a worker
+    _wait(qtbot, widget)
+    assert path.is_file()
     widget.normalizer = None
-    widget.load(path)
-    assert widget.reuse.isChecked()
+    widget.load(path)  # in a worker
+    _wait(qtbot, widget)
+    assert widget.reuse.isChecked() and widget.normalizer is not None
     viewer.layers.remove("lung normalized")
     widget.roi_combo.setCurrentText("(whole image)")
     widget.gallery.setCurrentRow(-1)  # no template needed: the loaded normalizer carries it

@@ -43,45 +43,86 @@ def add_or_update_labels(viewer: napari.Viewer, name: str, data, **kwargs):
     return viewer.add_labels(data, name=name, **kwargs)
 
 
-def import_torch_safely(with_piq: bool = False) -> None:
-    """Import torch (and optionally piq) on the main thread, with triton hidden.
+class _TritonBlocker:
+    """A ``sys.meta_path`` finder that hides ``triton`` from napari-histo's own work only.
 
-    torchvision and piq import torch._dynamo, which tries ``import triton``; loading triton's LLVM
-    after napari has made its OpenGL context segfaults the whole process (seen with torch 2.14 /
-    triton under Mesa). Our inference and training never use triton, so it is marked absent, and
-    the import happens here, before a worker thread could trigger it.
+    torchvision and piq import ``torch._dynamo``, which tries ``import triton``; loading triton's
+    LLVM after napari has made its OpenGL context segfaults the whole process (seen with torch 2.14
+    / triton under Mesa). Our inference and training never use triton. Instead of setting
+    ``sys.modules["triton"] = None`` for the whole process (which changed every other plugin's
+    world), the import is refused only on a thread that is running napari-histo work: inside
+    :func:`ensure_torch` and inside a :class:`JobRunner` job (flag set around each step, because
+    Qt's pool reuses threads). Other threads import triton as usual. What stays process-wide:
+    torch caches "no triton" for its own ``torch.compile`` checks when *we* imported it first.
     """
+
+    def __init__(self) -> None:
+        import threading
+
+        self.local = threading.local()
+
+    @property
+    def active(self) -> bool:
+        return getattr(self.local, "depth", 0) > 0
+
+    def __enter__(self):
+        self.local.depth = getattr(self.local, "depth", 0) + 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.local.depth -= 1
+
+    def find_spec(self, name, path=None, target=None):
+        if self.active and (name == "triton" or name.startswith("triton.")):
+            raise ModuleNotFoundError(
+                f"No module named {name!r} (hidden by napari-histo)", name=name
+            )
+        return None
+
+
+_TRITON = _TritonBlocker()
+
+
+def _install_triton_blocker() -> None:
     import sys
 
-    if "triton" not in sys.modules:
-        sys.modules["triton"] = None  # makes ``import triton`` raise ImportError
-    import pandas  # noqa: F401  (napari imports it when our first Labels layer arrives: 0.4 s)
-    import torch  # noqa: F401
-    import torchvision  # noqa: F401
+    if _TRITON not in sys.meta_path:
+        sys.meta_path.insert(0, _TRITON)
 
-    if with_piq:
-        import piq  # noqa: F401
+
+def ensure_torch(with_piq: bool = False) -> None:
+    """Import torch, torchvision (and piq) with triton hidden; call it from a worker thread.
+
+    The first import costs seconds; in a worker the GUI keeps running (the longest stall left is
+    torch's C extension initialising, which holds the GIL). pandas comes too: napari imports it
+    when our first Labels layer arrives (0.4 s on the GUI thread otherwise).
+    """
+    _install_triton_blocker()
+    with _TRITON:
+        import pandas  # noqa: F401
+        import torch  # noqa: F401
+        import torchvision  # noqa: F401
+
+        if with_piq:
+            import piq  # noqa: F401
+
+
+def import_torch_safely(with_piq: bool = False) -> None:
+    """Deprecated name of :func:`ensure_torch` (kept for scripts)."""
+    ensure_torch(with_piq)
 
 
 def fitted_stain_normalizer(viewer: napari.Viewer):
-    """The normalizer fitted in the viewer's Stain normalization widget.
+    """The normalizer fitted in the viewer's Stain normalization widget (the viewer state).
 
     Raises
     ------
     HistoError
         When no template has been fitted yet.
     """
-    from ..core.errors import HistoError
+    from ._viewer_state import viewer_state
 
-    # napari's dock_widgets maps names to the inner widgets (older versions: to the docks).
-    for widget in getattr(viewer.window, "dock_widgets", {}).values():
-        inner = widget.widget() if callable(getattr(widget, "widget", None)) else widget
-        norm = getattr(inner, "normalizer", None)
-        if norm is not None:
-            return norm
-    raise HistoError(
-        "no stain template fitted yet: fit one in the Stain normalization widget, or untick 'normalize'"
-    )
+    return viewer_state(viewer).fitted_normalizer()
 
 
 def notify_error(msg: str) -> None:
@@ -109,9 +150,13 @@ def error_message(exc: BaseException) -> str:
 class JobRunner:
     """Runs one core progress generator at a time in a ``thread_worker``.
 
-    Drives a napari progress bar from the generator's :class:`Progress` events, forwards them to
-    ``on_event`` on the main thread (where layers may be touched), and cancels with ``cancel()``
-    (the worker's ``quit()``: the generator is closed between two events).
+    Drives napari progress bars from the generator's :class:`Progress` events, one bar per stage
+    (fit steps, epochs, tiles... each with its own total, so they never fight over one total),
+    forwards the events to ``on_event`` on the main thread (where layers may be touched), and
+    cancels with ``cancel()`` (the core generator is closed in the worker between two events).
+
+    ``torch=True`` imports PyTorch in the worker first (:func:`ensure_torch`), never on the GUI
+    thread. :meth:`call` runs a plain function the same way (files, exports, model loading).
     """
 
     def __init__(
@@ -120,7 +165,7 @@ class JobRunner:
         on_status: Callable[[str], Any] | None = None,
     ):
         self.worker = None
-        self._pbar = None
+        self._bars: dict[str, Any] = {}
         self._cancelling = False
         self._on_busy = on_busy or (lambda busy: None)
         self._on_status = on_status or (lambda text: None)
@@ -128,6 +173,10 @@ class JobRunner:
     @property
     def running(self) -> bool:
         return self.worker is not None
+
+    def call(self, fn: Callable[..., Any], *args, stage: str = "", **kwargs):
+        """Run ``fn(*args)`` in the worker (one indeterminate bar); same callbacks as :meth:`start`."""
+        return self.start(_call_job, fn, args, stage, **kwargs)
 
     def start(
         self,
@@ -137,18 +186,28 @@ class JobRunner:
         on_event: Callable[[Any], Any] | None = None,
         on_done: Callable[[Any], Any] | None = None,
         on_cancelled: Callable[[], Any] | None = None,
+        on_error: Callable[[BaseException], Any] | None = None,
+        torch: bool = False,
         **kwargs,
     ):
         """Start ``gen_func(*args, **kwargs)`` in a worker; returns the worker."""
         from napari.qt.threading import create_worker
-        from napari.utils import progress
 
         if self.worker is not None:
             raise RuntimeError("a job is already running")
-        worker = create_worker(self._cancellable, gen_func, args, kwargs, _start_thread=False)
+        worker = create_worker(
+            self._cancellable,
+            gen_func,
+            args,
+            kwargs,
+            torch,
+            _start_thread=False,
+            _ignore_errors=True,
+        )
         self._cancelling = False
-        self._pbar = progress(total=0, desc=description)
         self.worker = worker
+        self._last_draw: dict[str, float] = {}
+        self._stage_totals: dict[str, int] = {}
 
         state = {"returned": False}
 
@@ -164,12 +223,22 @@ class JobRunner:
                 self._on_status(str(event))
             if on_event is not None:
                 on_event(event)
-            pbar = self._pbar  # ``finished`` may close the bar during its own update
-            if isinstance(event, Progress) and pbar is not None:
+            if isinstance(event, Progress) and self.worker is worker:
+                # A napari bar is a widget in the activity dock: made once per stage, redrawn at
+                # most 5 times a second (each redraw is GUI-thread work), the last step always.
+                import time
+
+                now = time.perf_counter()
+                last = event.total is not None and event.step >= event.total
+                if not last and now - self._last_draw.get(event.stage, 0.0) < 0.2:
+                    return
+                self._last_draw[event.stage] = now
+                if event.total:
+                    self._stage_totals[event.stage] = event.total
+                pbar = self._bar(event.stage, description)
                 if event.total and pbar.total != event.total:
                     pbar.total = event.total
                 pbar.n = event.step
-                pbar.set_description(f"{description} {event.stage}".strip())
                 if event.metrics:
                     pbar.set_postfix({k: f"{v:.4g}" for k, v in event.metrics.items()})
                 pbar.refresh()
@@ -182,7 +251,10 @@ class JobRunner:
         def errored(exc):
             msg = error_message(exc)
             self._on_status(f"failed: {msg}")
-            notify_error(msg)
+            if on_error is not None:
+                on_error(exc)
+            else:
+                notify_error(msg)
 
         def aborted():
             self._on_status("cancelled")
@@ -190,9 +262,9 @@ class JobRunner:
                 on_cancelled()
 
         def finished():
-            if self._pbar is not None:
-                self._pbar.close()
-            self._pbar = None
+            bars, self._bars = self._bars, {}
+            for bar in bars.values():
+                bar.close()
             self.worker = None
             self._on_busy(False)
 
@@ -205,36 +277,78 @@ class JobRunner:
         worker.start()
         return worker
 
+    def _bar(self, stage: str, description: str):
+        """The job's progress bar, showing ``stage`` with that stage's own total.
+
+        One napari bar per job (each new bar is a widget built in the activity dock on the GUI
+        thread); each stage keeps its own total and step, restored when its events come, so fit
+        steps, epochs and tiles never fight over one total.
+        """
+        from napari.utils import progress
+
+        bar = self._bars.get("")
+        if bar is None:
+            bar = self._bars[""] = progress(total=0, desc=description)
+        if getattr(bar, "_histo_stage", None) != stage:
+            bar._histo_stage = stage
+            bar.total = self._stage_totals.get(stage, 0)
+            bar.set_description(f"{description} {stage}".strip())
+        return bar
+
     def cancel(self) -> None:
         """Ask the running job to stop at its next progress event."""
         if self.worker is not None:
             self._cancelling = True
             self._on_status("cancelling…")
 
-    def _cancellable(self, gen_func: Callable[..., Generator], args: tuple, kwargs: dict):
+    def _cancellable(
+        self, gen_func: Callable[..., Generator], args: tuple, kwargs: dict, torch: bool
+    ):
         """Run ``gen_func`` in the worker thread; on cancel, close it there, then abort.
 
         A napari worker that is quit simply stops resuming its generator, so the core's cleanup
         (removing a half-trained model folder, a partial zarr...) would wait for garbage
         collection. Here the core generator is closed in the worker thread first, and only then
         is the worker told to quit: it emits ``aborted`` before resuming this generator again.
+        Each step runs with triton hidden (see :class:`_TritonBlocker`).
         """
-        gen = gen_func(*args, **kwargs)
+        from ..core.progress import Progress
+
+        _install_triton_blocker()
+        if torch:
+            import sys
+
+            if "torch" not in sys.modules or "torchvision" not in sys.modules:
+                yield Progress(0, None, stage="", message="loading PyTorch")
+            ensure_torch()
+        with _TRITON:
+            gen = gen_func(*args, **kwargs)
         try:
             while True:
                 if self._cancelling:
-                    gen.close()
+                    with _TRITON:
+                        gen.close()
                     if self.worker is not None:
                         self.worker.quit()
                     yield None
                     return None
                 try:
-                    event = next(gen)
+                    with _TRITON:
+                        event = next(gen)
                 except StopIteration as stop:
                     return stop.value
                 yield event
         finally:
-            gen.close()
+            with _TRITON:
+                gen.close()
+
+
+def _call_job(fn: Callable[..., Any], args: tuple, stage: str):
+    """A plain function as a progress generator: one event, then its result."""
+    from ..core.progress import Progress
+
+    yield Progress(0, None, stage=stage)
+    return fn(*args)
 
 
 def qimage_icon(rgb: np.ndarray):
@@ -245,6 +359,45 @@ def qimage_icon(rgb: np.ndarray):
     h, w = rgb.shape[:2]
     qimg = QImage(rgb.data, w, h, 3 * w, QImage.Format.Format_RGB888).copy()
     return QIcon(QPixmap.fromImage(qimg))
+
+
+def device_choice(label: str = "Device"):
+    """The device choice as a magicgui ComboBox: auto (CUDA when present), cpu, cuda."""
+    from magicgui.widgets import ComboBox
+
+    return ComboBox(
+        label=label,
+        choices=["auto", "cpu", "cuda"],
+        value="auto",
+        tooltip="auto: the GPU when PyTorch sees one, else the CPU",
+    )
+
+
+def model_choice(label: str = "Model"):
+    """A magicgui ComboBox of the cached model list (label shown, model ref as value).
+
+    It follows :data:`._viewer_state.MODELS`: a saved model version refills it; layer events do
+    not touch it. ``reset_choices()`` re-reads the cached list.
+    """
+    from magicgui.widgets import ComboBox
+
+    from ._viewer_state import MODELS
+
+    def choices(_widget=None):
+        return [(e.label, str(e.ref)) for e in MODELS.entries()] or [("default", "default")]
+
+    combo = ComboBox(label=label, choices=choices)
+    MODELS.connect(combo.reset_choices)
+    return combo
+
+
+def select_model(combo, ref: str | None) -> None:
+    """Select ``ref`` in a :func:`model_choice` combo when it is listed."""
+    if ref is None:
+        return
+    combo.reset_choices()
+    if str(ref) in [str(v) for v in combo.choices]:
+        combo.value = str(ref)
 
 
 def device_combo():
@@ -282,3 +435,22 @@ class RunCancelMixin:
 
     def _set_status(self, text: str) -> None:
         self.status.setText(text)
+
+
+def fill_model_combo(combo, select: str | None = None) -> None:
+    """Fill a QComboBox with the cached model list (label shown, ref as item data).
+
+    Keeps the current choice (or selects ``select``); reads no model card itself: the list comes
+    from :data:`._viewer_state.MODELS`, read once and again only when a model is saved.
+    """
+    from ._viewer_state import MODELS
+
+    keep = select or combo.currentData()
+    combo.blockSignals(True)
+    combo.clear()
+    for entry in MODELS.entries():
+        combo.addItem(entry.label, str(entry.ref))
+    idx = combo.findData(str(keep)) if keep else -1
+    if idx >= 0:
+        combo.setCurrentIndex(idx)
+    combo.blockSignals(False)

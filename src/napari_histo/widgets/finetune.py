@@ -15,16 +15,12 @@ import numpy as np
 from qtpy.QtCore import QPointF, Qt
 from qtpy.QtGui import QColor, QPainter, QPen
 from qtpy.QtWidgets import (
-    QComboBox,
-    QDoubleSpinBox,
-    QFormLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QListWidget,
     QListWidgetItem,
     QPushButton,
-    QSpinBox,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -34,77 +30,100 @@ from qtpy.QtWidgets import (
 from ._common import (
     JobRunner,
     RunCancelMixin,
-    device_combo,
+    device_choice,
     error_message,
-    import_torch_safely,
+    model_choice,
     notify_error,
     notify_info,
+    select_model,
 )
+from ._viewer_state import MODELS, viewer_state
 
 if TYPE_CHECKING:
     import napari
 
 NO_VALIDATION = "(none: train on every pair)"
 CURRENT = "current layer: "
+#: Colours of the loss plot's series, one per quantity (others cycle through the last ones).
+SERIES_COLOURS = [(255, 170, 60), (90, 200, 255), (140, 230, 120), (230, 120, 230)]
 
 
 class LossPlot(QWidget):
-    """A small live plot of the training loss (and validation metric) without matplotlib."""
+    """A small live plot without matplotlib: one series per quantity (loss, val AJI...).
+
+    Each series has its own scale (a loss and an AJI do not share an axis) and its own label.
+    """
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.loss: list[float] = []
-        self.val: list[float] = []
+        self.series: dict[str, list[float]] = {}
         self.setMinimumHeight(90)
 
+    @property
+    def loss(self) -> list[float]:
+        return self.series.get("loss", [])
+
+    @property
+    def val(self) -> list[float]:
+        return self.series.get("val_aji", [])
+
     def clear(self) -> None:
-        self.loss, self.val = [], []
+        self.series = {}
+        self.update()
+
+    def add_metrics(self, metrics: dict) -> None:
+        """Append each finite number of ``metrics`` to the series of that name."""
+        for key, value in metrics.items():
+            if value is not None and np.isfinite(value):
+                self.series.setdefault(key, []).append(float(value))
         self.update()
 
     def add(self, loss: float | None, val: float | None = None) -> None:
-        if loss is not None and np.isfinite(loss):
-            self.loss.append(float(loss))
-        if val is not None and np.isfinite(val):
-            self.val.append(float(val))
-        self.update()
+        self.add_metrics({"loss": loss, "val_aji": val})
 
     def paintEvent(self, event) -> None:
         p = QPainter(self)
         p.fillRect(self.rect(), QColor(30, 30, 35))
         w, h = self.width(), self.height()
-        for series, colour, label in (
-            (self.loss, QColor(255, 170, 60), "loss"),
-            (self.val, QColor(90, 200, 255), "val AJI"),
-        ):
+        for k, (label, series) in enumerate(self.series.items()):
+            colour = QColor(*SERIES_COLOURS[min(k, len(SERIES_COLOURS) - 1)])
+            p.setPen(QPen(colour, 1.5))
+            p.drawText(6 + k * (w // max(1, len(self.series))), 12, f"{label} {series[-1]:.3g}")
             if len(series) < 2:
                 continue
             lo, hi = min(series), max(series)
             span = (hi - lo) or 1.0
-            p.setPen(QPen(colour, 1.5))
             pts = [
                 QPointF(4 + (w - 8) * i / (len(series) - 1), h - 4 - (h - 18) * (v - lo) / span)
                 for i, v in enumerate(series)
             ]
             for a, b in itertools.pairwise(pts):
                 p.drawLine(a, b)
-            p.drawText(6 if label == "loss" else w // 2, 12, f"{label} {series[-1]:.3g}")
         p.end()
 
 
 class FineTuneWidget(RunCancelMixin, QWidget):
-    """Fine-tune a segmentation model from corrected masks into a new model version."""
+    """Fine-tune a segmentation model from corrected masks into a new model version.
+
+    The settings are a magicgui form (``self.form``); the pair list, the loss plot and the
+    before/after table are Qt (magicgui has none of them).
+    """
 
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
+        self.state = viewer_state(napari_viewer)
         self.runner = JobRunner(on_busy=self._set_busy, on_status=self._set_status)
         self.result = None
         self._build()
         self.refresh()
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(self.refresh)
+        self.state.connect("project", lambda _: self.refresh())
 
     def _build(self) -> None:
+        from magicgui.widgets import ComboBox, Container, FloatSpinBox, SpinBox
+
         layout = QVBoxLayout(self)
         box = QGroupBox("Training pairs (corrected image + labels)")
         v = QVBoxLayout(box)
@@ -113,32 +132,26 @@ class FineTuneWidget(RunCancelMixin, QWidget):
         v.addWidget(self.pair_list)
         row = QHBoxLayout()
         refresh = QPushButton("Refresh")
-        refresh.clicked.connect(self.refresh)
+        refresh.clicked.connect(lambda: self.refresh(reread_models=True))
         row.addWidget(refresh)
         v.addLayout(row)
-        form = QFormLayout()
-        self.val_combo = QComboBox()
-        self.val_combo.setToolTip("Hold one pair back to measure the model before and after")
-        form.addRow("Hold back for validation:", self.val_combo)
-        v.addLayout(form)
+        self.val_choice = ComboBox(
+            label="Hold back for validation",
+            choices=[NO_VALIDATION],
+            tooltip="Hold one pair back to measure the model before and after",
+        )
+        v.addWidget(Container(widgets=[self.val_choice]).native)
         layout.addWidget(box)
 
         box = QGroupBox("Settings")
-        form = QFormLayout(box)
-        self.model_combo = QComboBox()
-        form.addRow("Start from:", self.model_combo)
-        self.epochs = QSpinBox()
-        self.epochs.setRange(1, 10_000)
-        self.epochs.setValue(10)
-        form.addRow("Epochs:", self.epochs)
-        self.lr = QDoubleSpinBox()
-        self.lr.setDecimals(5)
-        self.lr.setRange(1e-5, 1e-1)
-        self.lr.setSingleStep(1e-4)
-        self.lr.setValue(2e-4)
-        form.addRow("Learning rate:", self.lr)
-        self.device_combo = device_combo()
-        form.addRow("Device:", self.device_combo)
+        v = QVBoxLayout(box)
+        self.model_choice = model_choice("Start from")
+        self.epochs = SpinBox(label="Epochs", value=10, min=1, max=10_000)
+        self.lr = FloatSpinBox(label="Learning rate", value=2e-4, min=1e-5, max=1e-1, step=1e-4)
+        self.lr.native.setDecimals(5)
+        self.device = device_choice()
+        self.form = Container(widgets=[self.model_choice, self.epochs, self.lr, self.device])
+        v.addWidget(self.form.native)
         layout.addWidget(box)
 
         layout.addLayout(self.run_cancel_row("Fine-tune"))
@@ -155,19 +168,9 @@ class FineTuneWidget(RunCancelMixin, QWidget):
         layout.addStretch(1)
 
     # ------------------------------------------------------------------ inputs
-    def _segment_widget(self):
-        from .segment import SegmentWidget
-
-        for dock in getattr(self.viewer.window, "dock_widgets", {}).values():
-            inner = dock.widget() if hasattr(dock, "widget") else dock
-            if isinstance(inner, SegmentWidget):
-                return inner
-        return None
-
     def _project(self):
-        seg = self._segment_widget()
-        if seg is not None:
-            return seg.project()
+        if self.state.project is not None:
+            return self.state.project
         from ..core.labels.project import Project, default_project_dir
 
         return Project(default_project_dir(None))
@@ -182,11 +185,8 @@ class FineTuneWidget(RunCancelMixin, QWidget):
             and lyr.metadata.get("napari_histo_image") in self.viewer.layers
         ]
 
-    def refresh(self, event=None) -> None:
-        """List the corrected layers and the project's saved pairs; refresh the model list."""
-        from ..core.seg.registry import user_model_dir
-        from ..core.seg.workflow import available_models
-
+    def refresh(self, event=None, reread_models: bool = False) -> None:
+        """List the corrected layers and the project's saved pairs (models: the cached list)."""
         checked = {
             self.pair_list.item(i).text()
             for i in range(self.pair_list.count())
@@ -203,88 +203,73 @@ class FineTuneWidget(RunCancelMixin, QWidget):
                 Qt.CheckState.Checked if (n in checked or not checked) else Qt.CheckState.Unchecked
             )
             self.pair_list.addItem(item)
-        keep = self.val_combo.currentText()
-        self.val_combo.clear()
-        self.val_combo.addItems([NO_VALIDATION, *names])
-        if keep:
-            self.val_combo.setCurrentText(keep)
-        keep = self.model_combo.currentData()
-        self.model_combo.clear()
-        for entry in available_models(user_model_dir()):
-            self.model_combo.addItem(entry.label, entry.ref)
-        if keep is not None and self.model_combo.findData(keep) >= 0:
-            self.model_combo.setCurrentIndex(self.model_combo.findData(keep))
+        keep = self.val_choice.value
+        self.val_choice.choices = [NO_VALIDATION, *names]
+        if keep in self.val_choice.choices:
+            self.val_choice.value = keep
+        if reread_models:
+            MODELS.refresh()
 
-    def _load(self, name: str):
+    def _spec(self, name: str):
+        """What to load for a pair: a snapshot of a live layer, or a saved pair (read later)."""
         if name.startswith(CURRENT):
             lyr = self.viewer.layers[name[len(CURRENT) :]]
-            image = np.asarray(self.viewer.layers[lyr.metadata["napari_histo_image"]].data)
-            return lyr.metadata["napari_histo_image"], image, np.asarray(lyr.data).astype(np.uint32)
-        image, labels = self._project().load_pair(name)
-        return name, image, labels
+            image_name = lyr.metadata["napari_histo_image"]
+            image = self.viewer.layers[image_name].data
+            return ("live", image_name, image, np.array(lyr.data, copy=True))
+        return ("saved", name, self._project(), None)
 
-    def gather(self):
-        """(training pairs, validation pair or None) from the list and the hold-back choice."""
-        from ..core.errors import HistoError
-
+    def gather_specs(self):
         chosen = [
             self.pair_list.item(i).text()
             for i in range(self.pair_list.count())
             if self.pair_list.item(i).checkState() == Qt.CheckState.Checked
         ]
-        val_name = self.val_combo.currentText()
-        val = None if val_name in ("", NO_VALIDATION) else self._load(val_name)
-        train = [self._load(n) for n in chosen if n != val_name]
-        seen, unique = set(), []
-        for name, img, lab in train:  # a saved pair and its live layer are the same data
-            if name not in seen:
-                seen.add(name)
-                unique.append((name, img, lab))
-        if val is not None:
-            unique = [p for p in unique if p[0] != val[0]]
-        if not unique:
-            raise HistoError(
-                "no training pairs chosen: correct a segmentation, or tick saved pairs (the held-back pair cannot also train)"
-            )
-        for name, _, lab in unique:
-            if not lab.any():
-                raise HistoError(f"{name}: the labels are empty; correct some nuclei first")
-        return unique, val
+        val_name = self.val_choice.value
+        val = None if val_name in ("", None, NO_VALIDATION) else self._spec(val_name)
+        train = [self._spec(n) for n in chosen if n != val_name]
+        return train, val
+
+    def gather(self):
+        """(training pairs, validation pair or None) from the list and the hold-back choice."""
+        return _resolve(*self.gather_specs())
 
     # ------------------------------------------------------------------ run
     def run(self):
         if self.runner.running:
             return None
+        from ..core.errors import HistoError
+
         try:
-            pairs, val = self.gather()
+            train, val = self.gather_specs()
+            if not train:
+                raise HistoError(_NO_PAIRS)
         except Exception as exc:
             notify_error(error_message(exc))
             self._set_status(error_message(exc))
             return None
-        from ..core.seg.workflow import fine_tune_iter
-
-        import_torch_safely()
         self.plot.clear()
         self.table.clearContents()
-        init = self.model_combo.currentData() or "default"
+        init = self.model_choice.value or "default"
         return self.runner.start(
-            fine_tune_iter,
-            pairs,
-            init=init,
-            epochs=self.epochs.value(),
-            lr=self.lr.value(),
-            validation=val,
-            device=self.device_combo.currentText(),
+            _fine_tune_job,
+            train,
+            val,
+            init,
+            self.epochs.value,
+            self.lr.value,
+            self.device.value,
             description="Fine-tune",
             on_event=self._on_event,
             on_done=self._on_done,
             on_cancelled=lambda: self._set_status("cancelled: the previous model is unchanged"),
+            torch=True,
         )
 
     def _on_event(self, event) -> None:
         m = getattr(event, "metrics", {}) or {}
-        if "loss" in m or "val_aji" in m:
-            self.plot.add(m.get("loss"), m.get("val_aji"))
+        if m:
+            self.plot.add_metrics(m)
 
     def _on_done(self, result) -> None:
         self.result = result
@@ -293,13 +278,58 @@ class FineTuneWidget(RunCancelMixin, QWidget):
                 if key in src:
                     self.table.setItem(row, col, QTableWidgetItem(f"{src[key]:.3f}"))
         self.refresh()
-        idx = self.model_combo.findData(str(result.model_dir))
-        seg = self._segment_widget()
-        if seg is not None:
-            seg.refresh_models(select=str(result.model_dir))
-        if idx >= 0:
-            self.model_combo.setCurrentIndex(idx)
+        MODELS.refresh()  # every model chooser lists the new version
+        self.state.set("model_ref", str(result.model_dir))  # Segment nuclei selects it
+        select_model(self.model_choice, str(result.model_dir))
         self._set_status(
             f"new model version {result.model_dir.name}; it is selected in Segment nuclei"
         )
         notify_info(f"model version {result.model_dir.name} saved")
+
+
+_NO_PAIRS = (
+    "no training pairs chosen: correct a segmentation, or tick saved pairs "
+    "(the held-back pair cannot also train)"
+)
+
+
+def _load_spec(spec):
+    kind, name, a, b = spec
+    if kind == "live":
+        return name, np.asarray(a), np.asarray(b).astype(np.uint32)
+    image, labels = a.load_pair(name)
+    return name, image, labels
+
+
+def _resolve(train_specs, val_spec):
+    from ..core.errors import HistoError
+
+    val = None if val_spec is None else _load_spec(val_spec)
+    seen, unique = set(), []
+    for spec in train_specs:  # a saved pair and its live layer are the same data
+        name, img, lab = _load_spec(spec)
+        if name not in seen:
+            seen.add(name)
+            unique.append((name, img, lab))
+    if val is not None:
+        unique = [p for p in unique if p[0] != val[0]]
+    if not unique:
+        raise HistoError(_NO_PAIRS)
+    for name, _, lab in unique:
+        if not lab.any():
+            raise HistoError(f"{name}: the labels are empty; correct some nuclei first")
+    return unique, val
+
+
+def _fine_tune_job(train_specs, val_spec, init, epochs, lr, device):
+    """Worker: read the saved pairs, then fine-tune (cancellable through training and scoring)."""
+    from ..core.progress import Progress
+    from ..core.seg.workflow import fine_tune_iter
+
+    yield Progress(0, None, stage="pairs", message="reading the training pairs")
+    pairs, val = _resolve(train_specs, val_spec)
+    return (
+        yield from fine_tune_iter(
+            pairs, init=init, epochs=epochs, lr=lr, validation=val, device=device
+        )
+    )

@@ -33,13 +33,13 @@ from ._common import (
     add_or_update_image,
     device_combo,
     error_message,
-    fitted_stain_normalizer,
-    import_torch_safely,
+    fill_model_combo,
     layer_levels,
     notify_error,
     notify_info,
     rgb_image_layers,
 )
+from ._viewer_state import MODELS, viewer_state
 
 if TYPE_CHECKING:
     import napari
@@ -71,14 +71,21 @@ class SegmentWidget(RunCancelMixin, QWidget):
         self._measure_generation = 0
         self._measuring = None
         self._measure_workers: set = set()
+        self._save_worker = None
+        self._io_workers: set = set()
+        self.state = viewer_state(napari_viewer)
         self._save_timer = QTimer(self)
         self._save_timer.setSingleShot(True)
         self._save_timer.setInterval(AUTOSAVE_DELAY_MS)
         self._save_timer.timeout.connect(self.save_now)
         self._build()
         self.refresh_inputs()
+        self.refresh_models()
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(self.refresh_inputs)
+        # A new model version (Fine-tune) refills the chooser and selects itself.
+        MODELS.connect(self.refresh_models)
+        self.state.connect("model_ref", lambda ref: self.refresh_models(select=ref))
 
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
@@ -145,7 +152,7 @@ class SegmentWidget(RunCancelMixin, QWidget):
         self.restore_btn.setVisible(False)
         v.addWidget(self.restore_btn)
         row = QHBoxLayout()
-        self.export_btn = QPushButton("Export measurements (CSV)…")
+        self.export_btn = QPushButton("Export CSV + GeoJSON…")
         self.export_btn.clicked.connect(self._export_dialog)
         row.addWidget(self.export_btn)
         v.addLayout(row)
@@ -186,21 +193,10 @@ class SegmentWidget(RunCancelMixin, QWidget):
         )
         if keep:
             self.region_combo.setCurrentText(keep)
-        self.refresh_models()
 
     def refresh_models(self, select: str | None = None) -> None:
-        """List shipped models and the user's fine-tuned versions (newest first)."""
-        from ..core.seg.workflow import available_models
-
-        keep = select or self.model_combo.currentData()
-        self.model_combo.blockSignals(True)
-        self.model_combo.clear()
-        for entry in available_models(self.user_model_dir()):
-            self.model_combo.addItem(entry.label, str(entry.ref))
-        idx = self.model_combo.findData(keep) if keep else -1
-        if idx >= 0:
-            self.model_combo.setCurrentIndex(idx)
-        self.model_combo.blockSignals(False)
+        """List shipped models and the user's fine-tuned versions (newest first; cached list)."""
+        fill_model_combo(self.model_combo, select)
 
     def user_model_dir(self) -> Path:
         from ..core.seg.registry import user_model_dir
@@ -254,19 +250,22 @@ class SegmentWidget(RunCancelMixin, QWidget):
                 )
             slices = self._region_slices(layer)
             data = layer_levels(layer)[0]
-            crops = [(rs, cs, np.asarray(data[rs, cs])) for rs, cs in slices]
-            normalizer = (
-                fitted_stain_normalizer(self.viewer) if self.normalize.isChecked() else None
-            )
+            # Views (or lazy dask slices of a pyramid): read in the worker, not here.
+            crops = [(rs, cs, data[rs, cs]) for rs, cs in slices]
+            normalizer = self.state.fitted_normalizer() if self.normalize.isChecked() else None
             model = self.model_combo.currentData() or "default"
-            import_torch_safely()
-            translator = self._translator() if self.translate.isChecked() else None
+            full_shape = tuple(data.shape[:2])
+            lname = f"{name} nuclei"
+            previous = None
+            if lname in self.viewer.layers and self.viewer.layers[lname].data.shape == full_shape:
+                previous = np.array(self.viewer.layers[lname].data, copy=True)  # ~ms: a snapshot
         except Exception as exc:
             msg = error_message(exc)
             notify_error(msg)
             self._set_status(msg)
             return None
         self._image_name = name
+        self.state.set("project", self.project())
         self._set_status("segmenting…")
         return self.runner.start(
             _segment_regions_job,
@@ -275,28 +274,18 @@ class SegmentWidget(RunCancelMixin, QWidget):
             self.device_combo.currentText(),
             self.tta.isChecked(),
             normalizer,
-            translator,
+            "ihc2he_default" if self.translate.isChecked() else None,
+            full_shape,
+            previous,
+            self.uncertainty.isChecked(),
             description="Segment nuclei",
             on_done=lambda res: self._show_result(layer, res),
+            torch=True,
         )
 
-    def _translator(self):
-        from ..core.translate import load_translator
-
-        # Loaded here: a missing or broken model is an immediate message, not a failed job.
-        return load_translator("ihc2he_default", "ihc2he", self.device_combo.currentText())
-
     def _show_result(self, layer, result) -> None:
-        full_shape = layer_levels(layer)[0].shape[:2]
         name = f"{layer.name} nuclei"
-        if name in self.viewer.layers and self.viewer.layers[name].data.shape == full_shape:
-            labels = np.asarray(self.viewer.layers[name].data)
-        else:
-            labels = np.zeros(full_shape, np.uint32)
-        from ..core.seg.workflow import merge_regions
-
-        conf = np.ones(full_shape, np.float32) if self.uncertainty.isChecked() else None
-        labels, conf = merge_regions(labels, result["regions"], result["outputs"], conf)
+        labels, conf, n = result["labels"], result["confidence"], result["n"]
         kwargs = {"scale": layer.scale[-2:], "translate": layer.translate[-2:]}
         if name in self.viewer.layers:
             lab_layer = self.viewer.layers[name]
@@ -315,7 +304,6 @@ class SegmentWidget(RunCancelMixin, QWidget):
                 blending="additive",
                 **kwargs,
             )
-        n = len(np.unique(labels)) - 1
         self._set_status(f"{n} nuclei found; correct them with the label tools, they autosave")
         self.refresh_measurements()
         self.viewer.layers.selection.active = lab_layer
@@ -424,31 +412,63 @@ class SegmentWidget(RunCancelMixin, QWidget):
         self.saved_label.setText("● unsaved changes (autosave in a moment)")
         self._save_timer.start()
 
-    def save_now(self) -> Path | None:
-        """Save the current image + corrected labels as a training pair (atomic)."""
+    def save_now(self):
+        """Autosave: snapshot the corrected labels here (a copy, ~ms), write the pair in a worker.
+
+        Decoding the saved image to compare, and writing PNG + TIFF, run off the GUI thread.
+        Returns the worker (None when there is nothing to save). A save requested while one is
+        being written waits for it (the timer is re-armed).
+        """
         if self.labels_layer is None or self._image_name not in self.viewer.layers:
             return None
         layer = self.viewer.layers[self._image_name]
         if layer.multiscale:
             return None
-        try:
-            pair = self.project().save_pair(
-                self._image_name,
-                np.asarray(layer.data),
-                np.asarray(self.labels_layer.data),
-                source=str(layer.source.path or ""),
-            )
-        except Exception as exc:
-            self.saved_label.setText(f"⚠ not saved: {error_message(exc)}")
-            notify_error(f"corrections not saved: {error_message(exc)}")
+        if self._save_worker is not None:
+            self._save_timer.start()
             return None
-        self._dirty = False
-        self.last_saved = time.time()
-        self.saved_label.setText(
-            f"✓ saved {time.strftime('%H:%M:%S')} to {pair.mask.parent.parent}"
+        from napari.qt.threading import create_worker
+
+        labels = np.array(self.labels_layer.data, copy=True)
+        image = layer.data  # image layers are not edited in place: no copy needed
+        try:
+            project = self.project()
+        except Exception as exc:
+            self._save_failed(exc)
+            return None
+        worker = create_worker(
+            _save_pair_job,
+            project,
+            self._image_name,
+            image,
+            labels,
+            str(layer.source.path or ""),
+            _start_thread=False,
+            _ignore_errors=True,
         )
-        self.refresh_measurements()
-        return pair.mask
+
+        def saved(pair) -> None:
+            self._dirty = self._save_timer.isActive()
+            self.last_saved = time.time()
+            self.saved_label.setText(
+                f"✓ saved {time.strftime('%H:%M:%S')} to {pair.mask.parent.parent}"
+            )
+            self.refresh_measurements()
+
+        def done() -> None:
+            self._save_worker = None
+
+        worker.returned.connect(saved)
+        worker.errored.connect(self._save_failed)
+        worker.finished.connect(done)
+        self._save_worker = worker
+        self.saved_label.setText("saving…")
+        worker.start()
+        return worker
+
+    def _save_failed(self, exc) -> None:
+        self.saved_label.setText(f"⚠ not saved: {error_message(exc)}")
+        notify_error(f"corrections not saved: {error_message(exc)}")
 
     def refresh_measurements(self) -> None:
         """Per-nucleus measurements as the labels layer's features table (computed off the GUI thread).
@@ -477,7 +497,9 @@ class SegmentWidget(RunCancelMixin, QWidget):
             if not self._measure_workers:
                 self._measuring = None
 
-        worker = create_worker(_measure_table, labels, image, _start_thread=False)
+        worker = create_worker(
+            _measure_table, labels, image, _start_thread=False, _ignore_errors=True
+        )
         worker.returned.connect(apply)
         worker.errored.connect(
             lambda exc: notify_error(f"measurements not updated: {error_message(exc)}")
@@ -488,24 +510,54 @@ class SegmentWidget(RunCancelMixin, QWidget):
         self._measuring = worker
         worker.start()
 
-    def export_csv(self, path: str | Path) -> Path:
-        from ..core.labels.export import write_csv
-        from ..core.labels.measure import measure_nuclei
+    def export(self, csv: str | Path | None = None, geojson: str | Path | None = None):
+        """Write the measurements (CSV) and/or outlines (GeoJSON) in a worker; returns it."""
+        from ..core.errors import HistoError
 
-        image = np.asarray(self.viewer.layers[self._image_name].data)
-        return write_csv(path, measure_nuclei(np.asarray(self.labels_layer.data), image))
+        if self.labels_layer is None:
+            raise HistoError("segment an image first")
+        if self.runner.running:
+            raise HistoError("wait for the running job to finish (or cancel it)")
+        labels = np.array(self.labels_layer.data, copy=True)
+        image = None
+        if self._image_name in self.viewer.layers:
+            layer = self.viewer.layers[self._image_name]
+            image = None if layer.multiscale else layer.data
+        self._set_status("exporting…")
+        return self.runner.call(
+            _export_job,
+            labels,
+            image,
+            None if csv is None else Path(csv),
+            None if geojson is None else Path(geojson),
+            stage="export",
+            description="Export nuclei",
+            on_done=self._exported,
+        )
+
+    def export_csv(self, path: str | Path):
+        """Write the per-nucleus measurements to ``path`` (in a worker; returns it)."""
+        return self.export(csv=path)
+
+    def _exported(self, result) -> None:
+        n, paths = result
+        msg = f"{n} nuclei exported to " + " and ".join(str(p) for p in paths)
+        self._set_status(msg)
+        notify_info(msg)
 
     def _export_dialog(self) -> None:
         if self.labels_layer is None:
             notify_error("segment an image first")
             return
         path, _ = QFileDialog.getSaveFileName(
-            self, "Export measurements", f"{self._image_name}_nuclei.csv", "CSV (*.csv)"
+            self,
+            "Export nuclei (CSV measurements + GeoJSON outlines)",
+            f"{self._image_name}_nuclei.csv",
+            "CSV (*.csv)",
         )
         if path:
             try:
-                self.export_csv(path)
-                notify_info(f"measurements written to {path}")
+                self.export(csv=path, geojson=Path(path).with_suffix(".geojson"))
             except Exception as exc:
                 notify_error(error_message(exc))
 
@@ -541,26 +593,42 @@ class SegmentWidget(RunCancelMixin, QWidget):
             self.restore_btn.setText(f"Open saved corrections of '{image_name}'")
 
     def restore_saved(self):
-        """Open the saved corrected labels of the chosen image as its editable nuclei layer."""
+        """Open the saved corrected labels of the chosen image (read in a worker; returns it)."""
         name = self.image_combo.currentText()
+        if self.runner.running or name not in self.viewer.layers:
+            return None
         try:
-            _, labels = self.project_for(name).load_pair(name)
-            layer = self.viewer.layers[name]
-            if layer_levels(layer)[0].shape[:2] != labels.shape:
-                raise ValueError(f"the saved labels {labels.shape} do not fit '{name}'")
+            project = self.project_for(name)
         except Exception as exc:
             notify_error(f"saved corrections not opened: {error_message(exc)}")
             return None
+        layer = self.viewer.layers[name]
+        shape = tuple(layer_levels(layer)[0].shape[:2])
+        return self.runner.call(
+            _load_pair_job,
+            project,
+            name,
+            shape,
+            stage="open",
+            description="Open corrections",
+            on_done=lambda labels: self._show_restored(name, labels),
+            on_error=lambda exc: notify_error(
+                f"saved corrections not opened: {error_message(exc)}"
+            ),
+        )
+
+    def _show_restored(self, name: str, labels: np.ndarray):
+        if name not in self.viewer.layers:
+            return None
+        layer = self.viewer.layers[name]
         self._image_name = name
         kwargs = {"scale": layer.scale[-2:], "translate": layer.translate[-2:]}
         lname = f"{name} nuclei"
         if lname in self.viewer.layers:
             lab_layer = self.viewer.layers[lname]
-            lab_layer.data = labels.astype(np.uint32)
+            lab_layer.data = labels
         else:
-            lab_layer = self.viewer.add_labels(
-                labels.astype(np.uint32), name=lname, opacity=0.5, **kwargs
-            )
+            lab_layer = self.viewer.add_labels(labels, name=lname, opacity=0.5, **kwargs)
         self._attach(lab_layer)
         self.refresh_measurements()
         self._dirty = False
@@ -568,12 +636,46 @@ class SegmentWidget(RunCancelMixin, QWidget):
         return lab_layer
 
 
-def _segment_regions_job(crops, model, device, tta, normalizer, translator=None):
-    """Worker: segment each region crop (translated and normalized first when asked)."""
-    from ..core.seg.workflow import segment_regions_iter
+def _segment_regions_job(
+    crops, model, device, tta, normalizer, translator, full_shape, previous, uncertainty
+):
+    """Worker: read and segment each region crop, paste the nuclei into the label image."""
+    from ..core.seg.workflow import merge_regions, segment_regions_iter
 
+    crops = [(rs, cs, np.asarray(crop)) for rs, cs, crop in crops]
     outputs = yield from segment_regions_iter(crops, model, device, tta, normalizer, translator)
-    return {"regions": crops, "outputs": outputs}
+    labels = previous if previous is not None else np.zeros(full_shape, np.uint32)
+    conf = np.ones(full_shape, np.float32) if uncertainty else None
+    labels, conf = merge_regions(labels, crops, outputs, conf)
+    n = len(np.unique(labels)) - 1
+    return {"labels": labels, "confidence": conf, "n": n}
+
+
+def _save_pair_job(project, name, image, labels, source):
+    """Worker: write the image + corrected labels pair (atomic, the image only when changed)."""
+    return project.save_pair(name, np.asarray(image), labels, source=source)
+
+
+def _load_pair_job(project, name, shape):
+    _, labels = project.load_pair(name)
+    if labels.shape != tuple(shape):
+        raise ValueError(f"the saved labels {labels.shape} do not fit '{name}'")
+    return labels.astype(np.uint32)
+
+
+def _export_job(labels, image, csv, geojson):
+    """Worker: measure every nucleus once; write the CSV and/or the GeoJSON."""
+    from ..core.labels.export import write_csv, write_geojson
+    from ..core.labels.measure import measure_nuclei
+
+    table = measure_nuclei(labels, None if image is None else np.asarray(image))
+    paths = []
+    if csv is not None:
+        paths.append(write_csv(csv, table))
+    if geojson is not None:
+        paths.append(write_geojson(geojson, labels, table))
+    n = len(table["label"]) if "label" in table else int(len(np.unique(labels)) - 1)
+    return n, paths
 
 
 def _measure_table(labels: np.ndarray, image: np.ndarray | None):

@@ -31,13 +31,13 @@ from ._common import (
     RunCancelMixin,
     device_combo,
     error_message,
-    fitted_stain_normalizer,
-    import_torch_safely,
+    fill_model_combo,
     layer_levels,
     notify_error,
     notify_info,
     rgb_image_layers,
 )
+from ._viewer_state import MODELS, viewer_state
 
 if TYPE_CHECKING:
     import napari
@@ -56,10 +56,16 @@ class SlideWidget(RunCancelMixin, QWidget):
         self.runner = JobRunner(on_busy=self._set_busy, on_status=self._set_status)
         self.zarr_path: Path | None = None
         self.edit_region: tuple[slice, slice] | None = None
+        self.state = viewer_state(napari_viewer)
+        self.last_mapping: dict | None = None
+        self.last_export: int | None = None
         self._build()
         self.refresh()
+        fill_model_combo(self.model_combo)
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(self.refresh)
+        MODELS.connect(lambda: fill_model_combo(self.model_combo))
+        self.state.connect("model_ref", lambda ref: fill_model_combo(self.model_combo, ref))
 
     def _build(self) -> None:
         layout = QVBoxLayout(self)
@@ -132,20 +138,12 @@ class SlideWidget(RunCancelMixin, QWidget):
         self._on_where(self.where.currentText())
 
     def refresh(self, event=None) -> None:
-        from ..core.seg.registry import user_model_dir
-        from ..core.seg.workflow import available_models
-
+        """The slide chooser follows the layer list (the model list is cached, not re-read)."""
         keep = self.slide_combo.currentText()
         self.slide_combo.clear()
         self.slide_combo.addItems([lyr.name for lyr in rgb_image_layers(self.viewer)])
         if keep:
             self.slide_combo.setCurrentText(keep)
-        keep = self.model_combo.currentData()
-        self.model_combo.clear()
-        for entry in available_models(user_model_dir()):
-            self.model_combo.addItem(entry.label, entry.ref)
-        if keep is not None and self.model_combo.findData(keep) >= 0:
-            self.model_combo.setCurrentIndex(self.model_combo.findData(keep))
 
     def _on_where(self, text: str) -> None:
         self.workers.setEnabled(text == LOCAL_PROCESSES)
@@ -191,35 +189,42 @@ class SlideWidget(RunCancelMixin, QWidget):
                 self.tta.isChecked(),
             )
             out = self.output_path(layer)
-            normalizer = (
-                fitted_stain_normalizer(self.viewer) if self.normalize.isChecked() else None
-            )
+            normalizer = self.state.fitted_normalizer() if self.normalize.isChecked() else None
         except Exception as exc:
             notify_error(error_message(exc))
             self._set_status(error_message(exc))
             return None
         levels = layer_levels(layer)
-        import_torch_safely()
         return self.runner.start(
             _slide_job, levels, segmenter, out, tiling, scheduler, workers, normalizer,
-            description="Whole slide", on_done=self._on_done,
+            description="Whole slide", on_done=self._on_done, torch=True,
         )  # fmt: skip
 
-    def _on_done(self, result) -> None:
-        self.open_labels(result.zarr_path)
+    def _on_done(self, done) -> None:
+        result, opened = done
+        self._show_labels(opened)
         self._set_status(
             f"{result.n_nuclei} nuclei in {result.n_tissue_blocks}/{result.n_blocks} tissue tiles → {result.zarr_path}"
         )
 
     def open_labels(self, path: str | Path):
-        """Show a labels pyramid as a multiscale Labels layer (aligned with the slide)."""
-        from ..core.slide.edit import recover_pending
-        from ..core.slide.segment import open_labels_pyramid
+        """Show a labels pyramid as a multiscale Labels layer (aligned with the slide).
 
-        path = Path(path)
-        if recover_pending(path):
+        The edit journal is replayed (an interrupted edit recovered) and the pyramid opened in a
+        worker; the layer arrives when it returns. Returns the worker.
+        """
+        return self.runner.call(
+            _open_labels_job,
+            Path(path),
+            stage="open",
+            description="Open labels",
+            on_done=self._show_labels,
+        )
+
+    def _show_labels(self, opened):
+        path, levels, recovered = opened
+        if recovered:
             notify_info(f"{path.name}: an interrupted edit was recovered")
-        levels = open_labels_pyramid(path)
         name = f"{path.stem} nuclei"
         kwargs = {}
         try:
@@ -249,23 +254,39 @@ class SlideWidget(RunCancelMixin, QWidget):
         return slice(int(r0), int(np.ceil(r1))), slice(int(c0), int(np.ceil(c1)))
 
     def pull_region(self, region: tuple[slice, slice] | None = None):
-        """Copy a region of the labels pyramid into an editable in-memory Labels layer."""
+        """Copy a region of the labels pyramid into an editable in-memory Labels layer.
+
+        Read in a worker (up to 4096 x 4096 pixels); the "region edit" layer arrives when it
+        returns. Returns the worker (None with a message when the request is refused).
+        """
         from ..core.errors import HistoError
         from ..core.slide.edit import read_region
 
         try:
             if self.zarr_path is None:
                 raise HistoError("segment a slide or open its labels first")
+            if self.runner.running:
+                raise HistoError("wait for the running job to finish (or cancel it)")
             rows, cols = region or self.view_region()
             if (rows.stop - rows.start) * (cols.stop - cols.start) > 4096 * 4096:
                 raise HistoError(
                     "the field of view is too large to edit in memory: zoom in (at most 4096 x 4096 pixels)"
                 )
-            data = read_region(self.zarr_path, rows, cols)
         except Exception as exc:
             notify_error(error_message(exc))
             self._set_status(error_message(exc))
             return None
+        return self.runner.call(
+            read_region,
+            self.zarr_path,
+            rows,
+            cols,
+            stage="read region",
+            description="Edit region",
+            on_done=lambda data: self._show_region(rows, cols, data),
+        )
+
+    def _show_region(self, rows: slice, cols: slice, data: np.ndarray):
         self.edit_region = (
             slice(rows.start, rows.start + data.shape[0]),
             slice(cols.start, cols.start + data.shape[1]),
@@ -283,32 +304,74 @@ class SlideWidget(RunCancelMixin, QWidget):
         )
         return layer
 
-    def push_region(self) -> dict | None:
-        """Write the edited region back into the pyramid (journaled, ids kept slide-unique)."""
+    def push_region(self):
+        """Write the edited region back into the pyramid (journaled, ids kept slide-unique).
+
+        The write, the pyramid rebuild and the reopening run in a worker; ``last_mapping`` holds
+        the new ids when it returns. Returns the worker.
+        """
         from ..core.errors import HistoError
-        from ..core.slide.edit import write_region
 
         try:
             if self.edit_region is None or "region edit" not in self.viewer.layers:
                 raise HistoError("nothing to save: press 'Edit this region' first")
+            if self.runner.running:
+                raise HistoError("wait for the running job to finish (or cancel it)")
             rows, cols = self.edit_region
-            mapping = write_region(
-                self.zarr_path, rows, cols, np.asarray(self.viewer.layers["region edit"].data)
-            )
+            data = np.array(self.viewer.layers["region edit"].data, copy=True)
         except Exception as exc:
             notify_error(error_message(exc))
             self._set_status(error_message(exc))
             return None
-        self.open_labels(self.zarr_path)
-        self._set_status(f"region saved ({len(mapping)} new nuclei got slide-unique ids)")
-        return mapping
 
-    def export(self, geojson: str | Path | None, csv: str | Path | None) -> int:
-        from ..core.progress import drain
+        def done(result) -> None:
+            mapping, opened = result
+            self.last_mapping = mapping
+            self._show_labels(opened)
+            self._set_status(f"region saved ({len(mapping)} new nuclei got slide-unique ids)")
+
+        return self.runner.call(
+            _push_region_job,
+            self.zarr_path,
+            rows,
+            cols,
+            data,
+            stage="write region",
+            description="Save region",
+            on_done=done,
+        )
+
+    def export(self, geojson: str | Path | None, csv: str | Path | None):
+        """Measure and outline every nucleus of the slide in a worker (GeoJSON and/or CSV).
+
+        ``last_export`` holds the number of nuclei when it returns. Returns the worker.
+        """
+        from ..core.errors import HistoError
         from ..core.slide.segment import export_slide_iter
 
+        if self.zarr_path is None:
+            raise HistoError("segment a slide or open its labels first")
+        if self.runner.running:
+            raise HistoError("wait for the running job to finish (or cancel it)")
         layer = self._slide_layer()
-        return drain(export_slide_iter(self.zarr_path, layer_levels(layer)[0], geojson, csv))
+
+        def done(n: int) -> None:
+            self.last_export = n
+            msg = f"{n} nuclei exported to " + " and ".join(
+                str(p) for p in (geojson, csv) if p is not None
+            )
+            self._set_status(msg)
+            notify_info(msg)
+
+        return self.runner.start(
+            export_slide_iter,
+            self.zarr_path,
+            layer_levels(layer)[0],
+            geojson,
+            csv,
+            description="Export nuclei",
+            on_done=done,
+        )
 
     def _export_dialog(self) -> None:
         if self.zarr_path is None:
@@ -322,8 +385,7 @@ class SlideWidget(RunCancelMixin, QWidget):
         )
         if path:
             try:
-                n = self.export(path, Path(path).with_suffix(".csv"))
-                notify_info(f"{n} nuclei exported to {path} and .csv")
+                self.export(path, Path(path).with_suffix(".csv"))
             except Exception as exc:
                 notify_error(error_message(exc))
 
@@ -334,6 +396,22 @@ class SlideWidget(RunCancelMixin, QWidget):
                 self.open_labels(path)
             except Exception as exc:
                 notify_error(error_message(exc))
+
+
+def _open_labels_job(path: Path):
+    """Worker: replay the edit journal (recover an interrupted edit), open the label levels."""
+    from ..core.slide.edit import recover_pending
+    from ..core.slide.segment import open_labels_pyramid
+
+    recovered = recover_pending(path)
+    return path, open_labels_pyramid(path), recovered
+
+
+def _push_region_job(path, rows, cols, data):
+    from ..core.slide.edit import write_region
+
+    mapping = write_region(path, rows, cols, data)
+    return mapping, _open_labels_job(path)
 
 
 def _slide_job(levels, segmenter, out, tiling, scheduler, workers, normalizer=None):
@@ -347,4 +425,5 @@ def _slide_job(levels, segmenter, out, tiling, scheduler, workers, normalizer=No
         yield Progress(step=0, total=1, stage="normalize", message="stain statistics of the slide")
         levels = normalize_levels(normalizer, levels)
     with dask_client(scheduler, workers) as client:
-        return (yield from segment_slide_iter(levels, segmenter, out, tiling, client=client))
+        result = yield from segment_slide_iter(levels, segmenter, out, tiling, client=client)
+    return result, _open_labels_job(result.zarr_path)

@@ -36,13 +36,13 @@ from ._common import (
     add_or_update_labels,
     device_combo,
     error_message,
-    import_torch_safely,
     layer_levels,
     notify_error,
     notify_info,
     qimage_icon,
     rgb_image_layers,
 )
+from ._viewer_state import viewer_state
 
 if TYPE_CHECKING:
     import napari
@@ -72,14 +72,26 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.normalizer = None  # the fitted normalizer; replaced only when a fit succeeds
+        self.state = viewer_state(napari_viewer)
         self.candidates: list[Candidate] = []
         self._made_layers: set[str] = set()
+        self._icons: dict = {}  # candidate key -> QIcon, decoded once (in a worker)
+        self._thumb_workers: set = set()
+        self._pyramid_dir: Path | None = None
         self.runner = JobRunner(on_busy=self._set_busy, on_status=self._set_status)
         self._build()
         self.refresh_candidates()
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(self._on_layers_changed)
+
+    @property
+    def normalizer(self):
+        """The fitted normalizer, shared with the other widgets through the viewer state."""
+        return self.state.normalizer
+
+    @normalizer.setter
+    def normalizer(self, value) -> None:
+        self.state.set("normalizer", value)
 
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
@@ -175,9 +187,11 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
         self.refresh_candidates()
 
     def refresh_candidates(self) -> None:
-        """Rebuild the gallery (open RGB layers + folder images) and the layer choosers."""
-        from ..core.io.regions import thumbnail
+        """Rebuild the gallery (open RGB layers + folder images) and the layer choosers.
 
+        Thumbnails are decoded once per candidate, in a worker; items show their icon when it
+        arrives. Layer events only rebuild the list (no pixels are read here).
+        """
         chosen = self.current_template()
         files = [c for c in self.candidates if c.path is not None]
         layers = [
@@ -188,22 +202,23 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
         self.candidates = layers + files
         self.gallery.blockSignals(True)
         self.gallery.clear()
+        missing = []
         for cand in self.candidates:
-            try:
-                thumb = thumbnail(cand.layer.data if cand.layer is not None else _read(cand.path))
-                icon = qimage_icon(thumb)
-            except Exception:
-                icon = None
             item = QListWidgetItem(cand.name if len(cand.name) < 18 else cand.name[:16] + "…")
             item.setToolTip(cand.name if cand.path is None else str(cand.path))
-            if icon is not None:
-                item.setIcon(icon)
+            key = _thumb_key(cand)
+            if key in self._icons:
+                item.setIcon(self._icons[key])
+            else:
+                missing.append((key, cand.layer.data if cand.layer is not None else cand.path))
             self.gallery.addItem(item)
         if chosen is not None:
             for i, cand in enumerate(self.candidates):
                 if cand.name == chosen.name and cand.path == chosen.path:
                     self.gallery.setCurrentRow(i)
         self.gallery.blockSignals(False)
+        if missing:
+            self._load_thumbnails(missing)
 
         from napari.layers import Shapes
 
@@ -218,6 +233,31 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
         self.target_combo.addItems([c.name for c in layers])
         if keep:
             self.target_combo.setCurrentText(keep)
+
+    def _load_thumbnails(self, missing: list) -> None:
+        from napari.qt.threading import create_worker
+
+        for key, _ in missing:
+            self._icons[key] = None  # asked for: not again while the worker runs
+        worker = create_worker(_thumbnails_job, missing, _start_thread=False, _ignore_errors=True)
+
+        def apply(thumbs) -> None:
+            for key, thumb in thumbs:
+                self._icons[key] = qimage_icon(thumb) if thumb is not None else None
+            for i, cand in enumerate(self.candidates):
+                icon = self._icons.get(_thumb_key(cand))
+                item = self.gallery.item(i)
+                if icon is not None and item is not None and item.icon().isNull():
+                    item.setIcon(icon)
+
+        worker.returned.connect(apply)
+        worker.finished.connect(lambda: self._thumb_workers.discard(worker))
+        self._thumb_workers.add(worker)
+        worker.start()
+
+    @property
+    def thumbnails_loading(self) -> bool:
+        return bool(self._thumb_workers)
 
     def add_folder(self, folder: str | Path) -> int:
         """Add every image of ``folder`` to the gallery; returns how many were added."""
@@ -256,27 +296,51 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
         if cand.layer is None:
             # Show the chosen file in the viewer: the user sees the template they picked.
             name = f"template: {cand.name}"
-            if name not in self.viewer.layers:
-                try:
-                    self.viewer.add_image(_read(cand.path), name=name, rgb=True)
-                except Exception as exc:
-                    notify_error(error_message(exc))
-                    return
-            cand.layer = self.viewer.layers[name]
+            if name in self.viewer.layers:
+                cand.layer = self.viewer.layers[name]
+            else:
+                self._open_template_file(cand, name)
+                return
         else:
             self.viewer.layers.selection.active = cand.layer
         self.template_label.setText(f"template: <b>{cand.name}</b>")
 
+    def _open_template_file(self, cand: Candidate, name: str) -> None:
+        """Read a folder image in a worker, then show it: the user sees the template they picked."""
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(_read, cand.path, _start_thread=False, _ignore_errors=True)
+
+        def show(image) -> None:
+            if name not in self.viewer.layers:
+                self.viewer.add_image(image, name=name, rgb=True)
+            cand.layer = self.viewer.layers[name]
+            if self.current_template() is cand:
+                self.template_label.setText(f"template: <b>{cand.name}</b>")
+
+        worker.returned.connect(show)
+        worker.errored.connect(lambda exc: notify_error(error_message(exc)))
+        worker.finished.connect(lambda: self._thumb_workers.discard(worker))
+        self._thumb_workers.add(worker)
+        self.template_label.setText(f"reading {cand.name}…")
+        worker.start()
+
     # ------------------------------------------------------------------ inputs
     def template_images(self) -> list[np.ndarray]:
-        """The template as arrays: the whole image, or the regions of the chosen Shapes layer."""
+        """The template as arrays: the whole image, or the regions of the chosen Shapes layer.
+
+        Lazy where the template is (a pyramid's level, a dask crop): :func:`_job` reads them in
+        the worker. Call ``np.asarray`` on each to get pixels.
+        """
         from ..core.errors import HistoError
         from ..core.io.regions import crop_rectangles, pick_level
 
         cand = self.current_template()
         if cand is None:
             raise HistoError("no template chosen: click a thumbnail in the gallery first")
-        data = cand.layer.data if cand.layer is not None else _read(cand.path)
+        if cand.layer is None:
+            raise HistoError(f"{cand.name} is still being read: try again in a moment")
+        data = cand.layer.data
         levels = list(data) if getattr(cand.layer, "multiscale", False) else [data]
         _check_rgb(cand.name, levels[0])
         roi = self.roi_combo.currentText()
@@ -299,8 +363,13 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
                 else np.asarray(r)
                 for r in rects
             ]
-            return crop_rectangles(levels[0], verts, source=cand.name)
-        return [np.asarray(levels[pick_level(levels)])]
+            from ..core.io.regions import rectangle_slices
+
+            slices = rectangle_slices(verts, levels[0].shape)
+            if not slices:  # the core's message
+                return crop_rectangles(levels[0], verts, source=cand.name)
+            return [levels[0][rs, cs] for rs, cs in slices]
+        return [levels[pick_level(levels)]]
 
     def target_layers(self) -> list:
         from ..core.errors import HistoError
@@ -339,11 +408,11 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
         if method == "dcgmm" and self.refit.isChecked():
             from ..core.io.regions import pick_level
 
-            fit_on = [
-                np.asarray(lv[pick_level(lv)]) if isinstance(lv, list) else np.asarray(lv)
-                for _, lv in targets
-            ]
-        import_torch_safely()
+            fit_on = [lv[pick_level(lv)] if isinstance(lv, list) else lv for _, lv in targets]
+        if any(isinstance(lv, list) for _, lv in targets) and self._pyramid_dir is None:
+            import tempfile
+
+            self._pyramid_dir = Path(tempfile.mkdtemp(prefix="napari-histo-normalized-"))
         return self.runner.start(
             _job,
             self.normalizer if reuse else method,
@@ -354,9 +423,11 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
             self.device_combo.currentText(),
             self.show_classes.isChecked(),
             self.show_probs.isChecked(),
+            self._pyramid_dir,
             description="Stain normalization",
             on_event=self._on_event,
             on_done=self._on_done,
+            torch=True,
         )
 
     def _on_event(self, event) -> None:
@@ -420,27 +491,48 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
         if on:
             self.viewer.grid.shape = (1, -1)
 
-    def save(self, path: str | Path) -> None:
-        """Save the fitted normalizer (atomic write in the core)."""
+    def save(self, path: str | Path):
+        """Save the fitted normalizer (atomic write in the core, in a worker; returns it)."""
         from ..core.errors import HistoError
 
         if self.normalizer is None:
             raise HistoError("nothing to save yet: fit a normalizer first")
-        self.normalizer.save(path)
-        self._set_status(f"saved to {path}")
+        if self.runner.running:
+            raise HistoError("wait for the running job to finish (or cancel it)")
+        return self.runner.call(
+            self.normalizer.save,
+            path,
+            stage="save",
+            description="Save normalizer",
+            on_done=lambda _: self._set_status(f"saved to {path}"),
+        )
 
-    def load(self, path: str | Path) -> None:
-        """Load a saved normalizer; it becomes the current one."""
+    def load(self, path: str | Path):
+        """Load a saved normalizer in a worker; it becomes the current one (returns the worker)."""
+        from ..core.errors import HistoError
         from ..core.stain import load_normalizer
 
-        self.normalizer = load_normalizer(path)
-        self.reuse.setEnabled(True)
-        self.reuse.setChecked(True)
-        method = getattr(self.normalizer, "name", None)
-        for label, key in METHOD_LABELS.items():
-            if key == method:
-                self.method_combo.setCurrentText(label)
-        self._set_status(f"loaded {Path(path).name}")
+        if self.runner.running:
+            raise HistoError("wait for the running job to finish (or cancel it)")
+
+        def loaded(normalizer) -> None:
+            self.normalizer = normalizer
+            self.reuse.setEnabled(True)
+            self.reuse.setChecked(True)
+            method = getattr(normalizer, "name", None)
+            for label, key in METHOD_LABELS.items():
+                if key == method:
+                    self.method_combo.setCurrentText(label)
+            self._set_status(f"loaded {Path(path).name}")
+
+        return self.runner.call(
+            load_normalizer,
+            path,
+            stage="load",
+            description="Load normalizer",
+            on_done=loaded,
+            torch=True,
+        )
 
     def _save_dialog(self) -> None:
         path, _ = QFileDialog.getSaveFileName(
@@ -468,20 +560,68 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
             w.setEnabled(dcgmm)
 
 
-def _job(method, templates, targets, fit_on, steps, device, class_maps, probabilities):
-    """The worker: fit (unless ``method`` is already a normalizer), then normalize each image."""
-    from ..core.stain.workflow import normalize_images, prepare_normalizer
+def _job(method, templates, targets, fit_on, steps, device, class_maps, probabilities, pyramid_dir):
+    """The worker: fit (unless ``method`` is already a normalizer), then normalize each image.
 
+    Lazy inputs (pyramid levels, dask crops) are read here. A normalized pyramid is computed into
+    a zarr pyramid under ``pyramid_dir`` before its event goes to the GUI, so napari only ever
+    reads stored pixels (never runs the normalizer in its render path).
+    """
+    from ..core.stain.workflow import (
+        NormalizedImage,
+        normalize_images,
+        prepare_normalizer,
+        write_levels_zarr_iter,
+    )
+
+    templates = [np.asarray(t) for t in templates]
+    fit_on = None if fit_on is None else [np.asarray(a) for a in fit_on]
     if isinstance(method, str):
         normalizer = yield from prepare_normalizer(
             method, templates, fit_on=fit_on, steps=steps, device=device
         )
     else:
         normalizer = method
-    yield from normalize_images(
-        normalizer, targets, class_maps=class_maps, probabilities=probabilities
-    )
+    gen = normalize_images(normalizer, targets, class_maps=class_maps, probabilities=probabilities)
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration:
+            break
+        res = getattr(event, "payload", None)
+        if isinstance(res, NormalizedImage) and not isinstance(res.image, np.ndarray):
+            import dask.array as da
+
+            levels = res.image if isinstance(res.image, list) else [res.image]
+            folder = Path(pyramid_dir) / f"{_safe(res.name)}.zarr"
+            arrays = yield from write_levels_zarr_iter(levels, folder, stage=f"{res.name}")
+            stored = [da.from_zarr(a) for a in arrays]
+            res.image = stored if isinstance(res.image, list) else stored[0]
+        yield event
     return normalizer
+
+
+def _safe(name: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:80] or "image"
+
+
+def _thumb_key(cand: Candidate):
+    return ("path", str(cand.path)) if cand.layer is None else ("layer", id(cand.layer.data))
+
+
+def _thumbnails_job(items: list) -> list:
+    """Worker: a small preview of each (key, layer data or file path); None where unreadable."""
+    from ..core.io.regions import thumbnail
+
+    out = []
+    for key, src in items:
+        try:
+            out.append((key, thumbnail(_read(src) if isinstance(src, Path) else src)))
+        except Exception:
+            out.append((key, None))
+    return out
 
 
 def _read(path: Path) -> np.ndarray:

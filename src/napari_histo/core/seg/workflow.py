@@ -245,11 +245,9 @@ def fine_tune_iter(
         seed=seed,
     )
 
-    def score(model_ref) -> dict[str, float]:
-        from ..progress import drain
-
+    def score(model_ref):  # a progress generator: closing it (cancel) stops the scoring too
         _, img, truth = validation
-        pred = drain(segment_array_iter(img, model=str(model_ref), device=device)).labels
+        pred = (yield from segment_array_iter(img, model=str(model_ref), device=device)).labels
         pq = panoptic_quality(truth, pred)
         return {
             "AJI": float(aggregated_jaccard_index(truth, pred)),
@@ -259,9 +257,9 @@ def fine_tune_iter(
 
     result = FineTuneResult(Path(model_dir), str(init), [p[0] for p in pairs])
     if validation is not None:
-        yield Progress(
-            step=0, total=None, stage="compare", message="scoring parent and new version"
-        )
-        result.before = score(init)
-        result.after = score(model_dir)
+        yield Progress(step=0, total=2, stage="compare", message="scoring the parent")
+        result.before = yield from score(init)
+        yield Progress(step=1, total=2, stage="compare", message="scoring the new version")
+        result.after = yield from score(model_dir)
+        yield Progress(step=2, total=2, stage="compare")
     return result

@@ -221,3 +221,53 @@ def normalize_levels(normalizer, levels: list, sample: np.ndarray | None = None)
         sample = np.asarray(levels[pick_level(levels)])
     stats = normalizer.source_stats(sample)
     return [lazy_transform(lv, normalizer, stats) for lv in levels]
+
+
+def write_levels_zarr_iter(
+    levels: Sequence, path: str | Path, chunk: int = 1024, stage: str = "write pyramid"
+) -> Generator[Progress, None, list]:
+    """Compute (lazy) image levels chunk by chunk into a zarr group; returns the zarr arrays.
+
+    Made for normalized slides: a viewer shows the returned arrays (plain reads of stored pixels)
+    instead of a lazy graph that would run the normalizer inside the render path on every pan and
+    zoom. One event per chunk written; closing the generator (cancel) removes the partial folder.
+    Levels are stored as ``"0"``, ``"1"``... with ``multiscales`` metadata (OME-Zarr's layout).
+    """
+    import shutil
+
+    import zarr
+
+    path = Path(path)
+    if path.exists():
+        shutil.rmtree(path)
+    total = sum(-(-lv.shape[0] // chunk) * -(-lv.shape[1] // chunk) for lv in levels)
+    done_ok = False
+    try:
+        group = zarr.open_group(str(path), mode="w")
+        arrays = []
+        step = 0
+        for k, lv in enumerate(levels):
+            shape = tuple(int(s) for s in lv.shape)
+            arr = group.create_array(
+                str(k),
+                shape=shape,
+                chunks=(chunk, chunk, *shape[2:]),
+                dtype=np.uint8,
+                fill_value=0,
+            )
+            for r in range(0, shape[0], chunk):
+                for c in range(0, shape[1], chunk):
+                    block = lv[r : r + chunk, c : c + chunk]
+                    block = block.compute() if hasattr(block, "compute") else np.asarray(block)
+                    arr[r : r + block.shape[0], c : c + block.shape[1]] = block
+                    step += 1
+                    yield Progress(step=step, total=total, stage=stage, message=f"level {k}")
+            arrays.append(arr)
+        group.attrs["multiscales"] = [
+            {"version": "0.4", "datasets": [{"path": str(k)} for k in range(len(levels))]}
+        ]
+        done_ok = True
+        return arrays
+    finally:
+        if not done_ok:
+            shutil.rmtree(path, ignore_errors=True)
