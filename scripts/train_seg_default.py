@@ -164,6 +164,11 @@ def main(argv=None) -> int:
     ap.add_argument("--blur", type=float, default=0.2, help="probability of a blur augmentation")
     ap.add_argument("--keep", choices=("best", "last"), default="best")
     ap.add_argument(
+        "--normalize-to", metavar="TEMPLATE", type=Path,
+        help="stain-normalize every training and validation tile to this template with the "
+        "shipped DCGMM first (as Jung et al. 2019 trained their Mask R-CNN)",
+    )  # fmt: skip
+    ap.add_argument(
         "--ship", action="store_true",
         help="copy the trained model from runs/seg/ into resources/seg/ (weights + card)",
     )  # fmt: skip
@@ -180,6 +185,14 @@ def main(argv=None) -> int:
         set_default(args.make_default)
         return 0
     train, val = load_split(args.sets)
+    if args.normalize_to is not None:
+        from napari_histo.core.io import read_image
+        from napari_histo.core.progress import drain
+        from napari_histo.core.stain.workflow import make_normalizer
+
+        norm = drain(make_normalizer("dcgmm", [read_image(args.normalize_to)], device="cpu"))
+        train = [(n, norm.transform(img), lab) for n, img, lab in train]
+        val = [(n, norm.transform(img), lab) for n, img, lab in val]
     # Validation at 40x and as a 20x scanner would show the same held-out tissue.
     val_all = val + rescale_pairs(val, 0.5)
     if args.eval_only:

@@ -258,3 +258,28 @@ def test_segment_resamples_to_the_models_pixel_size(shipped, held_out, tmp_path,
     assert 0.6 < (len(np.unique(lab)) - 1) / (len(np.unique(truth)) - 1) < 1.4
     assert main(["segment", str(src), "--out", str(out), "--device", "cpu"]) == 0
     assert "pixel size unknown" in capsys.readouterr().err
+
+
+def test_jung2019_preset(shipped, held_out, monuseg, tmp_path, monkeypatch, capsys):
+    """--pipeline jung2019: DCGMM to the template, the newest Mask R-CNN, instances merged over
+    the 8 transforms; without a trained Mask R-CNN, one line saying how to train one."""
+    import torch
+
+    from napari_histo.core.seg.spec import get_arch
+
+    monkeypatch.setenv("NAPARI_HISTO_MODELS", str(tmp_path / "models"))
+    small = tmp_path / "small.png"
+    write_image(small, read_image(held_out / "images" / "crop.png")[:96, :128])
+    template = tmp_path / "template.png"
+    write_image(template, read_image(monuseg / "images" / f"{TEMPLATE}.png")[:256, :256])
+    argv = ["segment", str(small), "--pipeline", "jung2019", "--normalize", str(template)]
+    argv += ["--out", str(tmp_path / "out"), "--device", "cpu", "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "trained maskrcnn" in err and "--arch maskrcnn" in err and len(err.splitlines()) == 1
+    torch.manual_seed(0)
+    kwargs = {"fpn_channels": 32, "head_width": 64, "detections_per_img": 30}
+    net = get_arch("maskrcnn").build(**kwargs)
+    models.save_model(tmp_path / "models" / "maskrcnn_tiny", net, "maskrcnn", kwargs)
+    assert main(argv) == 0, capsys.readouterr().err
+    assert read_labels(tmp_path / "out" / "small.tif").shape == (96, 128)

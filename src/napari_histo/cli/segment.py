@@ -48,6 +48,12 @@ def add_arguments(parser) -> None:
         help="normalize each tile's stain to this template image (or a saved normalizer .json)",
     )
     parser.add_argument(
+        "--pipeline",
+        choices=("jung2019",),
+        help="a published method as a preset: jung2019 = DCGMM normalization to --normalize "
+        "TEMPLATE, Mask R-CNN, multiple inference merged as instances (needs a trained Mask R-CNN)",
+    )
+    parser.add_argument(
         "--mpp",
         type=float,
         default=None,
@@ -121,6 +127,17 @@ def run(args) -> int:
     if out.exists() and not out.is_dir():
         error(f"{out}: exists and is not a folder")
         return 2
+    if args.pipeline:
+        from ..core.seg.workflow import PIPELINES, pipeline_model
+
+        preset = PIPELINES[args.pipeline]
+        if not args.normalize:
+            raise HistoError(
+                f"--pipeline {args.pipeline} normalizes first: give --normalize TEMPLATE"
+            )
+        args.model = pipeline_model(args.pipeline)
+        args.normalize_method = preset.normalize
+        args.tta = preset.tta
     model = load_model(args.model, args.device)
     normalizer = _normalizer(args) if args.normalize else None
     translator = None

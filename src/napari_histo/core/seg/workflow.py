@@ -21,6 +21,55 @@ from ..progress import Progress
 from .registry import list_models, load_model, user_model_dir
 
 
+@dataclass(frozen=True)
+class Pipeline:
+    """A published method as a preset: which architecture, which normalization, which inference."""
+
+    name: str
+    label: str
+    arch: str
+    normalize: str
+    tta: bool | int
+    differs: str
+
+
+PIPELINES = {
+    "jung2019": Pipeline(
+        name="jung2019",
+        label="Jung et al. 2019: DCGMM + Mask R-CNN + multiple inference",
+        arch="maskrcnn",
+        normalize="dcgmm",
+        tta=True,
+        differs=(
+            "ResNet-18 FPN trained from scratch on the 80 public tiles (the paper: ResNet-101, "
+            "ImageNet-pretrained, TCGA and hospital data); instances merged across the 8 "
+            "flips/rotations by mask IoU and majority vote"
+        ),
+    )
+}
+
+
+def pipeline_model(name: str, user_dir: str | os.PathLike | None = None) -> str:
+    """The model folder a preset segments with: the newest model of its architecture.
+
+    Raises
+    ------
+    HistoError
+        Unknown preset, or no trained model of its architecture (shipped or the user's).
+    """
+    if name not in PIPELINES:
+        raise HistoError(f"unknown pipeline {name!r}; choose one of {', '.join(PIPELINES)}")
+    arch = PIPELINES[name].arch
+    infos = [i for i in list_models(user_dir) if i.arch == arch]
+    if not infos:
+        raise HistoError(
+            f"the {name} pipeline needs a trained {arch} model and none is installed; train one "
+            f"with scripts/train_seg_default.py --arch {arch} (or napari-histo train --init none "
+            f"--arch {arch})"
+        )
+    return infos[0].ref
+
+
 @dataclass
 class ModelEntry:
     """A model the user can choose: a shipped one or a fine-tuned version."""
