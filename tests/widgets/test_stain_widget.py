@@ -185,3 +185,31 @@ def test_save_and_load_roundtrip(qtbot, viewer_and_widget, tmp_path):
     widget.run()
     _wait(qtbot, widget)
     assert np.array_equal(viewer.layers["lung normalized"].data, first)
+
+
+def test_which_normalization_helps_here(qtbot, viewer_and_widget, monuseg):
+    """The button compares every method on the chosen image against an open ground truth:
+    a table row per method (the best in bold), each result as a hidden layer pair."""
+    from napari_histo.core.io import read_labels
+    from napari_histo.core.seg.metrics import aggregated_jaccard_index
+
+    viewer, widget = viewer_and_widget
+    tiles = sorted((monuseg / "masks").glob("*.tif"))
+    truth = read_labels(tiles[0])[CROP]
+    viewer.add_labels(truth, name="lung ground truth")
+    widget.select_template("target")
+    widget.target_combo.setCurrentText("lung")
+    widget.which_helps()
+    _wait(qtbot, widget, timeout=180_000)
+    assert hasattr(widget, "last_comparison"), widget.status.text()
+    comp = widget.last_comparison
+    methods = [o.method for o in comp.outcomes]
+    assert methods == ["none", "dcgmm", "macenko", "reinhard", "vahadane"]
+    assert widget.which_table.rowCount() == 5 and not widget.which_table.isHidden()
+    best_row = methods.index(comp.best)
+    assert widget.which_table.item(best_row, 0).font().bold()
+    for o in comp.outcomes:
+        lab = viewer.layers[f"lung [{o.method}] nuclei"].data
+        assert o.aji == pytest.approx(aggregated_jaccard_index(truth, lab))
+    assert comp.best == max(comp.outcomes, key=lambda o: o.aji).method
+    assert comp.best in widget.status.text()

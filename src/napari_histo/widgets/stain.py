@@ -24,6 +24,8 @@ from qtpy.QtWidgets import (
     QListWidgetItem,
     QPushButton,
     QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
@@ -162,6 +164,19 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
         self.legend = QLabel(legend)
         v.addWidget(self.legend)
         v.addLayout(self.run_cancel_row("Fit && normalize"))
+        self.which_btn = QPushButton("Which normalization helps here?")
+        self.which_btn.setToolTip(
+            "Normalize the image to normalize (or its field of view) with every method, segment "
+            "each with the current model and compare: nuclei found, confidence, agreement between "
+            "methods, and Dice / AJI against an open Labels layer named '<image> ground truth' "
+            "or '<image> nuclei' when there is one"
+        )
+        self.which_btn.clicked.connect(self.which_helps)
+        v.addWidget(self.which_btn)
+        self.which_table = QTableWidget(0, 0)
+        self.which_table.setVisible(False)
+        self.which_table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        v.addWidget(self.which_table)
         self.compare_btn = QPushButton("Before / after side by side")
         self.compare_btn.setCheckable(True)
         self.compare_btn.toggled.connect(self._toggle_compare)
@@ -207,8 +222,9 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
             item = QListWidgetItem(cand.name if len(cand.name) < 18 else cand.name[:16] + "…")
             item.setToolTip(cand.name if cand.path is None else str(cand.path))
             key = _thumb_key(cand)
-            if key in self._icons:
-                item.setIcon(self._icons[key])
+            if key in self._icons:  # None: its thumbnail is still being read
+                if self._icons[key] is not None:
+                    item.setIcon(self._icons[key])
             else:
                 missing.append((key, cand.layer.data if cand.layer is not None else cand.path))
             self.gallery.addItem(item)
@@ -430,6 +446,75 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
             torch=True,
         )
 
+    def which_helps(self):
+        """Compare every method on the chosen image by the segmentation it leads to (a worker)."""
+        if self.runner.running:
+            return None
+        from ..core.errors import HistoError
+
+        try:
+            templates = self.template_images()
+            layers = self.target_layers()
+            if len(layers) != 1 or layers[0].multiscale:
+                raise HistoError(
+                    "choose one (tile-sized) image to normalize for the comparison, not all images "
+                    "or a whole slide"
+                )
+            layer = layers[0]
+            truth = None
+            for suffix in (" ground truth", " nuclei"):
+                name = layer.name + suffix
+                if (
+                    name in self.viewer.layers
+                    and self.viewer.layers[name].data.shape == layer.data.shape[:2]
+                ):
+                    truth = self.viewer.layers[name].data
+                    break
+        except Exception as exc:
+            notify_error(error_message(exc))
+            self._set_status(error_message(exc))
+            return None
+        self._set_status("comparing the methods…")
+        return self.runner.start(
+            _compare_job,
+            layer.data,
+            templates,
+            self.state.model_ref or "default",
+            self.device_combo.currentText(),
+            truth,
+            description="Which normalization helps here?",
+            on_done=lambda comp: self._show_comparison(layer, comp),
+            torch=True,
+        )
+
+    def _show_comparison(self, layer, comp) -> None:
+        rows = comp.rows()
+        keys = [k for k in rows[0] if k != "best"]
+        self.which_table.setColumnCount(len(keys))
+        self.which_table.setRowCount(len(rows))
+        self.which_table.setHorizontalHeaderLabels(keys)
+        for i, r in enumerate(rows):
+            for j, k in enumerate(keys):
+                item = QTableWidgetItem(str(r[k]))
+                if r["best"]:
+                    font = item.font()
+                    font.setBold(True)
+                    item.setFont(font)
+                self.which_table.setItem(i, j, item)
+        self.which_table.resizeColumnsToContents()
+        self.which_table.setVisible(True)
+        kwargs = {"scale": layer.scale[-2:], "translate": layer.translate[-2:]}
+        for o in comp.outcomes:
+            name = f"{layer.name} [{o.method}]"
+            add_or_update_image(self.viewer, name, o.image, rgb=True, visible=False, **kwargs)
+            lab = f"{name} nuclei"
+            if lab in self.viewer.layers:
+                self.viewer.layers[lab].data = o.labels
+            else:
+                self.viewer.add_labels(o.labels, name=lab, visible=False, opacity=0.5, **kwargs)
+        self.last_comparison = comp
+        self._set_status(f"best here: {comp.best} (ranked by {comp.ranked_by})")
+
     def _on_event(self, event) -> None:
         from ..core.stain.workflow import NormalizedImage
 
@@ -599,6 +684,18 @@ def _job(method, templates, targets, fit_on, steps, device, class_maps, probabil
             res.image = stored if isinstance(res.image, list) else stored[0]
         yield event
     return normalizer
+
+
+def _compare_job(image, templates, model, device, truth):
+    """Worker: every method on the image, judged by the segmentation it leads to."""
+    from ..core.seg.compare import compare_normalizations_iter
+
+    templates = [np.asarray(t) for t in templates]
+    return (
+        yield from compare_normalizations_iter(
+            np.asarray(image), templates, model=model, device=device, truth=truth
+        )
+    )
 
 
 def _safe(name: str) -> str:
