@@ -212,3 +212,31 @@ def test_bad_inputs_give_a_message_not_a_crash(make_napari_viewer, tmp_path, mon
     widget.delete_at((1, 1))
     assert "segment an image first" in errors[-1] and widget.labels_layer is None
     assert len(errors) == 4
+
+
+def test_jung2019_preset_in_the_widget(viewer_and_widget, crop, tmp_path, qtbot):
+    """The preset needs a fitted DCGMM and a trained Mask R-CNN; each missing piece is one clear
+    message, and with both it segments the tile as instances."""
+    from napari_histo.widgets._common import ensure_torch
+
+    ensure_torch()  # as the widget's workers do: torch (with triton hidden) before any model
+    import torch
+
+    from napari_histo.core.progress import drain
+    from napari_histo.core.seg import registry
+    from napari_histo.core.seg.spec import get_arch
+    from napari_histo.core.stain.workflow import make_normalizer
+    from napari_histo.widgets._viewer_state import viewer_state
+
+    viewer, widget = viewer_and_widget
+    widget.pipeline_combo.setCurrentIndex(1)
+    assert widget.pipeline_combo.currentData() == "jung2019"
+    assert widget.run() is None and "--arch maskrcnn" in widget.status.text()
+    torch.manual_seed(0)
+    kwargs = {"fpn_channels": 32, "head_width": 64, "detections_per_img": 30}
+    net = get_arch("maskrcnn").build(**kwargs)
+    registry.save_model(tmp_path / "models" / "maskrcnn_tiny", net, "maskrcnn", kwargs)
+    assert widget.run() is None and "fit DCGMM" in widget.status.text()
+    viewer_state(viewer).set("normalizer", drain(make_normalizer("dcgmm", [crop[0]], device="cpu")))
+    _segment(widget, qtbot)
+    assert viewer.layers["tile nuclei"].data.shape == crop[0].shape[:2]

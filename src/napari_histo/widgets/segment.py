@@ -97,6 +97,17 @@ class SegmentWidget(RunCancelMixin, QWidget):
         form.addRow("Image:", self.image_combo)
         self.model_combo = QComboBox()
         form.addRow("Model:", self.model_combo)
+        self.pipeline_combo = QComboBox()
+        self.pipeline_combo.addItem("the model above, with the options below", None)
+        from ..core.seg.workflow import PIPELINES
+
+        for key, preset in PIPELINES.items():
+            self.pipeline_combo.addItem(preset.label, key)
+        self.pipeline_combo.setToolTip(
+            "A published method as one choice. Jung et al. 2019: the DCGMM fitted in Stain "
+            "normalization, the newest trained Mask R-CNN, multiple inference merged as instances"
+        )
+        form.addRow("Method:", self.pipeline_combo)
         self.device_combo = device_combo()
         self.device_label = QLabel("")
         row = QHBoxLayout()
@@ -254,6 +265,19 @@ class SegmentWidget(RunCancelMixin, QWidget):
             crops = [(rs, cs, data[rs, cs]) for rs, cs in slices]
             normalizer = self.state.fitted_normalizer() if self.normalize.isChecked() else None
             model = self.model_combo.currentData() or "default"
+            tta = self.tta.isChecked()
+            preset = self.pipeline_combo.currentData()
+            if preset is not None:
+                from ..core.seg.workflow import PIPELINES, pipeline_model
+
+                model = pipeline_model(preset)
+                normalizer = self.state.normalizer
+                if getattr(normalizer, "name", None) != PIPELINES[preset].normalize:
+                    raise HistoError(
+                        f"{PIPELINES[preset].label} normalizes with DCGMM first: fit DCGMM to a "
+                        "template in Stain normalization, then segment"
+                    )
+                tta = PIPELINES[preset].tta
             full_shape = tuple(data.shape[:2])
             lname = f"{name} nuclei"
             previous = None
@@ -272,7 +296,7 @@ class SegmentWidget(RunCancelMixin, QWidget):
             crops,
             model,
             self.device_combo.currentText(),
-            self.tta.isChecked(),
+            tta,
             normalizer,
             "ihc2he_default" if self.translate.isChecked() else None,
             full_shape,
