@@ -22,6 +22,13 @@ from . import DEFAULT_METHOD, METHODS
 
 #: Images up to this many pixels are normalized in memory; larger ones lazily.
 IN_MEMORY_PIXELS = 4096 * 4096
+#: An image already in memory (a numpy array) up to this many pixels is normalized whole: one
+#: pass (for DCGMM one network pass, not one for the statistics and one per chunk), statistics
+#: of the whole image and no chunk seams. The transforms work in bands of rows, so the extra
+#: memory is a fraction of the image's.
+DIRECT_PIXELS = 8192 * 8192
+#: Stain statistics of a lazily normalized image come from a copy at most this many pixels a side.
+SAMPLE_SIDE = 2048
 
 
 @dataclass
@@ -174,12 +181,19 @@ def _normalize_one(
 
     notes: list[str] = []
     full = levels[0]
-    big = len(levels) > 1 or int(np.prod(full.shape[:2])) > IN_MEMORY_PIXELS
+    npx = int(np.prod(full.shape[:2]))
+    direct = len(levels) == 1 and isinstance(full, np.ndarray) and npx <= DIRECT_PIXELS
+    big = not direct and (len(levels) > 1 or npx > IN_MEMORY_PIXELS)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", InputWarning)
         if big:
-            k = pick_level(levels)
-            sample = np.asarray(levels[k])
+            k = pick_level(levels, SAMPLE_SIDE)
+            if len(levels) == 1 and k == 0:
+                # One huge level: the statistics come from a 2x2-averaged copy of at most
+                # 2048 pixels a side, as for a slide (not from a full extra pass).
+                sample, k = _coarse_sample(full)
+            else:
+                sample = np.asarray(levels[k])
             out_levels = normalize_levels(normalizer, levels, sample)
             image = out_levels if len(levels) > 1 else out_levels[0]
         else:
@@ -195,6 +209,16 @@ def _normalize_one(
     notes += [str(w.message) for w in caught if issubclass(w.category, InputWarning)]
     names = tuple(getattr(normalizer, "class_names", ()) or ())
     return NormalizedImage(name, image, cmap, probs, k, names, notes)
+
+
+def _coarse_sample(image) -> tuple[np.ndarray, int]:
+    """``image`` averaged over 2x2 blocks until its long side is at most :data:`SAMPLE_SIDE`."""
+    from ..io.slides import downsample2
+
+    level, k = image, 0
+    while max(level.shape[:2]) > SAMPLE_SIDE:
+        level, k = downsample2(level), k + 1
+    return np.asarray(level), k
 
 
 def lazy_transform(level, normalizer, stats):
