@@ -14,6 +14,8 @@ Rows:
 * ``napari-histo METHOD`` -- this checkout's CLI (``python -m napari_histo.cli normalize``);
 * ``previous METHOD`` -- the same command with ``--baseline-src`` on ``PYTHONPATH`` (e.g. the
   ``src`` of an older commit: ``git archive HEAD~3 src | tar -x -C /tmp/base``);
+* ``transform only METHOD`` -- ``normalizer.transform`` alone on the image in memory (no
+  start-up, no I/O; this checkout), the speed ``bench/stain_speed.py`` reports;
 * ``torchstain macenko (numpy)`` -- the same job with torchstain's numpy Macenko (Pillow read and
   write, as its README does): the reference of the issue's "2x torchstain" aim.
 
@@ -50,6 +52,21 @@ out, _, _ = norm.normalize(I=image, stains=False)
 Image.fromarray(np.asarray(out, dtype=np.uint8)).save(dest)
 """
 
+# The transform alone, in-process, on the image already in memory (what stain_speed.py times):
+# the end-to-end row of the same method should be this plus start-up and I/O.
+TRANSFORM_JOB = r"""
+import sys, time
+from napari_histo.core.io import read_image
+from napari_histo.core.stain import get_normalizer
+src, template, method = sys.argv[1:4]
+norm = get_normalizer(method).fit(read_image(template))
+image = read_image(src)
+norm.transform(image[:512, :512])
+t0 = time.perf_counter()
+norm.transform(image)
+print("SECONDS", time.perf_counter() - t0)
+"""
+
 
 def build_mosaic(size: int, folder: Path) -> Path:
     """Write (once) a size x size PNG mosaic of the MoNuSeg tiles; return its path."""
@@ -81,7 +98,7 @@ def timed(cmd: list[str], env: dict) -> tuple[float, str]:
     seconds = time.perf_counter() - t0
     if res.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stderr[-3000:]}")
-    return seconds, res.stderr
+    return seconds, res.stdout
 
 
 def main(argv=None) -> int:
@@ -114,6 +131,11 @@ def main(argv=None) -> int:
             cmd += ["--template", str(TEMPLATE), "--out", str(out), "--quiet"]
             e = dict(env, PYTHONPATH=str(src))
             candidates.append((f"{label} {method}", cmd, e))
+    for method in args.methods:
+        cmd = [sys.executable, "-c", TRANSFORM_JOB, str(image), str(TEMPLATE), method]
+        candidates.append(
+            (f"transform only {method}", cmd, dict(env, PYTHONPATH=str(ROOT / "src")))
+        )
     if not args.no_torchstain:
         dest = args.workdir / "out_torchstain.png"
         cmd = [sys.executable, "-c", TORCHSTAIN_JOB, str(image), str(TEMPLATE), str(dest)]
@@ -122,7 +144,9 @@ def main(argv=None) -> int:
     rows = []
     for _ in range(args.repeats):
         for name, cmd, e in candidates:
-            seconds, _ = timed(cmd, e)
+            seconds, out = timed(cmd, e)
+            if name.startswith("transform only"):
+                seconds = float(out.split("SECONDS")[-1])
             row = {
                 "job": name,
                 "size": args.size,
@@ -148,6 +172,10 @@ def main(argv=None) -> int:
         dc = best.get(f"{label} dcgmm")
         if dc:
             checks[f"{label}_dcgmm_mpx_per_s"] = round(mpx / dc, 3)
+    for method in args.methods:
+        tr, e2e = best.get(f"transform only {method}"), best.get(f"napari-histo {method}")
+        if tr and e2e:
+            checks[f"{method}_end_to_end_over_transform_time"] = round(e2e / tr, 2)
     print(json.dumps(checks, indent=2))
     if args.profile:
         import pstats
