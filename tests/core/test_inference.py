@@ -323,3 +323,42 @@ def test_untrained_model_on_real_labels_is_scored(tiny_unet, crop, crop_labels):
     assert {k: untrained[k] for k in ("dice", "aji", "recall", "pq", "precision")} == {
         "dice": 0.0, "aji": 0.0, "recall": 0.0, "pq": 0.0, "precision": 1.0,
     }  # fmt: skip
+
+
+def _native_bf16() -> bool:
+    from napari_histo.core.device import amp_dtype
+
+    return amp_dtype(torch.device("cpu")) is torch.bfloat16
+
+
+def test_cpu_precision_policy_follows_the_environment(monkeypatch):
+    from napari_histo.core.device import amp_dtype
+
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("NAPARI_HISTO_PRECISION", "float32")
+    assert amp_dtype(cpu) is None
+    assert amp_dtype(cpu, "bfloat16") is torch.bfloat16  # an explicit choice wins
+    monkeypatch.setenv("NAPARI_HISTO_PRECISION", "bfloat16")
+    assert amp_dtype(cpu) is torch.bfloat16
+    monkeypatch.setenv("NAPARI_HISTO_PRECISION", "fp64")
+    with pytest.raises(HistoError, match="precision"):
+        amp_dtype(cpu)
+
+
+def test_shipped_unet_labels_in_bfloat16_match_float32(monuseg, monkeypatch):
+    """The CPU's bfloat16 path (native where AVX512-BF16/AMX exist) keeps the float32 labels:
+    AJI >= 0.99 (bench/infer_backends.py measured 0.997 on 3 held-out tiles)."""
+    from napari_histo.core.seg.metrics import aggregated_jaccard_index
+    from napari_histo.core.seg.registry import load_model
+
+    model = load_model("default", "cpu")
+    assert getattr(model.spec, "cpu_autocast", False)
+    img = read_image(monuseg / "images" / "TCGA-CH-5767-01Z-00-DX1.png")[:512, :512]
+    monkeypatch.setenv("NAPARI_HISTO_PRECISION", "float32")
+    ref = drain(segment_iter(img, model, tta=False)).labels
+    monkeypatch.setenv("NAPARI_HISTO_PRECISION", "bfloat16")
+    fast = drain(segment_iter(img, model, tta=False)).labels
+    assert aggregated_jaccard_index(ref, fast) >= 0.99
+    monkeypatch.delenv("NAPARI_HISTO_PRECISION")
+    default = drain(segment_iter(img, model, tta=False)).labels
+    assert np.array_equal(default, fast if _native_bf16() else ref)

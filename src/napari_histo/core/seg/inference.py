@@ -101,6 +101,24 @@ def tissue_fraction(rgb: np.ndarray) -> float:
     return float(tissue.mean())
 
 
+class _CpuAutocast:
+    """The network under CPU autocast, returning float32 (what ``spec.predict`` calls)."""
+
+    def __init__(self, net: Any, dtype: Any):
+        self.net, self.dtype = net, dtype
+
+    def eval(self) -> _CpuAutocast:
+        self.net.eval()
+        return self
+
+    def __call__(self, x: Any) -> Any:
+        import torch
+
+        with torch.autocast("cpu", dtype=self.dtype):
+            out = self.net(x)
+        return out.float()
+
+
 def make_predictor(model: Any, transforms=((0, False),)) -> Predictor:
     """A tiling predictor for a loaded model: uint8 batch -> averaged maps (numpy).
 
@@ -114,10 +132,15 @@ def make_predictor(model: Any, transforms=((0, False),)) -> Predictor:
     from .spec import to_input
 
     net, spec, dev = model.net, model.spec, model.device
-    # Mixed precision on GPUs only: CPU inference stays float32 so labels do not depend on the
-    # CPU model.
-    use_amp = getattr(dev, "type", "cpu") == "cuda"
+    kind = getattr(dev, "type", "cpu")
+    # Mixed precision on GPUs; on CPUs only for architectures measured to keep their labels
+    # (``spec.cpu_autocast``: bench/infer_backends.py, AJI >= 0.99 against float32) and only where
+    # bfloat16 is native (device.amp_dtype). NAPARI_HISTO_PRECISION=float32 turns it off.
+    use_amp = kind == "cuda" and _amp(dev) is not None
     amp_dtype = _amp(dev) if use_amp else None
+    if kind == "cpu" and getattr(spec, "cpu_autocast", False) and _amp(dev) is not None:
+        # Only the network runs in bfloat16; the spec's activations (softmax...) stay float32.
+        net = _CpuAutocast(net, _amp(dev))
 
     def predict(batch: np.ndarray) -> dict[str, np.ndarray]:
         with torch.inference_mode():
@@ -128,7 +151,7 @@ def make_predictor(model: Any, transforms=((0, False),)) -> Predictor:
                 xt = torch.flip(x, dims=(3,)) if flip else x
                 xt = torch.rot90(xt, k, dims=(2, 3)) if k else xt
                 if use_amp:
-                    with torch.autocast("cuda", dtype=amp_dtype):
+                    with torch.autocast(kind, dtype=amp_dtype):
                         maps = spec.predict(net, xt)
                 else:
                     maps = spec.predict(net, xt)

@@ -151,6 +151,9 @@ class UNetSpec(TernarySpec):
 
     name = "unet"
     size_multiple = 2**UNet.depth
+    #: bfloat16 autocast on CPUs with native bfloat16: about 1.8x faster, labels AJI >= 0.99
+    #: against float32 on held-out MoNuSeg tiles (bench/infer_backends.py).
+    cpu_autocast = True
 
     def build(self, base: int = 16, **kwargs: Any) -> nn.Module:
         """A fresh :class:`UNet` (``base`` = width of the first level)."""
