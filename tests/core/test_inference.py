@@ -362,3 +362,31 @@ def test_shipped_unet_labels_in_bfloat16_match_float32(monuseg, monkeypatch):
     monkeypatch.delenv("NAPARI_HISTO_PRECISION")
     default = drain(segment_iter(img, model, tta=False)).labels
     assert np.array_equal(default, fast if _native_bf16() else ref)
+
+
+def test_bare_glass_tiles_skip_the_network_and_keep_the_labels(monuseg, monkeypatch):
+    """Tiles with no tissue-like pixel get background maps without a forward pass; the labels
+    of an image that is half glass stay those of the full computation."""
+    from napari_histo.core.seg import inference
+    from napari_histo.core.seg.metrics import aggregated_jaccard_index
+    from napari_histo.core.seg.registry import load_model
+
+    model = load_model("default", "cpu")
+    tissue = read_image(monuseg / "images" / "TCGA-CH-5767-01Z-00-DX1.png")[:512, :384]
+    rng = np.random.default_rng(0)
+    glass = np.clip(rng.normal([236, 232, 238], 2.0, (512, 384, 3)), 0, 255).astype(np.uint8)
+    img = np.concatenate([tissue, glass], axis=1)  # 512 x 768, the right half glass
+    assert inference.tiles_with_tissue(
+        np.stack([tissue[:256, :256], glass[:256, :256]])
+    ).tolist() == [True, False]
+    calls = []
+    real = model.spec.predict
+    monkeypatch.setattr(model.spec, "predict", lambda net, x: calls.append(len(x)) or real(net, x))
+    fast = drain(segment_iter(img, model, tta=False))
+    n_fast = sum(calls)
+    monkeypatch.setattr(type(model.spec), "blank_maps", None)
+    calls.clear()
+    full = drain(segment_iter(img, model, tta=False))
+    assert n_fast < 0.7 * sum(calls)
+    assert aggregated_jaccard_index(full.labels, fast.labels) >= 0.99
+    assert not fast.labels[:, 400:].any()  # nothing found on glass

@@ -119,6 +119,36 @@ class _CpuAutocast:
         return out.float()
 
 
+def tiles_with_tissue(batch: np.ndarray, step: int = 2) -> np.ndarray:
+    """(B,) True for every uint8 tile of ``batch`` holding any tissue-like pixel.
+
+    Conservative: one pixel (on a grid of every ``step``-th pixel) whose mean optical density
+    is above 0.12 and whose grey level is above 20 (the thresholds of :func:`tissue_fraction`)
+    makes the tile tissue; only bare glass (and black voids) is not.
+    """
+    b = np.asarray(batch)[:, ::step, ::step, :3]
+    od = np.take(_OD_LUT, b).mean(axis=-1)
+    grey = b.mean(axis=-1, dtype=np.float32)
+    return ((od > 0.12) & (grey > 20.0)).any(axis=(1, 2))
+
+
+_OD_LUT = (-np.log((np.arange(256, dtype=np.float32) + 1.0) / 256.0)).astype(np.float32)
+
+
+def _fill_glass(batch: np.ndarray, glass: np.ndarray, predict_all, blank) -> dict[str, np.ndarray]:
+    """Maps of a batch whose ``glass`` tiles get ``blank`` maps and the others the network's."""
+    n, h, w = batch.shape[:3]
+    empty = {k: v.numpy() for k, v in blank(1, h, w).items()}
+    out = {k: np.repeat(v, n, axis=0) for k, v in empty.items()}
+    if not glass.all():
+        maps = predict_all(np.ascontiguousarray(batch[~glass]))
+        for k, v in maps.items():
+            if k not in out:  # a map the blank tiles lack (e.g. the TTA spread): zero there
+                out[k] = np.zeros((n, *v.shape[1:]), v.dtype)
+            out[k][~glass] = v
+    return out
+
+
 def make_predictor(model: Any, transforms=((0, False),)) -> Predictor:
     """A tiling predictor for a loaded model: uint8 batch -> averaged maps (numpy).
 
@@ -142,7 +172,16 @@ def make_predictor(model: Any, transforms=((0, False),)) -> Predictor:
         # Only the network runs in bfloat16; the spec's activations (softmax...) stay float32.
         net = _CpuAutocast(net, _amp(dev))
 
+    blank = getattr(spec, "blank_maps", None)
+
     def predict(batch: np.ndarray) -> dict[str, np.ndarray]:
+        if blank is not None:
+            glass = ~tiles_with_tissue(batch)
+            if glass.any():  # bare glass is not run through the network
+                return _fill_glass(batch, glass, predict_all, blank)
+        return predict_all(batch)
+
+    def predict_all(batch: np.ndarray) -> dict[str, np.ndarray]:
         with torch.inference_mode():
             x = to_input(batch, dev)
             sums: dict[str, torch.Tensor] = {}
