@@ -638,3 +638,25 @@ def test_in_memory_images_are_normalized_whole_and_huge_ones_from_a_coarse_copy(
     assert np.abs(out.astype(int) - norm.transform(image)).mean() < limit
     if method == "dcgmm":
         assert res.class_level == 2 and res.class_map.shape == (64, 128)
+
+
+def test_glass_chunks_of_a_slide_are_passed_through(tiles, template):
+    """Chunks of a slide pyramid without tissue (coarsest level) are left as they are; tissue
+    chunks are normalized as before."""
+    import dask.array as da
+
+    from napari_histo.core.stain.workflow import normalize_levels
+
+    rng = np.random.default_rng(0)
+    glass = np.clip(rng.normal([236, 232, 238], 2.0, (512, 512, 3)), 0, 255).astype(np.uint8)
+    tissue = np.concatenate([tiles["TCGA-A7-A13E"], tiles["TCGA-50-5931"]], axis=1)  # 256 x 512
+    image = glass.copy()
+    image[:256] = tissue  # top half tissue, bottom half glass
+    level0 = da.from_array(image, chunks=(128, 128, 3))
+    levels = [level0, level0[::2, ::2], level0[::4, ::4]]
+    norm = get_normalizer("macenko", device="cpu").fit(template)
+    out = np.asarray(normalize_levels(norm, levels)[0])
+    kept = np.asarray(normalize_levels(norm, levels, skip_glass=False)[0])
+    assert np.array_equal(out[:256], kept[:256])  # tissue: normalized as before
+    assert np.array_equal(out[384:], image[384:])  # glass chunks: untouched
+    assert not np.array_equal(kept[384:], image[384:])  # ...which the transform would change
