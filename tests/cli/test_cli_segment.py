@@ -213,6 +213,19 @@ def test_train_from_scratch_and_bad_folders(tiny_folder, capsys):
     assert not (tiny_folder / "x").exists()
 
 
+def test_train_stops_at_its_time_budget(shipped, tiny_folder, capsys):
+    import time
+
+    out = tiny_folder / "budget"
+    t0 = time.perf_counter()
+    rc = main(["train", "--images", str(tiny_folder / "images"), "--masks", str(tiny_folder / "masks"), "--epochs", "1000", "--steps-per-epoch", "1", "--batch", "2", "--patch", "64", "--val-fraction", "0", "--max-seconds", "2", "--device", "cpu", "--out", str(out), "--quiet"])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    assert (out / "weights.safetensors").is_file() and time.perf_counter() - t0 < 60
+    rc = main(["train", "--images", str(tiny_folder / "images"), "--masks", str(tiny_folder / "masks"), "--max-seconds", "0", "--out", str(tiny_folder / "y")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "--max-seconds" in err
+
+
 @pytest.mark.slow
 def test_segment_whole_slide_to_zarr_with_exports(shipped, monuseg, tmp_path, capsys):
     from napari_histo.core.progress import drain

@@ -323,3 +323,70 @@ def test_untrained_model_on_real_labels_is_scored(tiny_unet, crop, crop_labels):
     assert {k: untrained[k] for k in ("dice", "aji", "recall", "pq", "precision")} == {
         "dice": 0.0, "aji": 0.0, "recall": 0.0, "pq": 0.0, "precision": 1.0,
     }  # fmt: skip
+
+
+def _native_bf16() -> bool:
+    from napari_histo.core.device import amp_dtype
+
+    return amp_dtype(torch.device("cpu")) is torch.bfloat16
+
+
+def test_cpu_precision_policy_follows_the_environment(monkeypatch):
+    from napari_histo.core.device import amp_dtype
+
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("NAPARI_HISTO_PRECISION", "float32")
+    assert amp_dtype(cpu) is None
+    assert amp_dtype(cpu, "bfloat16") is torch.bfloat16  # an explicit choice wins
+    monkeypatch.setenv("NAPARI_HISTO_PRECISION", "bfloat16")
+    assert amp_dtype(cpu) is torch.bfloat16
+    monkeypatch.setenv("NAPARI_HISTO_PRECISION", "fp64")
+    with pytest.raises(HistoError, match="precision"):
+        amp_dtype(cpu)
+
+
+def test_shipped_unet_labels_in_bfloat16_match_float32(monuseg, monkeypatch):
+    """The CPU's bfloat16 path (native where AVX512-BF16/AMX exist) keeps the float32 labels:
+    AJI >= 0.99 (bench/infer_backends.py measured 0.997 on 3 held-out tiles)."""
+    from napari_histo.core.seg.metrics import aggregated_jaccard_index
+    from napari_histo.core.seg.registry import load_model
+
+    model = load_model("default", "cpu")
+    assert getattr(model.spec, "cpu_autocast", False)
+    img = read_image(monuseg / "images" / "TCGA-CH-5767-01Z-00-DX1.png")[:512, :512]
+    monkeypatch.setenv("NAPARI_HISTO_PRECISION", "float32")
+    ref = drain(segment_iter(img, model, tta=False)).labels
+    monkeypatch.setenv("NAPARI_HISTO_PRECISION", "bfloat16")
+    fast = drain(segment_iter(img, model, tta=False)).labels
+    assert aggregated_jaccard_index(ref, fast) >= 0.99
+    monkeypatch.delenv("NAPARI_HISTO_PRECISION")
+    default = drain(segment_iter(img, model, tta=False)).labels
+    assert np.array_equal(default, fast if _native_bf16() else ref)
+
+
+def test_bare_glass_tiles_skip_the_network_and_keep_the_labels(monuseg, monkeypatch):
+    """Tiles with no tissue-like pixel get background maps without a forward pass; the labels
+    of an image that is half glass stay those of the full computation."""
+    from napari_histo.core.seg import inference
+    from napari_histo.core.seg.metrics import aggregated_jaccard_index
+    from napari_histo.core.seg.registry import load_model
+
+    model = load_model("default", "cpu")
+    tissue = read_image(monuseg / "images" / "TCGA-CH-5767-01Z-00-DX1.png")[:512, :384]
+    rng = np.random.default_rng(0)
+    glass = np.clip(rng.normal([236, 232, 238], 2.0, (512, 384, 3)), 0, 255).astype(np.uint8)
+    img = np.concatenate([tissue, glass], axis=1)  # 512 x 768, the right half glass
+    assert inference.tiles_with_tissue(
+        np.stack([tissue[:256, :256], glass[:256, :256]])
+    ).tolist() == [True, False]
+    calls = []
+    real = model.spec.predict
+    monkeypatch.setattr(model.spec, "predict", lambda net, x: calls.append(len(x)) or real(net, x))
+    fast = drain(segment_iter(img, model, tta=False))
+    n_fast = sum(calls)
+    monkeypatch.setattr(type(model.spec), "blank_maps", None)
+    calls.clear()
+    full = drain(segment_iter(img, model, tta=False))
+    assert n_fast < 0.7 * sum(calls)
+    assert aggregated_jaccard_index(full.labels, fast.labels) >= 0.99
+    assert not fast.labels[:, 400:].any()  # nothing found on glass

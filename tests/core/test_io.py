@@ -279,3 +279,75 @@ def test_pixel_size_is_read_where_the_file_records_it(svs_path, tmp_path):
     assert read_mpp(tmp_path / "dpi.tif") is None  # a screen default, not a scan
     write_image(tmp_path / "t.png", img)
     assert read_mpp(tmp_path / "t.png") is None
+
+
+def _pillow_pixels(path):
+    """What the Pillow reader alone makes of a file (the reference of the fast PNG path)."""
+    from napari_histo.core.io import images
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return to_rgb_uint8(images._read_with_pillow(path))
+
+
+def test_fast_png_reader_gives_pillows_pixels(bad_inputs, monuseg, tmp_path):
+    """libspng decodes 8-bit grey/RGB/RGBA PNGs to exactly Pillow's pixels; the rest go to Pillow."""
+    from PIL import Image
+
+    from napari_histo.core.io import images
+
+    src = next((monuseg / "images").glob("*.png"))
+    rgb = np.asarray(Image.open(src).convert("RGB"))[:300, :260]
+    rng = np.random.default_rng(0)
+    alpha = rng.integers(0, 256, rgb.shape[:2], dtype=np.uint8)
+    cases = {
+        "rgb.png": Image.fromarray(rgb),
+        "rgba.png": Image.fromarray(np.dstack([rgb, alpha])),
+        "grey.png": Image.fromarray(rgb[..., 1]),
+        "palette.png": Image.fromarray(rgb).quantize(32),
+        "grey16.png": Image.fromarray(rgb[..., 0].astype(np.uint16) * 257),
+        "interlaced.png": Image.fromarray(rgb),
+    }
+    fast = {}
+    for name, im in cases.items():
+        kw = {"interlace": 1} if name.startswith("interlaced") else {}
+        im.save(tmp_path / name, **kw)
+        fast[name] = images._read_png_fast(tmp_path / name) is not None
+    # a transparency key (tRNS) on an RGB PNG: Pillow composites it, so Pillow reads it
+    Image.fromarray(rgb).save(tmp_path / "trns.png", transparency=tuple(int(v) for v in rgb[0, 0]))
+    fast["trns.png"] = images._read_png_fast(tmp_path / "trns.png") is not None
+    assert fast == {
+        "rgb.png": True,
+        "rgba.png": True,
+        "grey.png": True,
+        "palette.png": False,
+        "grey16.png": False,
+        "interlaced.png": True,
+        "trns.png": False,
+    }
+    files = [tmp_path / n for n in fast] + [bad_inputs / n for n in READABLE if n.endswith(".png")]
+    for f in files:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            got = read_image(f)
+        assert np.array_equal(got, _pillow_pixels(f)), f.name
+    assert images._read_png_fast(bad_inputs / "truncated.png") is None
+
+
+def test_png_writer_is_lossless_at_any_level_and_readable_by_pillow(monuseg, tmp_path):
+    from PIL import Image
+
+    img = read_image(next((monuseg / "images").glob("*.png")))
+    grey = np.ascontiguousarray(img[..., 0])
+    rgba = np.dstack([img, img[..., :1]])
+    for name, a in (("rgb", img), ("grey", grey), ("rgba", rgba)):
+        for level in (None, 1, 6, 9):
+            out = write_image(tmp_path / f"{name}{level}.png", a, level=level)
+            assert np.array_equal(np.asarray(Image.open(out)), a), (name, level)
+    # the default level is the fast one: close to Pillow's size, pixels identical
+    Image.fromarray(img).save(tmp_path / "pillow.png")
+    ratio = (tmp_path / "rgbNone.png").stat().st_size / (tmp_path / "pillow.png").stat().st_size
+    assert ratio < 1.15
+    # what libpng does not write as Pillow would still goes through Pillow
+    write_image(tmp_path / "mask.png", np.eye(8, dtype=bool))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "mask.png")), np.eye(8, dtype=bool))

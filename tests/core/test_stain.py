@@ -581,3 +581,82 @@ def test_slide_levels_normalized_with_one_set_of_statistics(svs_path, template):
     got = np.asarray(out[0][1000:1300, 800:1200])
     assert np.abs(got.astype(int) - expected).max() <= 1
     assert np.abs(got.astype(int) - region).mean() > 5, "normalization changed nothing"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_banded_transform_of_a_large_image_equals_the_one_piece_maths(method, monuseg, template):
+    """Images above one band are transformed in bands of rows with the same pixels."""
+    from napari_histo.core.stain import classical
+    from napari_histo.core.stain.dcgmm import normalizer as dcgmm_normalizer
+
+    module = dcgmm_normalizer if method == "dcgmm" else classical
+    norm = get_normalizer(method, device="cpu").fit(template)
+    image = read_image(next((monuseg / "images").glob("*.png")))[:301, :283]
+    stats = norm.source_stats(image)
+    whole, fixed = norm.transform(image), norm.transform(image, source_stats=stats)
+    old = module.BAND_PIXELS
+    try:
+        module.BAND_PIXELS = 283 * 37  # bands of 37 rows (odd, not a multiple of the scale)
+        banded, banded_fixed = norm.transform(image), norm.transform(image, source_stats=stats)
+    finally:
+        module.BAND_PIXELS = old
+    assert np.array_equal(banded_fixed, fixed)
+    # DCGMM sums its class statistics band by band: float rounding may move a pixel by 1.
+    assert np.abs(banded.astype(int) - whole).max() <= (1 if method == "dcgmm" else 0)
+
+
+@pytest.mark.parametrize("method", ["macenko", "dcgmm"])
+def test_in_memory_images_are_normalized_whole_and_huge_ones_from_a_coarse_copy(
+    method, tiles, template, request, monkeypatch
+):
+    """An in-memory image is one transform (one DCGMM network pass); a huge single level is
+    normalized lazily with statistics of a 2x2-averaged copy, not of an extra full pass."""
+    from napari_histo.core.progress import drain
+    from napari_histo.core.stain import workflow
+
+    norm = (
+        request.getfixturevalue("dcgmm")
+        if method == "dcgmm"
+        else get_normalizer(method, device="cpu").fit(template)
+    )
+    image = np.concatenate([tiles["TCGA-A7-A13E"], tiles["TCGA-50-5931"]], axis=1)  # 256 x 512
+    monkeypatch.setattr(workflow, "IN_MEMORY_PIXELS", 64 * 64)
+    (res,) = drain(workflow.normalize_images(norm, [("a", image)]))
+    assert isinstance(res.image, np.ndarray) and np.array_equal(res.image, norm.transform(image))
+
+    monkeypatch.setattr(workflow, "DIRECT_PIXELS", 64 * 64)
+    monkeypatch.setattr(workflow, "SAMPLE_SIDE", 128)
+    seen = []
+    real = norm.source_stats
+    monkeypatch.setattr(norm, "source_stats", lambda im: seen.append(im.shape) or real(im))
+    (res,) = drain(workflow.normalize_images(norm, [("a", image)], class_maps=True))
+    assert seen == [(64, 128, 3)]
+    out = np.asarray(res.image)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    # DCGMM's classes depend on the magnification the network sees (4x coarser here).
+    limit = 8 if method == "dcgmm" else 4
+    assert np.abs(out.astype(int) - norm.transform(image)).mean() < limit
+    if method == "dcgmm":
+        assert res.class_level == 2 and res.class_map.shape == (64, 128)
+
+
+def test_glass_chunks_of_a_slide_are_passed_through(tiles, template):
+    """Chunks of a slide pyramid without tissue (coarsest level) are left as they are; tissue
+    chunks are normalized as before."""
+    import dask.array as da
+
+    from napari_histo.core.stain.workflow import normalize_levels
+
+    rng = np.random.default_rng(0)
+    glass = np.clip(rng.normal([236, 232, 238], 2.0, (512, 512, 3)), 0, 255).astype(np.uint8)
+    tissue = np.concatenate([tiles["TCGA-A7-A13E"], tiles["TCGA-50-5931"]], axis=1)  # 256 x 512
+    image = glass.copy()
+    image[:256] = tissue  # top half tissue, bottom half glass
+    level0 = da.from_array(image, chunks=(128, 128, 3))
+    levels = [level0, level0[::2, ::2], level0[::4, ::4]]
+    norm = get_normalizer("macenko", device="cpu").fit(template)
+    out = np.asarray(normalize_levels(norm, levels)[0])
+    kept = np.asarray(normalize_levels(norm, levels, skip_glass=False)[0])
+    assert np.array_equal(out[:256], kept[:256])  # tissue: normalized as before
+    assert np.array_equal(out[384:], image[384:])  # glass chunks: untouched
+    assert not np.array_equal(kept[384:], image[384:])  # ...which the transform would change

@@ -60,9 +60,15 @@ def amp_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | No
     ``auto``: bfloat16 on GPUs that support it (else float16) and on CPUs that run it natively
     (AVX512-BF16 / AMX, where it about doubles the speed), float32 elsewhere. ``bfloat16`` forces
     it (emulated on other CPUs: slower, for tests); ``float32`` turns mixed precision off.
+    The environment variable ``NAPARI_HISTO_PRECISION`` (``float32`` or ``bfloat16``) replaces
+    ``auto``, e.g. to get float32 labels everywhere.
     """
+    import os
+
     import torch
 
+    if precision == "auto":
+        precision = os.environ.get("NAPARI_HISTO_PRECISION", "auto").strip().lower() or "auto"
     if precision == "float32":
         return None
     if precision not in ("auto", "bfloat16"):

@@ -101,6 +101,54 @@ def tissue_fraction(rgb: np.ndarray) -> float:
     return float(tissue.mean())
 
 
+class _CpuAutocast:
+    """The network under CPU autocast, returning float32 (what ``spec.predict`` calls)."""
+
+    def __init__(self, net: Any, dtype: Any):
+        self.net, self.dtype = net, dtype
+
+    def eval(self) -> _CpuAutocast:
+        self.net.eval()
+        return self
+
+    def __call__(self, x: Any) -> Any:
+        import torch
+
+        with torch.autocast("cpu", dtype=self.dtype):
+            out = self.net(x)
+        return out.float()
+
+
+def tiles_with_tissue(batch: np.ndarray, step: int = 2) -> np.ndarray:
+    """(B,) True for every uint8 tile of ``batch`` holding any tissue-like pixel.
+
+    Conservative: one pixel (on a grid of every ``step``-th pixel) whose mean optical density
+    is above 0.12 and whose grey level is above 20 (the thresholds of :func:`tissue_fraction`)
+    makes the tile tissue; only bare glass (and black voids) is not.
+    """
+    b = np.asarray(batch)[:, ::step, ::step, :3]
+    od = np.take(_OD_LUT, b).mean(axis=-1)
+    grey = b.mean(axis=-1, dtype=np.float32)
+    return ((od > 0.12) & (grey > 20.0)).any(axis=(1, 2))
+
+
+_OD_LUT = (-np.log((np.arange(256, dtype=np.float32) + 1.0) / 256.0)).astype(np.float32)
+
+
+def _fill_glass(batch: np.ndarray, glass: np.ndarray, predict_all, blank) -> dict[str, np.ndarray]:
+    """Maps of a batch whose ``glass`` tiles get ``blank`` maps and the others the network's."""
+    n, h, w = batch.shape[:3]
+    empty = {k: v.numpy() for k, v in blank(1, h, w).items()}
+    out = {k: np.repeat(v, n, axis=0) for k, v in empty.items()}
+    if not glass.all():
+        maps = predict_all(np.ascontiguousarray(batch[~glass]))
+        for k, v in maps.items():
+            if k not in out:  # a map the blank tiles lack (e.g. the TTA spread): zero there
+                out[k] = np.zeros((n, *v.shape[1:]), v.dtype)
+            out[k][~glass] = v
+    return out
+
+
 def make_predictor(model: Any, transforms=((0, False),)) -> Predictor:
     """A tiling predictor for a loaded model: uint8 batch -> averaged maps (numpy).
 
@@ -114,12 +162,26 @@ def make_predictor(model: Any, transforms=((0, False),)) -> Predictor:
     from .spec import to_input
 
     net, spec, dev = model.net, model.spec, model.device
-    # Mixed precision on GPUs only: CPU inference stays float32 so labels do not depend on the
-    # CPU model.
-    use_amp = getattr(dev, "type", "cpu") == "cuda"
+    kind = getattr(dev, "type", "cpu")
+    # Mixed precision on GPUs; on CPUs only for architectures measured to keep their labels
+    # (``spec.cpu_autocast``: bench/infer_backends.py, AJI >= 0.99 against float32) and only where
+    # bfloat16 is native (device.amp_dtype). NAPARI_HISTO_PRECISION=float32 turns it off.
+    use_amp = kind == "cuda" and _amp(dev) is not None
     amp_dtype = _amp(dev) if use_amp else None
+    if kind == "cpu" and getattr(spec, "cpu_autocast", False) and _amp(dev) is not None:
+        # Only the network runs in bfloat16; the spec's activations (softmax...) stay float32.
+        net = _CpuAutocast(net, _amp(dev))
+
+    blank = getattr(spec, "blank_maps", None)
 
     def predict(batch: np.ndarray) -> dict[str, np.ndarray]:
+        if blank is not None:
+            glass = ~tiles_with_tissue(batch)
+            if glass.any():  # bare glass is not run through the network
+                return _fill_glass(batch, glass, predict_all, blank)
+        return predict_all(batch)
+
+    def predict_all(batch: np.ndarray) -> dict[str, np.ndarray]:
         with torch.inference_mode():
             x = to_input(batch, dev)
             sums: dict[str, torch.Tensor] = {}
@@ -128,7 +190,7 @@ def make_predictor(model: Any, transforms=((0, False),)) -> Predictor:
                 xt = torch.flip(x, dims=(3,)) if flip else x
                 xt = torch.rot90(xt, k, dims=(2, 3)) if k else xt
                 if use_amp:
-                    with torch.autocast("cuda", dtype=amp_dtype):
+                    with torch.autocast(kind, dtype=amp_dtype):
                         maps = spec.predict(net, xt)
                 else:
                     maps = spec.predict(net, xt)

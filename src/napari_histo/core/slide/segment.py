@@ -366,6 +366,7 @@ def write_pyramidal_tiff_iter(
     import tifffile
 
     from ..atomic import atomic_path
+    from ..io.images import ZLIB_LEVEL
     from ..io.slides import downsample2
 
     arr = level0 if isinstance(level0, da.Array) else da.from_array(level0, chunks=(tile, tile, -1))
@@ -397,7 +398,8 @@ def write_pyramidal_tiff_iter(
             opts = {"subifds": len(shapes) - 1} if k == 0 else {"subfiletype": 1}
             tif.write(
                 tiles(lv.astype(np.uint8)), shape=lv.shape, dtype=np.uint8, tile=(tile, tile),
-                photometric="rgb", compression="zlib", **opts,
+                photometric="rgb", compression="zlib", compressionargs={"level": ZLIB_LEVEL},
+                **opts,
             )  # fmt: skip
             yield Progress(step=done, total=total, stage="write", message=f"level {k}")
     return path

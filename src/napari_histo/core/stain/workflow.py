@@ -22,6 +22,13 @@ from . import DEFAULT_METHOD, METHODS
 
 #: Images up to this many pixels are normalized in memory; larger ones lazily.
 IN_MEMORY_PIXELS = 4096 * 4096
+#: An image already in memory (a numpy array) up to this many pixels is normalized whole: one
+#: pass (for DCGMM one network pass, not one for the statistics and one per chunk), statistics
+#: of the whole image and no chunk seams. The transforms work in bands of rows, so the extra
+#: memory is a fraction of the image's.
+DIRECT_PIXELS = 8192 * 8192
+#: Stain statistics of a lazily normalized image come from a copy at most this many pixels a side.
+SAMPLE_SIDE = 2048
 
 
 @dataclass
@@ -174,12 +181,19 @@ def _normalize_one(
 
     notes: list[str] = []
     full = levels[0]
-    big = len(levels) > 1 or int(np.prod(full.shape[:2])) > IN_MEMORY_PIXELS
+    npx = int(np.prod(full.shape[:2]))
+    direct = len(levels) == 1 and isinstance(full, np.ndarray) and npx <= DIRECT_PIXELS
+    big = not direct and (len(levels) > 1 or npx > IN_MEMORY_PIXELS)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", InputWarning)
         if big:
-            k = pick_level(levels)
-            sample = np.asarray(levels[k])
+            k = pick_level(levels, SAMPLE_SIDE)
+            if len(levels) == 1 and k == 0:
+                # One huge level: the statistics come from a 2x2-averaged copy of at most
+                # 2048 pixels a side, as for a slide (not from a full extra pass).
+                sample, k = _coarse_sample(full)
+            else:
+                sample = np.asarray(levels[k])
             out_levels = normalize_levels(normalizer, levels, sample)
             image = out_levels if len(levels) > 1 else out_levels[0]
         else:
@@ -197,30 +211,75 @@ def _normalize_one(
     return NormalizedImage(name, image, cmap, probs, k, names, notes)
 
 
-def lazy_transform(level, normalizer, stats):
-    """A dask array normalizing ``level`` chunk by chunk with fixed source statistics."""
+def _coarse_sample(image) -> tuple[np.ndarray, int]:
+    """``image`` averaged over 2x2 blocks until its long side is at most :data:`SAMPLE_SIDE`."""
+    from ..io.slides import downsample2
+
+    level, k = image, 0
+    while max(level.shape[:2]) > SAMPLE_SIDE:
+        level, k = downsample2(level), k + 1
+    return np.asarray(level), k
+
+
+def lazy_transform(level, normalizer, stats, tissue: np.ndarray | None = None):
+    """A dask array normalizing ``level`` chunk by chunk with fixed source statistics.
+
+    With ``tissue`` (a boolean mask of the whole image at any lower resolution), chunks whose
+    area holds no tissue are bare glass and are passed through unchanged (not transformed).
+    """
     import dask.array as da
 
     arr = level if isinstance(level, da.Array) else da.from_array(level, chunks=(1024, 1024, -1))
     if arr.chunksize[-1] != arr.shape[-1]:
         arr = arr.rechunk({-1: -1})
+    height, width = arr.shape[:2]
 
-    def block(b: np.ndarray) -> np.ndarray:
-        return normalizer.transform(np.asarray(b)[..., :3], source_stats=stats)
+    def is_glass(block_info) -> bool:
+        if tissue is None or not block_info:
+            return False
+        (r0, r1), (c0, c1) = block_info[0]["array-location"][:2]
+        sy, sx = tissue.shape[0] / height, tissue.shape[1] / width
+        rows = slice(int(r0 * sy), max(int(r0 * sy) + 1, int(np.ceil(r1 * sy))))
+        cols = slice(int(c0 * sx), max(int(c0 * sx) + 1, int(np.ceil(c1 * sx))))
+        return not tissue[rows, cols].any()
+
+    def block(b: np.ndarray, block_info=None) -> np.ndarray:
+        b = np.asarray(b)[..., :3]
+        if is_glass(block_info):
+            from ..io import to_rgb_uint8
+
+            return to_rgb_uint8(b)
+        return normalizer.transform(b, source_stats=stats)
 
     return arr.map_blocks(block, dtype=np.uint8, chunks=(*arr.chunks[:2], (3,)))
 
 
-def normalize_levels(normalizer, levels: list, sample: np.ndarray | None = None) -> list:
+def glass_free_mask(level) -> np.ndarray:
+    """Where a slide has tissue (True), from a coarse level, grown by 2 pixels to be safe."""
+    from scipy import ndimage
+
+    from ..slide.segment import tissue_mask
+
+    mask = np.asarray(tissue_mask(level))
+    return ndimage.binary_dilation(mask, iterations=2)
+
+
+def normalize_levels(
+    normalizer, levels: list, sample: np.ndarray | None = None, skip_glass: bool = True
+) -> list:
     """Every level of a slide normalized lazily, with stain statistics from one low level.
 
     The statistics come from ``sample`` (default: the level :func:`pick_level` chooses, read
-    once), so every tile of the slide is mapped the same way (no seams between tiles).
+    once), so every tile of the slide is mapped the same way (no seams between tiles). With
+    ``skip_glass`` (pyramids only), chunks without tissue on the coarsest level
+    (:func:`~napari_histo.core.slide.segment.tissue_mask`, grown by 2 pixels) are left as they
+    are instead of being transformed: real slides are mostly glass.
     """
     if sample is None:
         sample = np.asarray(levels[pick_level(levels)])
     stats = normalizer.source_stats(sample)
-    return [lazy_transform(lv, normalizer, stats) for lv in levels]
+    tissue = glass_free_mask(levels[-1]) if skip_glass and len(levels) > 1 else None
+    return [lazy_transform(lv, normalizer, stats, tissue) for lv in levels]
 
 
 def write_levels_zarr_iter(

@@ -106,10 +106,7 @@ class DCGMMNormalizer:
     # ---------------------------------------------------------------- network passes
     def _low_logits(self, rgb: torch.Tensor) -> torch.Tensor:
         """Class logits (K, h, w) at network resolution of an RGB uint8 image (H, W, 3)."""
-        d = color.rgb_to_od(rgb).mean(-1)[None, None]
-        d = _pad_to(d, self.model.multiple)
-        s = self.model.scale
-        low = F.avg_pool2d(d, s) if s > 1 else d
+        low = self._low_density(rgb)
         h, w = low.shape[-2:]
 
         def run(x: torch.Tensor) -> torch.Tensor:
@@ -126,6 +123,28 @@ class DCGMMNormalizer:
                 y1, x1 = min(h, y0 + NET_TILE), min(w, x0 + NET_TILE)
                 out[:, y0:y1, x0:x1] = res[:, y0 - ya : y1 - ya, x0 - xa : x1 - xa]
         return out
+
+    def _low_density(self, rgb: torch.Tensor) -> torch.Tensor:
+        """Mean optical density (1, 1, h, w) at network resolution, padded to the multiple.
+
+        Made in bands of rows (each a multiple of the scale), so a large image never holds a
+        full-resolution float copy; the values are those of the one-piece computation.
+        """
+        hgt, wid = rgb.shape[:2]
+        s, m = self.model.scale, self.model.multiple
+        hp, wp = -(-hgt // m) * m, -(-wid // m) * m
+        low = torch.empty((1, 1, hp // s, wp // s), dtype=torch.float32, device=rgb.device)
+        step = max(s, (BAND_PIXELS // max(wid, 1)) // s * s)
+        for r0 in range(0, hp, step):
+            r1 = min(hp, r0 + step)
+            d = color.rgb_to_od(rgb[r0 : min(r1, hgt)]).mean(-1)
+            if r1 > hgt:  # bottom padding: replicate the last row
+                d = torch.cat((d, d[-1:].expand(r1 - hgt, wid)))
+            d = d[None, None]
+            if wp > wid:
+                d = F.pad(d, (0, wp - wid, 0, 0), mode="replicate")
+            low[..., r0 // s : r1 // s, :] = F.avg_pool2d(d, s) if s > 1 else d
+        return low
 
     def _bands(self, rgb: torch.Tensor, low: torch.Tensor, hsd: bool = True):
         """Yield ``(rows, HSD band (h, W, 3) or None, gamma band (K, h, W))`` at full resolution.
