@@ -325,12 +325,6 @@ def test_untrained_model_on_real_labels_is_scored(tiny_unet, crop, crop_labels):
     }  # fmt: skip
 
 
-def _native_bf16() -> bool:
-    from napari_histo.core.device import amp_dtype
-
-    return amp_dtype(torch.device("cpu")) is torch.bfloat16
-
-
 def test_cpu_precision_policy_follows_the_environment(monkeypatch):
     from napari_histo.core.device import amp_dtype
 
@@ -345,23 +339,24 @@ def test_cpu_precision_policy_follows_the_environment(monkeypatch):
         amp_dtype(cpu)
 
 
-def test_shipped_unet_labels_in_bfloat16_match_float32(monuseg, monkeypatch):
-    """The CPU's bfloat16 path (native where AVX512-BF16/AMX exist) keeps the float32 labels:
-    AJI >= 0.99 (bench/infer_backends.py measured 0.997 on 3 held-out tiles)."""
+def test_cpu_labels_are_float32_and_bfloat16_is_opt_in(monuseg, monkeypatch):
+    """The shipped UNet's CPU labels are float32's whatever the CPU (its bfloat16 labels match
+    only at AJI ~0.988, under the 0.99 asked for); NAPARI_HISTO_PRECISION=bfloat16 opts in and
+    stays close."""
     from napari_histo.core.seg.metrics import aggregated_jaccard_index
     from napari_histo.core.seg.registry import load_model
 
     model = load_model("default", "cpu")
-    assert getattr(model.spec, "cpu_autocast", False)
+    assert not getattr(model.spec, "cpu_autocast", False)
     img = read_image(monuseg / "images" / "TCGA-CH-5767-01Z-00-DX1.png")[:512, :512]
     monkeypatch.setenv("NAPARI_HISTO_PRECISION", "float32")
     ref = drain(segment_iter(img, model, tta=False)).labels
+    monkeypatch.delenv("NAPARI_HISTO_PRECISION")
+    assert np.array_equal(drain(segment_iter(img, model, tta=False)).labels, ref)
     monkeypatch.setenv("NAPARI_HISTO_PRECISION", "bfloat16")
     fast = drain(segment_iter(img, model, tta=False)).labels
-    assert aggregated_jaccard_index(ref, fast) >= 0.99
-    monkeypatch.delenv("NAPARI_HISTO_PRECISION")
-    default = drain(segment_iter(img, model, tta=False)).labels
-    assert np.array_equal(default, fast if _native_bf16() else ref)
+    assert not np.array_equal(fast, ref)  # the opt-in really runs in bfloat16
+    assert aggregated_jaccard_index(ref, fast) >= 0.95
 
 
 def test_bare_glass_tiles_skip_the_network_and_keep_the_labels(monuseg, monkeypatch):

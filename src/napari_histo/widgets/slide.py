@@ -232,13 +232,22 @@ class SlideWidget(RunCancelMixin, QWidget):
             kwargs = {"scale": base.scale[-2:], "translate": base.translate[-2:]}
         except Exception:
             pass
+        # One level is an array, not a list of one (napari before 0.7 wants an array then).
+        data = levels if len(levels) > 1 else levels[0]
+        opacity, index, selected = 0.5, None, None
         if name in self.viewer.layers:
-            self.viewer.layers[name].data = levels
-            layer = self.viewer.layers[name]
-        else:
-            layer = self.viewer.add_labels(
-                levels, name=name, multiscale=len(levels) > 1, opacity=0.5, **kwargs
-            )
+            # A new pyramid replaces the layer whole (napari 0.6 cannot take a new list of levels
+            # as the data of a multiscale Labels layer); its place, opacity and label are kept.
+            old = self.viewer.layers[name]
+            opacity, selected = old.opacity, old.selected_label
+            index = self.viewer.layers.index(old)
+            self.viewer.layers.remove(old)
+        layer = self.viewer.add_labels(
+            data, name=name, multiscale=len(levels) > 1, opacity=opacity, **kwargs
+        )
+        if index is not None:
+            self.viewer.layers.move(self.viewer.layers.index(layer), index)
+            layer.selected_label = selected
         self.zarr_path = path
         return layer
 

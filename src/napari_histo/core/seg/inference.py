@@ -15,6 +15,7 @@ the same nuclei) as the whole-slide path.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -168,7 +169,8 @@ def make_predictor(model: Any, transforms=((0, False),)) -> Predictor:
     # bfloat16 is native (device.amp_dtype). NAPARI_HISTO_PRECISION=float32 turns it off.
     use_amp = kind == "cuda" and _amp(dev) is not None
     amp_dtype = _amp(dev) if use_amp else None
-    if kind == "cpu" and getattr(spec, "cpu_autocast", False) and _amp(dev) is not None:
+    opted_in = os.environ.get("NAPARI_HISTO_PRECISION", "").strip().lower() == "bfloat16"
+    if kind == "cpu" and (getattr(spec, "cpu_autocast", False) or opted_in) and _amp(dev):
         # Only the network runs in bfloat16; the spec's activations (softmax...) stay float32.
         net = _CpuAutocast(net, _amp(dev))
 

@@ -157,9 +157,11 @@ class UNetSpec(TernarySpec):
 
     name = "unet"
     size_multiple = 2**UNet.depth
-    #: bfloat16 autocast on CPUs with native bfloat16: about 1.8x faster, labels AJI >= 0.99
-    #: against float32 on held-out MoNuSeg tiles (bench/infer_backends.py).
-    cpu_autocast = True
+    #: bfloat16 autocast on CPUs with native bfloat16 is about 1.8x faster. With unet_monuseg_v2
+    #: its labels matched float32's (AJI 0.997, bench/infer_backends.py), with unet_histo80 only
+    #: at AJI 0.988 on a held-out crop: below the 0.99 the project asks, so the CPU default stays
+    #: float32 (labels never depend on the CPU); NAPARI_HISTO_PRECISION=bfloat16 opts in.
+    cpu_autocast = False
 
     def build(self, base: int = 16, **kwargs: Any) -> nn.Module:
         """A fresh :class:`UNet` (``base`` = width of the first level)."""
