@@ -3,7 +3,9 @@
 Every model the package knows (segmentation networks, DCGMM normalizers, CycleGAN translators,
 training checkpoints) is a ``weights.safetensors`` whose metadata names its ``format``, with a
 ``card.json`` (and a human ``card.md``) beside it. Weights never go through pickle. Reads are
-cached on (file, modification time, size), so a second load of an unchanged file is free.
+cached: built models on (file, modification time, size, device) by :func:`cached_loader`, and
+the tensors of files read again and again (normalizers) on request; a training checkpoint,
+rewritten every epoch, is never kept.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ CARD_MD = "card.md"
 
 
 def read_safetensors(
-    path: str | os.PathLike, fmt: str | None, what: str
+    path: str | os.PathLike, fmt: str | None, what: str, cache: bool = False
 ) -> tuple[dict[str, Any], dict[str, str]]:
-    """Tensors (on the CPU) and metadata of a safetensors file of format ``fmt`` (cached).
+    """Tensors (on the CPU) and metadata of a safetensors file of format ``fmt``.
 
     Parameters
     ----------
@@ -36,6 +38,9 @@ def read_safetensors(
         The ``format`` its metadata must name (None: any).
     what : str
         What the file should be, for messages (e.g. ``"segmentation model"``).
+    cache : bool
+        Keep the tensors for the next read of the unchanged file (for files read again and
+        again, like a normalizer; models are cached once built, by :func:`cached_loader`).
 
     Raises
     ------
@@ -47,7 +52,8 @@ def read_safetensors(
         st = p.stat()
     except OSError:
         raise HistoError(f"{p}: no such file") from None
-    tensors, meta = _read_cached(str(p.resolve()), st.st_mtime_ns, st.st_size, what)
+    read = _read_cached if cache else _read
+    tensors, meta = read(str(p.resolve()), st.st_mtime_ns, st.st_size, what)
     if fmt is not None and meta.get("format") != fmt:
         raise HistoError(
             f"{p.name}: not a napari-histo {what} (format {meta.get('format')!r}, expected {fmt!r})"
@@ -55,8 +61,7 @@ def read_safetensors(
     return dict(tensors), dict(meta)
 
 
-@functools.lru_cache(maxsize=16)
-def _read_cached(path: str, mtime_ns: int, size: int, what: str) -> tuple[dict, dict]:
+def _read(path: str, mtime_ns: int, size: int, what: str) -> tuple[dict, dict]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file, safe_open
 
@@ -70,6 +75,9 @@ def _read_cached(path: str, mtime_ns: int, size: int, what: str) -> tuple[dict, 
             f"not a napari-histo {what}"
         ) from None
     return tensors, meta
+
+
+_read_cached = functools.lru_cache(maxsize=4)(_read)
 
 
 def write_safetensors(path: str | os.PathLike, tensors: dict, meta: dict[str, Any]) -> Path:

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import HistoError
 from ..progress import Progress
+from ..tiling import BlockTiling
 from .registry import list_models, load_model, user_model_dir
 
 
@@ -112,7 +113,7 @@ def segment_array_iter(
     normalizer=None,
     translator=None,
     tile=None,
-    blocks: Any = "default",
+    blocks: BlockTiling | None = BlockTiling(),
     mpp: float | None = None,
 ) -> Generator[Progress, None, Any]:
     """Translate? -> normalize? -> resample? -> segment one in-memory image (yields progress).
@@ -151,7 +152,7 @@ def segment_array_iter(
         if isinstance(translator, str | os.PathLike):
             translator = load_translator(translator, "ihc2he", device)
         image = yield from translate_iter(image, translator)
-    kw = {} if blocks == "default" else {"blocks": blocks}
+    kw = {"blocks": blocks}
     factor = resample_factor(mpp, net.card)
     if factor is None:
         return (

@@ -157,7 +157,38 @@ def warn_no_tissue(note: str, action: str = "returned unchanged") -> None:
 # --------------------------------------------------------------------------- base class
 
 
-class StainNormalizer:
+class TemplateStats:
+    """``fit`` and ``source_stats`` of every normalizer, over its ``_stats(images)``."""
+
+    def _stats(self, images: list[np.ndarray]) -> SourceStats:
+        raise NotImplementedError
+
+    def fit(self, template: Any):
+        """Estimate the template's statistics (a list of images or regions is pooled).
+
+        Raises
+        ------
+        HistoError
+            When the template (all regions together) has too little coloured tissue.
+        """
+        stats = self._stats(as_image_list(template))
+        if not stats.tissue:
+            raise HistoError(f"template: {stats.note}; choose a template with stained tissue")
+        self.target = stats
+        return self
+
+    def source_stats(self, image: Any) -> SourceStats:
+        """Statistics of a source image, to normalize it later chunk by chunk with them.
+
+        A list of images is pooled. Warns (:class:`InputWarning`) when there is no tissue.
+        """
+        stats = self._stats(as_image_list(image))
+        if not stats.tissue:
+            warn_no_tissue(stats.note, "the image is left unchanged")
+        return stats
+
+
+class StainNormalizer(TemplateStats):
     """Base class: template statistics, tissue checks, batches, save/load as JSON."""
 
     name = "base"
@@ -198,30 +229,6 @@ class StainNormalizer:
             if note:
                 return SourceStats(self.name, {}, tissue=False, note=note)
             return SourceStats(self.name, self._estimate(rgb_px, od_px))
-
-    def fit(self, template: Any) -> StainNormalizer:
-        """Estimate the template's statistics (a list of images or regions is pooled).
-
-        Raises
-        ------
-        HistoError
-            When the template (all regions together) has too little coloured tissue.
-        """
-        stats = self._stats(as_image_list(template))
-        if not stats.tissue:
-            raise HistoError(f"template: {stats.note}; choose a template with stained tissue")
-        self.target = stats
-        return self
-
-    def source_stats(self, image: Any) -> SourceStats:
-        """Statistics of a source image, to normalize it later chunk by chunk with them.
-
-        A list of images is pooled. Warns (:class:`InputWarning`) when there is no tissue.
-        """
-        stats = self._stats(as_image_list(image))
-        if not stats.tissue:
-            warn_no_tissue(stats.note, "the image is left unchanged")
-        return stats
 
     def transform(self, image: Any, source_stats: SourceStats | None = None) -> np.ndarray:
         """Normalize an image (or a (B, H, W, C) batch) to the template: RGB uint8, same size.

@@ -56,7 +56,7 @@ def load_dcgmm(path: str | os.PathLike | None = None, device: str = "auto") -> D
                 "scripts/fit_dcgmm_default.py"
             )
         raise HistoError(f"{p}: no such file")
-    tensors, meta = weights.read_safetensors(p, FORMAT, "DCGMM normalizer")
+    tensors, meta = weights.read_safetensors(p, FORMAT, "DCGMM normalizer", cache=True)
     try:
         classes, scale = int(meta["classes"]), int(meta["scale"])
         names = json.loads(meta.get("class_names", "[]"))

@@ -18,7 +18,14 @@ from ...atomic import atomic_write_text
 from ...errors import HistoError
 from ...io import to_rgb_uint8
 from ...weights import WEIGHTS_FILE
-from ..classical import SourceStats, as_image_list, is_batch, tissue_pixels, warn_no_tissue
+from ..classical import (
+    SourceStats,
+    TemplateStats,
+    as_image_list,
+    is_batch,
+    tissue_pixels,
+    warn_no_tissue,
+)
 from .model import (
     DCGMM,
     FORMAT,
@@ -36,7 +43,7 @@ NET_HALO = 32
 BAND_PIXELS = 2**21
 
 
-class DCGMMNormalizer:
+class DCGMMNormalizer(TemplateStats):
     """A fitted DCGMM used as a stain normalizer (``fit`` a template, ``transform`` images).
 
     Attributes
@@ -193,27 +200,6 @@ class DCGMMNormalizer:
         return stats_from_sums(sums)
 
     # ---------------------------------------------------------------- public API
-    def fit(self, template: Any) -> DCGMMNormalizer:
-        """Per-class statistics of the template (images or regions in a list are pooled).
-
-        Raises
-        ------
-        HistoError
-            When the template has too little coloured tissue.
-        """
-        stats = self._stats(as_image_list(template))
-        if not stats.tissue:
-            raise HistoError(f"template: {stats.note}; choose a template with stained tissue")
-        self.target = stats
-        return self
-
-    def source_stats(self, image: Any) -> SourceStats:
-        """Per-class statistics of a source image (e.g. a coarse level of a slide)."""
-        stats = self._stats(as_image_list(image))
-        if not stats.tissue:
-            warn_no_tissue(stats.note, "the image is left unchanged")
-        return stats
-
     def class_probabilities(self, image: Any) -> np.ndarray:
         """Per-pixel class probabilities gamma (H, W, K) float32, classes as :attr:`class_names`."""
         rgb = to_rgb_uint8(np.asarray(image))
