@@ -463,6 +463,55 @@ def test_dcgmm_cancel_by_closing_the_generator(tiles, template):
     assert again.fit(template).transform(template).shape == template.shape
 
 
+def test_dcgmm_paper_loss_is_the_clipped_batch_likelihood():
+    from napari_histo.core.stain.dcgmm import mixture_stats, paper_nll
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 8, 8, generator=gen)
+    log_gamma = torch.log_softmax(torch.randn(2, 3, 8, 8, generator=gen), dim=1)
+    gamma = log_gamma.exp()
+    # One image: the batch M-step is the per-image one; without clipping, the same likelihood.
+    one = mixture_stats(x[:1], gamma[:1])
+    pooled = mixture_stats(x[:1], gamma[:1], pooled=True)
+    for a, b in zip(one, pooled, strict=True):
+        assert torch.allclose(a, b)
+    # Two images: the pooled statistics are those of the images side by side.
+    _, mean, var = mixture_stats(x, gamma, pooled=True)
+    side = mixture_stats(torch.cat([x[0], x[1]], 2)[None], torch.cat([gamma[0], gamma[1]], 2)[None])
+    assert torch.allclose(mean[0], side[1][0], atol=1e-6) and torch.allclose(mean[1], mean[0])
+    assert torch.allclose(var[1], side[2][0], atol=1e-6)
+    # -log min(p + eps, 1), computed directly.
+    diff = x[:, None] - mean[..., None, None]
+    dens = (
+        torch.exp(-0.5 * (diff * diff / var[..., None, None]).sum(2))
+        / torch.sqrt((2 * torch.pi) ** 3 * var.prod(2))[..., None, None]
+    )
+    p = (gamma * dens).sum(1)
+    expected = -torch.log(torch.clamp(p + 1e-7, max=1.0)).mean()
+    assert torch.allclose(paper_nll(x, log_gamma, mean, var), expected, atol=1e-5)
+    assert paper_nll(x, log_gamma, mean, var) >= 0
+
+
+def test_dcgmm_fit_paper_loss_and_time_cap(tiles):
+    from napari_histo.core.stain import fit_dcgmm_blocking
+
+    norm = fit_dcgmm_blocking(
+        [tiles["TCGA-A7-A13E"]],
+        steps=100_000,
+        device="cpu",
+        crop=64,
+        batch_size=2,
+        start=None,
+        loss="paper",
+        max_seconds=0.5,
+    )
+    tr = norm.card["training"]
+    assert tr["loss"] == "paper" and 1 <= tr["steps"] < 100_000 == tr["steps_planned"]
+    assert np.isfinite(tr["final_loss"]) and tr["final_loss"] >= 0
+    with pytest.raises(HistoError, match="unknown DCGMM loss"):
+        fit_dcgmm_blocking([tiles["TCGA-A7-A13E"]], steps=1, device="cpu", loss="nope")
+
+
 def test_dcgmm_fit_refuses_images_without_tissue(bad_inputs):
     from napari_histo.core.stain import fit_dcgmm_blocking
 

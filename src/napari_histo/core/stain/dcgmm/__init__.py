@@ -20,6 +20,8 @@ Unlike the reference code: batches of any size (the M-step is per image), a prop
 log-likelihood (no clipping of densities at 1; a small variance floor instead), one number of
 classes everywhere (``classes``, default 3), and classes ordered by mean density after fitting
 and named (index 0 = background, the lowest density; last = nuclei, the highest).
+``fit_dcgmm(loss="paper")`` trains with the reference code's loss instead (one M-step over the
+batch, per-pixel likelihood clipped at 1; see :meth:`DCGMM.forward`), to compare the two.
 
 One addition for speed: the network sees the density at ``1 / scale`` resolution (default 2,
 so a 40x tile is seen at 20x, where the net's receptive field covers a nucleus) and its logits
@@ -34,11 +36,13 @@ from .model import (
     DEFAULT_MODEL,
     FORMAT,
     FORMAT_VERSION,
+    LOSSES,
     DCGMMNet,
     class_names_for,
     fast_dtype,
     mixture_nll,
     mixture_stats,
+    paper_nll,
 )
 from .normalizer import DCGMMNormalizer, stats_from_sums
 
@@ -47,6 +51,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "FORMAT",
     "FORMAT_VERSION",
+    "LOSSES",
     "WEIGHTS_FILE",
     "DCGMMNet",
     "DCGMMNormalizer",
@@ -58,5 +63,6 @@ __all__ = [
     "load_dcgmm",
     "mixture_nll",
     "mixture_stats",
+    "paper_nll",
     "stats_from_sums",
 ]

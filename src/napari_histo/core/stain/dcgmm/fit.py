@@ -16,7 +16,7 @@ from ...errors import HistoError
 from ...progress import Progress
 from ..classical import as_image_list, tissue_pixels
 from .files import load_dcgmm
-from .model import DCGMM, fast_dtype
+from .model import DCGMM, LOSSES, fast_dtype
 from .normalizer import DCGMMNormalizer
 
 
@@ -105,6 +105,8 @@ def fit_dcgmm(
     start: Any = "shipped",
     card: dict | None = None,
     precision: str = "auto",
+    loss: str = "ours",
+    max_seconds: float | None = None,
 ) -> Generator[Progress, None, DCGMMNormalizer]:
     """Fit a DCGMM on ``images``, unsupervised; yields one progress event per step.
 
@@ -137,6 +139,13 @@ def fit_dcgmm(
         Extra fields for the model card (data, licence, command...).
     precision : str
         ``auto`` (bfloat16 convolutions where the hardware has them), ``float32``.
+    loss : str
+        ``ours`` (per-image M-step, exact mixture likelihood) or ``paper`` (the reference
+        code's: one M-step over the batch, per-pixel likelihood clipped at 1); see
+        :meth:`DCGMM.forward`.
+    max_seconds : float, optional
+        Wall-clock cap on the training steps: the fit ends after the step that passes it and
+        returns a normalizer as usual; the card records the steps done.
 
     Returns
     -------
@@ -149,6 +158,8 @@ def fit_dcgmm(
         raise HistoError("no images to fit the DCGMM on")
     if steps < 1 or batch_size < 1:
         raise HistoError(f"steps and batch size must be at least 1 (got {steps}, {batch_size})")
+    if loss not in LOSSES:
+        raise HistoError(f"unknown DCGMM loss {loss!r}; choose one of {', '.join(LOSSES)}")
     dev = resolve_device(device)
     rgbs = as_image_list(list(images))
     tensors = [color.as_tensor(im, dev) for im in rgbs]
@@ -184,17 +195,19 @@ def fit_dcgmm(
     for step in range(1, steps + 1):
         batch = _random_crops(padded, batch_size, crop, rng)
         hsd = color.rgb_to_hsd(batch).permute(0, 3, 1, 2).contiguous()
-        loss = model(hsd)[-1]
+        objective = model(hsd, loss=loss)[-1]
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        objective.backward()
         opt.step()
-        value = float(loss.detach())
+        value = float(objective.detach())
         if not math.isfinite(value):
             raise HistoError(
                 f"the DCGMM fit diverged at step {step} (loss {value}); try a lower lr"
             )
         losses.append(value)
         yield Progress(step, steps, "fit", metrics={"loss": value})
+        if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
+            break
     seconds = time.perf_counter() - t0
     model.eval()
     densities = _order_by_density(model, padded, crop)
@@ -202,7 +215,9 @@ def fit_dcgmm(
     info = dict(card or {})
     info.setdefault("license", origin.pop("license", None) or info.get("license"))
     info["training"] = {
-        "steps": steps,
+        "steps": len(losses),
+        "steps_planned": steps,
+        "loss": loss,
         "batch_size": batch_size,
         "crop": crop,
         "lr": lr,
@@ -214,7 +229,7 @@ def fit_dcgmm(
         "precision": str(model.amp_dtype or torch.float32).replace("torch.", ""),
         "seconds": round(seconds, 1),
         "final_loss": round(float(np.mean(tail)), 5),
-        "final_loss_over": f"mean of the last {len(tail)} steps",
+        "final_loss_over": f"mean of the last {len(tail)} steps ({loss} loss)",
         "class_mean_density": [round(float(v), 4) for v in densities],
         **origin,
     }

@@ -21,6 +21,10 @@ NET_MULTIPLE = 4
 VAR_FLOOR = 1e-4
 #: A class holding less than this fraction of an image's pixels is left as it is.
 MIN_CLASS_MASS = 1e-3
+#: Training losses: see :meth:`DCGMM.forward`.
+LOSSES = ("ours", "paper")
+#: The reference code's ``keras.backend.epsilon()``, added to each pixel's likelihood.
+PAPER_EPS = 1e-7
 
 
 def class_names_for(k: int) -> tuple[str, ...]:
@@ -117,10 +121,30 @@ class DCGMM(nn.Module):
             out = F.interpolate(out, scale_factor=self.scale, mode="bilinear", align_corners=False)
         return out
 
-    def forward(self, hsd: torch.Tensor):
+    def forward(self, hsd: torch.Tensor, loss: str = "ours"):
+        """(log gamma, means, variances, loss) of an HSD batch; see :data:`LOSSES`.
+
+        ``loss="ours"`` (default): per-image M-step (each image's own class means and variances,
+        plus a variance floor) and the exact mixture negative log-likelihood per pixel,
+        ``-mean log sum_k gamma_k N(x | mu_k, sigma_k)`` (:func:`mixture_nll`).
+
+        ``loss="paper"``: the loss as the authors' reference code computes it
+        (``GMM_M_Step.py`` of FarhadZanjani/Histopathology-Stain-Color-Normalization): the same
+        mixture likelihood, but (1) one M-step over the whole batch (the sums of the paper's
+        M-step run over every pixel of the training batch; the reference code trains with one
+        image a batch, where the two agree) and (2) each pixel's likelihood is clipped,
+        ``-log min(p(x) + eps, 1)``, so pixels whose density exceeds 1 (tight classes) add
+        nothing and no gradient (:func:`paper_nll`). The means and variances returned are the
+        batch's, repeated per image.
+        """
         log_gamma = torch.log_softmax(self.logits(hsd[:, :1]), dim=1)
-        _, mean, var = mixture_stats(hsd, log_gamma.exp())
-        return log_gamma, mean, var, mixture_nll(hsd, log_gamma, mean, var)
+        if loss == "ours":
+            _, mean, var = mixture_stats(hsd, log_gamma.exp())
+            return log_gamma, mean, var, mixture_nll(hsd, log_gamma, mean, var)
+        if loss == "paper":
+            _, mean, var = mixture_stats(hsd, log_gamma.exp(), pooled=True)
+            return log_gamma, mean, var, paper_nll(hsd, log_gamma, mean, var)
+        raise HistoError(f"unknown DCGMM loss {loss!r}; choose one of {', '.join(LOSSES)}")
 
 
 def fast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
@@ -136,16 +160,27 @@ def fast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | N
     return None if dtype == torch.float16 else dtype
 
 
-def mixture_stats(x: torch.Tensor, gamma: torch.Tensor, floor: float = VAR_FLOOR):
+def mixture_stats(
+    x: torch.Tensor, gamma: torch.Tensor, floor: float = VAR_FLOOR, pooled: bool = False
+):
     """The M-step per image: class masses (B, K), means and variances (B, K, 3).
 
-    ``x`` is (B, 3, H, W), ``gamma`` (B, K, H, W).
+    ``x`` is (B, 3, H, W), ``gamma`` (B, K, H, W). ``pooled``: one M-step over the whole batch
+    (every pixel of every image), its statistics repeated for each image.
     """
     mass = gamma.sum((2, 3))
+    wsum = torch.einsum("bkhw,bchw->bkc", gamma, x)
+    if pooled:
+        b = x.shape[0]
+        mass = mass.sum(0, keepdim=True).expand(b, -1)
+        wsum = wsum.sum(0, keepdim=True).expand(b, -1, -1)
     denom = mass.clamp(min=1e-6)[..., None]
-    mean = torch.einsum("bkhw,bchw->bkc", gamma, x) / denom
+    mean = wsum / denom
     diff = x[:, None] - mean[..., None, None]
-    var = torch.einsum("bkhw,bkchw->bkc", gamma, diff * diff) / denom
+    wsq = torch.einsum("bkhw,bkchw->bkc", gamma, diff * diff)
+    if pooled:
+        wsq = wsq.sum(0, keepdim=True).expand(x.shape[0], -1, -1)
+    var = wsq / denom
     return mass, mean, var + floor
 
 
@@ -155,6 +190,26 @@ def mixture_nll(x: torch.Tensor, log_gamma: torch.Tensor, mean: torch.Tensor, va
     maha = (diff * diff / var[..., None, None]).sum(2)
     log_norm = var.log().sum(2)[..., None, None] + 3.0 * math.log(2.0 * math.pi)
     log_p = torch.logsumexp(log_gamma - 0.5 * (maha + log_norm), dim=1)
+    return -log_p.mean()
+
+
+def paper_nll(
+    x: torch.Tensor,
+    log_gamma: torch.Tensor,
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    eps: float = PAPER_EPS,
+):
+    """The reference code's loss: mean over pixels of ``-log min(p(x) + eps, 1)``.
+
+    ``p(x) = sum_k gamma_k N(x | mu_k, sigma_k)`` as in :func:`mixture_nll`; computed in log
+    space (``min(logaddexp(log p, log eps), 0)``), which is the same number without underflow.
+    """
+    diff = x[:, None] - mean[..., None, None]
+    maha = (diff * diff / var[..., None, None]).sum(2)
+    log_norm = var.log().sum(2)[..., None, None] + 3.0 * math.log(2.0 * math.pi)
+    log_p = torch.logsumexp(log_gamma - 0.5 * (maha + log_norm), dim=1)
+    log_p = torch.logaddexp(log_p, torch.full_like(log_p, math.log(eps))).clamp(max=0.0)
     return -log_p.mean()
 
 
