@@ -12,11 +12,16 @@ labels) and reproducible (fixed seed); on one CPU thread it takes a few minutes:
     nohup nice -n 15 .venv/bin/python scripts/fit_dcgmm_default.py > /tmp/dcgmm_default.log 2>&1 &
 
 Writes ``weights.safetensors``, ``card.json`` and ``card.md``, each atomically.
+
+On a GPU machine (scripts/fit_dcgmm_variants_gpu.sh): ``--device cuda --max-minutes 5``; the
+data root can be moved with ``NAPARI_HISTO_DATA`` (same layout; ``*.png`` or ``*.jpg`` tiles).
+The fit path needs only torch, numpy, scipy, scikit-image, pillow, tifffile and safetensors.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
@@ -25,10 +30,23 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+DATA = Path(os.environ.get("NAPARI_HISTO_DATA") or ROOT.parent / "shared" / "data")
 MONUSEG = DATA / "monuseg2018_train_subset" / "images"
 TIA_TARGET = DATA / "stain" / "tiatoolbox_target" / "target_image.png"
+IMAGE_GLOBS = ("*.png", "*.jpg")
 OUT = ROOT / "resources" / "stain" / "dcgmm_default"
+
+
+def _images_in(folder: Path) -> list[Path]:
+    """PNG or JPEG tiles of a folder, sorted by name (a JPEG copy of the data set works too)."""
+    return sorted((p for g in IMAGE_GLOBS for p in folder.glob(g)), key=lambda p: p.name)
+
+
+def _target() -> Path:
+    """The TIAToolbox target, as PNG or as a JPEG copy."""
+    jpg = TIA_TARGET.with_suffix(".jpg")
+    return jpg if not TIA_TARGET.is_file() and jpg.is_file() else TIA_TARGET
+
 
 LICENSE = (
     "CC BY-NC-SA 4.0 (inherited from the MoNuSeg 2018 training tiles; the TIAToolbox target "
@@ -88,18 +106,35 @@ def main(argv=None) -> int:
     parser.add_argument("--classes", type=int, default=3)
     parser.add_argument("--scale", type=int, default=2, help="network resolution 1/scale")
     parser.add_argument("--name", default="dcgmm_default")
+    parser.add_argument("--device", default="cpu", help="auto, cpu or cuda (default cpu)")
+    parser.add_argument(
+        "--loss", choices=("ours", "paper"), default="ours",
+        help="ours: per-image M-step, exact likelihood; paper: the reference code's (batch "
+        "M-step, per-pixel likelihood clipped at 1)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-minutes", type=float, default=None,
+        help="stop training after this wall time and still write the model (card: steps done)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--skip-eval", action="store_true",
+        help="skip the whole-image losses and class densities written to the card",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     import torch
 
+    from napari_histo.core.device import resolve_device
     from napari_histo.core.io import read_image
     from napari_histo.core.stain.dcgmm import DCGMM, DCGMMNormalizer, fit_dcgmm
 
     torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    print(f"device {device}, data {DATA}, loss {args.loss}", flush=True)
     if args.sets == "all80":
         paths, images, data = _all80(read_image)
     else:
-        paths = [*sorted(MONUSEG.glob("*.png")), TIA_TARGET]
+        paths = [*_images_in(MONUSEG), _target()]
         images = [read_image(p) for p in paths]
         data = (
             f"{len(paths) - 1} MoNuSeg 2018 training tiles (1000x1000, 40x H&E, TCGA: breast, kidney, "
@@ -120,7 +155,7 @@ def main(argv=None) -> int:
     gen = fit_dcgmm(
         images,
         steps=args.steps,
-        device="cpu",
+        device=str(device),
         seed=args.seed,
         batch_size=args.batch_size,
         crop=args.crop,
@@ -129,22 +164,29 @@ def main(argv=None) -> int:
         card=card,
         classes=args.classes,
         scale=args.scale,
+        loss=args.loss,
+        max_seconds=None if args.max_minutes is None else 60.0 * args.max_minutes,
     )
+    last = None
     while True:
         try:
             ev = next(gen)
         except StopIteration as stop:
             norm: DCGMMNormalizer = stop.value
             break
+        last = ev
         if ev.step % 50 == 0 or ev.step == args.steps:
             print(f"{ev}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+    print(f"trained: {last}  ({time.perf_counter() - t0:.0f} s)", flush=True)
 
-    untrained = DCGMMNormalizer(DCGMM(norm.classes, norm.model.scale), device="cpu")
-    norm.card["evaluation"] = {
-        "loss_full_images": norm.loss(images),
-        "loss_untrained": untrained.loss(images),
-        "class_mean_density": _class_densities(norm, images),
-    }
+    if not args.skip_eval:
+        # The card's figures use the exact likelihood (loss "ours") whatever the training loss.
+        untrained = DCGMMNormalizer(DCGMM(norm.classes, norm.model.scale), device=device)
+        norm.card["evaluation"] = {
+            "loss_full_images": norm.loss(images),
+            "loss_untrained": untrained.loss(images),
+            "class_mean_density": _class_densities(norm, images),
+        }
     norm.card.update(describe(norm.card_json("weights.safetensors")))
     norm.save_folder(args.out)
     print(f"wrote {args.out} in {time.perf_counter() - t0:.0f} s; card: {norm.card}", flush=True)
@@ -162,11 +204,9 @@ def _all80(read_image):
     spec.loader.exec_module(seg)
     paths = []
     for folder in seg.SETS["all80"]:
-        paths += [
-            p for p in sorted((DATA / folder / "images").glob("*.png")) if not seg._held_out(p.stem)
-        ]
+        paths += [p for p in _images_in(DATA / folder / "images") if not seg._held_out(p.stem)]
     # The DCGMM authors' stain examples are GPL-3.0: kept out of a shipped model's data.
-    paths.append(TIA_TARGET)
+    paths.append(_target())
     data = (
         f"{len(paths)} H&E images: the MoNuSeg 2018 training tiles and TNBC tiles not held out for "
         "validation (scripts/train_seg_default.py VALIDATION: whole slides/patients) and the "
