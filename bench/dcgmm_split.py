@@ -3,6 +3,8 @@
 Usage::
 
     nice -n 5 .venv/bin/python bench/dcgmm_split.py [--candidates runs/stain/*] [--json OUT]
+    # the 8 variants of scripts/fit_dcgmm_variants_gpu.sh (classes x scale x loss), in one run:
+    nice -n 5 .venv/bin/python bench/dcgmm_split.py --pattern 'dcgmm_all80_k*_s*_*'
 
 Every tile of ../shared/data (MoNuSeg 2018, 30 tiles; TNBC, 50 tiles) is normalized to the
 TIAToolbox target by each method; the normalized median intensity (NMI) of each tile's nuclei
@@ -16,6 +18,8 @@ pixels (its hand-drawn mask) is computed, and the coefficient of variation of NM
 Class maps: for each DCGMM candidate and organ, the share of the "nuclei" class that lies in
 hand-drawn nuclei (precision) and the share of nuclei pixels it covers (recall), and the mean
 optical density of the "background" class: each class should mean what its name says.
+Each candidate's training settings (classes, scale, loss, steps done, seconds, device) are read
+from its card and tabled beside its validation CV, so a grid of variants compares in one table.
 Writes bench/results/dcgmm_split.json and bench/results/dcgmm_split.md.
 """
 
@@ -49,6 +53,12 @@ def _seg_split():
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--candidates", nargs="*", default=None, help="DCGMM model folders")
+    ap.add_argument(
+        "--runs", type=Path, default=ROOT / "runs" / "stain", help="where --pattern looks"
+    )
+    ap.add_argument(
+        "--pattern", default="dcgmm_*", help="model folders in --runs (without --candidates)"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=RESULTS / "dcgmm_split.json")
     args = ap.parse_args(argv)
@@ -68,13 +78,23 @@ def main(argv=None) -> int:
     template = read_image(TARGET)
     cands = args.candidates
     if cands is None:
-        cands = sorted(str(p) for p in (ROOT / "runs" / "stain").glob("dcgmm_*") if p.is_dir())
+        cands = sorted(
+            str(p) for p in args.runs.glob(args.pattern) if (p / "weights.safetensors").is_file()
+        )
     methods = {"original": None}
     for m in ("macenko", "reinhard", "vahadane"):
         methods[m] = get_normalizer(m, device="cpu").fit(template)
     methods["dcgmm (shipped)"] = get_normalizer("dcgmm", device="cpu").fit(template)
+    trained = {}
     for c in cands:
-        methods[f"dcgmm {Path(c).name}"] = load_normalizer(c, device="cpu").fit(template)
+        norm = load_normalizer(c, device="cpu").fit(template)
+        methods[f"dcgmm {Path(c).name}"] = norm
+        tr = norm.card.get("training", {})
+        trained[f"dcgmm {Path(c).name}"] = {
+            k: tr.get(k)
+            for k in ("classes", "scale", "loss", "steps", "batch_size", "seconds", "device")
+        }
+        trained[f"dcgmm {Path(c).name}"]["loss"] = tr.get("loss") or "ours"
     try:
         import torchstain
     except ImportError:
@@ -115,6 +135,9 @@ def main(argv=None) -> int:
     ref = rows.get("torchstain macenko (torch)", {}).get("val_cv")
     dcgmms = {k: v for k, v in rows.items() if k.startswith("dcgmm")}
     best = min(dcgmms, key=lambda k: dcgmms[k]["val_cv"])
+    for name, info in trained.items():
+        rows[name]["training"] = info
+    best_candidate = min(trained, key=lambda k: rows[k]["val_cv"]) if trained else None
     out = {
         "command": "nice -n 5 .venv/bin/python bench/dcgmm_split.py",
         "template": TARGET.name,
@@ -122,6 +145,7 @@ def main(argv=None) -> int:
         "rows": rows,
         "class_maps": class_maps,
         "best_dcgmm_on_validation": best,
+        "best_candidate_on_validation": best_candidate,
         "best_vs_torchstain_macenko": round(dcgmms[best]["val_cv"] / ref, 3) if ref else None,
         "best_vs_our_macenko": round(dcgmms[best]["val_cv"] / rows["macenko"]["val_cv"], 3),
         "load_average": os.getloadavg(),
@@ -135,6 +159,7 @@ def main(argv=None) -> int:
                 k: out[k]
                 for k in (
                     "best_dcgmm_on_validation",
+                    "best_candidate_on_validation",
                     "best_vs_torchstain_macenko",
                     "best_vs_our_macenko",
                 )
@@ -195,6 +220,22 @@ def _report(out: dict) -> str:
             + " | ".join(f"{r['organ_cv'].get(o, float('nan')):.4f}" for o in organs)
             + " |"
         )
+    variants = {k: r for k, r in rows.items() if "training" in r}
+    if variants:
+        lines += [
+            "",
+            "## Candidates by training settings (sorted by CV validation)",
+            "",
+            "| candidate | classes | scale | loss | steps | batch | seconds | device | CV validation |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, r in sorted(variants.items(), key=lambda kv: kv[1]["val_cv"]):
+            t = r["training"]
+            lines.append(
+                f"| {name} | {t['classes']} | {t['scale']} | {t['loss']} | {t['steps']} | "
+                f"{t['batch_size']} | {t['seconds']} | {t['device']} | {r['val_cv']:.4f} |"
+            )
+        lines.append(f"\nBest candidate on validation: **{out['best_candidate_on_validation']}**.")
     lines += [
         "",
         f"Best DCGMM on validation: **{out['best_dcgmm_on_validation']}**; its CV is "
