@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
+# NAPARI_HISTO_DATA points at another copy of ../shared/data (e.g. JPEG copies on a GPU machine).
+SHARED = Path(os.environ.get("NAPARI_HISTO_DATA", ROOT.parent / "shared" / "data"))
 SETS = {
     "monuseg": ("monuseg2018_train_subset", "monuseg2018_train_rest"),
     "all80": ("monuseg2018_train_subset", "monuseg2018_train_rest", "tnbc"),
@@ -72,7 +74,8 @@ def load_split(sets: str = "monuseg"):
         )
     train, val = [], []
     for folder in folders:
-        for img in sorted((folder / "images").glob("*.png")):
+        imgs = [p for p in (folder / "images").iterdir() if p.suffix in (".png", ".jpg")]
+        for img in sorted(imgs, key=lambda p: p.stem):
             lab = read_labels(folder / "masks" / f"{img.stem}.tif")
             item = (img.stem, read_image(img), lab.astype("int32"))
             (val if _held_out(img.stem) else train).append(item)
@@ -134,6 +137,82 @@ def evaluate_model(folder: Path, val, tta: bool = False) -> dict:
     }
 
 
+HOW = {
+    "unet": "ternary background / inside / boundary maps, instances by seeded watershed",
+    "fullnet": "FullNet + varCE, Qu et al. 2019: ternary maps, instances from the inside class",
+    "hovernet": "HoVer-Net-style: nuclear pixels and horizontal/vertical distance maps, "
+    "instances by marker-controlled watershed",
+    "maskrcnn": "torchvision Mask R-CNN: instances straight from the detector, painted by score",
+}
+
+
+def cpu_speed(folder: Path, img, threads: int = 2) -> dict:
+    """Segmentation speed on the CPU (``threads`` threads, no multiple inference) on ``img``."""
+    import os
+
+    import torch
+
+    from napari_histo.core.progress import drain
+    from napari_histo.core.seg.inference import segment_iter
+    from napari_histo.core.seg.registry import load_model
+
+    torch.set_num_threads(threads)
+    model = load_model(folder, "cpu")
+    drain(segment_iter(img[:256, :256], model))  # warm-up
+    t = time.perf_counter()
+    drain(segment_iter(img, model))
+    dt = time.perf_counter() - t
+    return {
+        "mpx_per_s": round(img.shape[0] * img.shape[1] / 1e6 / dt, 3),
+        "tile": f"{img.shape[1]}x{img.shape[0]}",
+        "threads": threads,
+        "load_average": round(os.getloadavg()[0], 1),
+    }
+
+
+def finalize(folder: Path, val, val20, write: bool) -> dict:
+    """Score ``folder`` on the CPU (40x, 20x, 40x with multiple inference) and time it.
+
+    With ``write`` the figures go into its card (card.json + card.md).
+    """
+    res = evaluate_model(folder, val)
+    res20 = evaluate_model(folder, val20)
+    res_tta = evaluate_model(folder, val, tta=True)
+    big = max(val, key=lambda t: t[2].size)[1]
+    speed = cpu_speed(folder, big)
+    out = {
+        "validation": {k: v for k, v in res.items() if k != "per_image"},
+        "validation_20x": res20,
+        "tta8": {k: v for k, v in res_tta.items() if k != "per_image"},
+        "cpu": speed,
+    }
+    if write:
+        from napari_histo.core.atomic import atomic_write_text
+        from napari_histo.core.seg.registry import read_card
+        from napari_histo.core.weights import card_markdown
+
+        c = read_card(folder)
+        c["validation"] = {**c.get("validation", {}), **res}
+        c["validation_20x"] = res20
+        c["validation_tta8"] = out["tta8"]
+        c["cpu_speed"] = speed
+        atomic_write_text(folder / "card.json", json.dumps(c, indent=2) + "\n")
+        atomic_write_text(folder / "card.md", card_markdown(c))
+    return out
+
+
+def ship(folder: Path, name: str) -> None:
+    """Copy weights + card from ``folder`` into resources/seg/NAME."""
+    import shutil
+
+    dest = SEG_DIR / name
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    for f in ("weights.safetensors", "card.json", "card.md"):
+        shutil.copy2(Path(folder) / f, dest / f)
+    print(f"shipped {dest}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="unet")
@@ -149,6 +228,15 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--color-jitter", type=float, default=0.05, help="HED jitter strength")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    ap.add_argument(
+        "--workers", type=int, default=0,
+        help="background processes making augmented batches (2-4 keep a GPU busy)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--skip-final-eval", action="store_true",
+        help="no CPU re-scoring with/without TTA at the end (run --eval-only later)",
+    )  # fmt: skip
     ap.add_argument("--max-minutes", type=float, default=None)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--set-default", action="store_true", help="make the trained model the default")
@@ -190,18 +278,19 @@ def main(argv=None) -> int:
         from napari_histo.core.progress import drain
         from napari_histo.core.stain.workflow import make_normalizer
 
-        norm = drain(make_normalizer("dcgmm", [read_image(args.normalize_to)], device="cpu"))
+        norm = drain(make_normalizer("dcgmm", [read_image(args.normalize_to)], device=args.device))
         train = [(n, norm.transform(img), lab) for n, img, lab in train]
         val = [(n, norm.transform(img), lab) for n, img, lab in val]
     # Validation at 40x and as a 20x scanner would show the same held-out tissue.
     val_all = val + rescale_pairs(val, 0.5)
     if args.eval_only:
         folder = out if out.is_dir() else SEG_DIR / name
-        res = {
-            "40x": evaluate_model(folder, val),
-            "20x": evaluate_model(folder, val_all[len(val) :]),
-        }
-        print(json.dumps(res, indent=2))
+        res = finalize(folder, val, val_all[len(val) :], write=folder.parent == RUNS)
+        print(json.dumps({k: res[k] for k in ("validation", "tta8", "cpu")}, indent=2))
+        if args.ship:
+            ship(folder, name)
+        if args.set_default:
+            set_default(name)
         return 0
 
     from napari_histo.core.progress import drain
@@ -211,10 +300,25 @@ def main(argv=None) -> int:
         f"{len(train)} tiles at 40x from ../shared/data ({', '.join(SETS[args.sets])}): "
         + ", ".join(f"{n} ({organ(n)})" for n, _, _ in train)
     )
+    if any(p.suffix == ".jpg" for f in SETS[args.sets] for p in (SHARED / f / "images").iterdir()):
+        data += " (read from JPEG quality-92 copies made by scripts/pack_training_data.py)"
     split = "; ".join(f"{n}: {why}" for n, why in VALIDATION.items())
-    cmd = "nice -n 5 .venv/bin/python scripts/train_seg_default.py " + shlex.join(
-        sys.argv[1:] if argv is None else argv
-    )
+    from napari_histo.core.device import resolve_device
+
+    gpu = resolve_device(args.device).type == "cuda"
+    if gpu:
+        import torch
+
+        where = f"a GPU (one {torch.cuda.get_device_name(0)})"
+    else:
+        where = f"{args.threads} CPU cores"
+    if args.normalize_to is not None:
+        data += (
+            f"; every training and validation tile stain-normalized first to "
+            f"{args.normalize_to.name} with the shipped DCGMM (as Jung et al. 2019)"
+        )
+    cmd = ("python " if gpu else "nice -n 5 .venv/bin/python ") + "scripts/train_seg_default.py "
+    cmd += shlex.join(sys.argv[1:] if argv is None else argv)
     parent_card = {}
     if args.init != "none":
         from napari_histo.core.seg.registry import read_card, resolve_model
@@ -223,8 +327,8 @@ def main(argv=None) -> int:
     card = {
         "name": name,
         "summary": (
-            f"A small {args.arch} for H&E nuclei instance segmentation (ternary: background / "
-            "inside / boundary, instances by seeded watershed), trained from scratch on the CPU "
+            f"A small {args.arch} for H&E nuclei instance segmentation "
+            f"({HOW.get(args.arch, HOW['unet'])}), trained from scratch on {where} "
             f"with scripts/train_seg_default.py. Validation figures are on {len(val)} held-out "
             "tiles (whole slides/patients: organs rare or absent in training, frozen sections, "
             "two whole TNBC patients), at 40x and downsampled 2x as a 20x scan; "
@@ -239,8 +343,8 @@ def main(argv=None) -> int:
     }
     if parent_card:
         card["summary"] = card["summary"].replace(
-            "trained from scratch on the CPU",
-            f"trained on the CPU in two runs (the first from scratch as '{args.init}', then continued)",
+            f"trained from scratch on {where}",
+            f"continued from '{args.init}' (its own training in parent_command) on {where}",
         )
         card["parent_command"] = parent_card.get("command", "")
         card["parent_training"] = parent_card.get("training", {})
@@ -265,7 +369,7 @@ def main(argv=None) -> int:
         patch=args.patch,
         batch_size=args.batch,
         seed=args.seed,
-        device="cpu",
+        device=args.device,
         patience=None,
         keep=args.keep,
         overwrite=True,
@@ -278,36 +382,17 @@ def main(argv=None) -> int:
         color_jitter=args.color_jitter,
         scale_range=tuple(args.scale_range),
         blur=args.blur,
+        workers=args.workers,
     )
     folder = drain(gen, log)
     print(f"trained {folder} in {time.time() - t0:.0f} s", flush=True)
-    # The optimizer state is only for --resume; the package ships the weights and the card.
-    # runs/ keeps train_state.safetensors (optimizer state for --resume); --ship copies the rest.
-    # Re-score the saved weights with and without TTA (TTA is a user option; record both).
-    res = evaluate_model(folder, val)
-    res20 = evaluate_model(folder, val_all[len(val) :])
-    res_tta = evaluate_model(folder, val, tta=True)
-    from napari_histo.core.atomic import atomic_write_text
-    from napari_histo.core.seg.registry import read_card
-    from napari_histo.core.weights import card_markdown
-
-    c = read_card(folder)
-    c["validation"] = {**c.get("validation", {}), **res}
-    c["validation_20x"] = res20
-    c["validation_tta8"] = {k: v for k, v in res_tta.items() if k != "per_image"}
-    c["wall_seconds"] = round(time.time() - t0, 1)
-    atomic_write_text(folder / "card.json", json.dumps(c, indent=2) + "\n")
-    atomic_write_text(folder / "card.md", card_markdown(c))
-    print(json.dumps({"validation": res, "tta8": c["validation_tta8"]}, indent=2), flush=True)
+    if args.skip_final_eval:
+        print("final CPU evaluation skipped: run again with --eval-only", flush=True)
+    else:
+        res = finalize(folder, val, val_all[len(val) :], write=True)
+        print(json.dumps({k: res[k] for k in ("validation", "tta8", "cpu")}, indent=2), flush=True)
     if args.ship:
-        import shutil
-
-        dest = SEG_DIR / name
-        shutil.rmtree(dest, ignore_errors=True)
-        dest.mkdir(parents=True)
-        for f in ("weights.safetensors", "card.json", "card.md"):
-            shutil.copy2(Path(folder) / f, dest / f)
-        print(f"shipped {dest}")
+        ship(folder, name)
     if args.set_default:
         set_default(name)
     return 0

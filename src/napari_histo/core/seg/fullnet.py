@@ -119,6 +119,9 @@ class FullNetSpec(TernarySpec):
     size_multiple = 1
     #: Weight of the variance term (1 in the paper).
     alpha = 1.0
+    # bfloat16 autocast: the backward pass of this network crashes (SIGSEGV) in torch 2.14's
+    # CPU kernels; it trains in float32 (TF32 on a GPU).
+    train_autocast = False
     #: Qu et al.'s post-processing (``test.py``/``options.py`` for MultiOrgan): objects of the
     #: inside class under 20 px removed, the rest dilated by a disk of radius 2.
     min_size = 20

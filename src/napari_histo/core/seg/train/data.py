@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -254,16 +254,56 @@ class PatchSampler:
         targets = {k: np.ascontiguousarray(v[..., m:-m, m:-m]) for k, v in targets.items()}
         return im, targets
 
+    def collate(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, dict]:
+        """``n`` samples stacked: ``(n, patch, patch, 3)`` uint8 images and stacked targets."""
+        items = [self.sample(rng) for _ in range(n)]
+        keys = items[0][1].keys()
+        return np.stack([it[0] for it in items]), {
+            k: np.stack([it[1][k] for it in items]) for k in keys
+        }
+
     def batch(self, rng: np.random.Generator, n: int, device: Any) -> tuple[torch.Tensor, dict]:
         """A collated batch on ``device``: input tensor and stacked targets."""
-        import torch
+        return to_device(self.collate(rng, n), device)
 
-        from ..spec import to_input
 
-        items = [self.sample(rng) for _ in range(n)]
-        x = to_input(np.stack([it[0] for it in items]), device)
-        keys = items[0][1].keys()
-        targets = {
-            k: torch.as_tensor(np.stack([it[1][k] for it in items])).to(device) for k in keys
-        }
-        return x, targets
+def to_device(batch: tuple[Any, dict], device: Any) -> tuple[torch.Tensor, dict]:
+    """A collated batch (numpy or tensors) as the network's input tensor and target tensors on ``device``."""
+    import torch
+
+    from ..spec import to_input
+
+    images, targets = batch
+    non_blocking = getattr(device, "type", str(device)) == "cuda"
+    return to_input(images, device), {
+        k: torch.as_tensor(v).to(device, non_blocking=non_blocking) for k, v in targets.items()
+    }
+
+
+def batch_stream(
+    sampler: PatchSampler, batch_size: int, seed: int, workers: int
+) -> Iterator[tuple[Any, dict]]:
+    """Endless collated batches made by ``workers`` background processes (a torch DataLoader).
+
+    Augmentation costs about 20-30 ms per patch on one core, so a GPU waits for a single
+    process; each worker draws from its own seeded generator (``seed``, worker index). The
+    order of batches across workers is not reproducible step by step, only in distribution.
+    """
+    import torch
+
+    class _Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            info = torch.utils.data.get_worker_info()
+            rng = np.random.default_rng([int(seed), 7919, info.id if info else 0])
+            while True:
+                yield sampler.collate(rng, int(batch_size))
+
+    loader = torch.utils.data.DataLoader(
+        _Stream(),
+        batch_size=None,
+        num_workers=int(workers),
+        pin_memory=torch.cuda.is_available(),
+        prefetch_factor=4,
+        persistent_workers=True,
+    )
+    yield from loader  # (uint8 image tensor, dict of target tensors), pinned on CUDA

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Train the shipped models on one CUDA GPU, all at once, each job capped in wall time:
+# the segmentation models (UNet continued, FullNet + varCE, HoVer-Net-style, Mask R-CNN on
+# DCGMM-normalized tiles as Jung et al. 2019), the IHC -> H&E CycleGAN and the DCGMM variants.
+# Each job writes to $RUNS and its log to $RUNS/logs; the CPU scoring and shipping happen later
+# (scripts/train_seg_default.py --eval-only --ship, etc.). Data: $NAPARI_HISTO_DATA (default
+# ../shared/data; scripts/pack_training_data.py makes a compact copy for a remote machine).
+#
+#   MIN=5.5 RUNS=runs bash scripts/train_all_gpu.sh
+set -u
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
+export NAPARI_HISTO_DATA="${NAPARI_HISTO_DATA:-$PWD/../shared/data}"
+PY="${PY:-python3}"
+MIN="${MIN:-5.5}"                                   # training minutes per job
+HARD="${HARD:-$(awk "BEGIN{print int($MIN * 60 + 100)}")}"  # then SIGINT (checkpoint kept)
+RUNS="${RUNS:-runs}"
+mkdir -p "$RUNS/logs" "$RUNS/seg"
+TEMPLATE=resources/samples/he_tiatoolbox_target.png
+SEG=(scripts/train_seg_default.py --device cuda --skip-final-eval --keep best --epochs 100
+     --color-jitter 0.15 --scale-range 0.5 1.5 --blur 0.2 --max-minutes "$MIN" --threads 2)
+
+job() {
+  local name=$1
+  shift
+  (
+    t0=$(date +%s)
+    timeout -s INT -k 20 "$HARD" "$@" > "$RUNS/logs/$name.log" 2>&1
+    echo "$name exit $? after $(($(date +%s) - t0)) s" >> "$RUNS/logs/exit.txt"
+  ) &
+}
+
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$RUNS/logs/gpu.txt" 2>&1
+"$PY" -c "import torch, torchvision; print(torch.__version__, torchvision.__version__)" \
+  >> "$RUNS/logs/gpu.txt" 2>&1
+
+job unet "$PY" "${SEG[@]}" --arch unet --init unet_histo80 --name unet_histo80_gpu \
+  --batch 16 --steps-per-epoch 250 --lr 4e-4 --workers 3
+job fullnet "$PY" "${SEG[@]}" --arch fullnet --name fullnet_histo80 \
+  --batch 8 --steps-per-epoch 200 --lr 1e-3 --workers 2
+job hovernet "$PY" "${SEG[@]}" --arch hovernet --name hovernet_histo80 \
+  --batch 16 --steps-per-epoch 250 --lr 1e-3 --workers 3
+job maskrcnn "$PY" "${SEG[@]}" --arch maskrcnn --name maskrcnn_jung80 \
+  --batch 8 --steps-per-epoch 200 --lr 5e-4 --workers 3 --normalize-to "$TEMPLATE"
+if [ -n "${TRANSLATOR_ARGS:-}" ]; then
+  # shellcheck disable=SC2086
+  job translator "$PY" scripts/train_translator_default.py $TRANSLATOR_ARGS
+fi
+if [ -n "${DCGMM_CMD:-}" ]; then
+  job dcgmm bash -c "$DCGMM_CMD"
+fi
+wait
+nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv >> "$RUNS/logs/gpu.txt" 2>&1
+cat "$RUNS/logs/exit.txt"
