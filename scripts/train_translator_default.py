@@ -114,6 +114,9 @@ def load_training(root: Path) -> tuple[list[np.ndarray], list[np.ndarray], dict]
     b["ki67"] = read(list_images(root / KI67 / "he").values())
     extra = []
     for name in HE_EXTRA:
+        if not (root / name / "images").is_dir():  # extra H&E is welcome, not required
+            print(f"warning: {root / name / 'images'} not found; training without it", flush=True)
+            continue
         imgs = list_images(root / name / "images")
         extra += [imgs[s] for s in sorted(imgs) if not is_seg_validation(s)]
     b["monuseg_tnbc"] = read(extra)
