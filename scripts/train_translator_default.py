@@ -188,20 +188,28 @@ def train(args: argparse.Namespace, t_start: float) -> None:
         max_seconds=budget,
         workers=args.workers,
         amp=args.amp,
+        metrics_every=10 if dev.type == "cuda" else 1,
     )
     t0 = time.perf_counter()
-    last = 0.0
-    for ev in gen:
-        el = time.perf_counter() - t0
-        if ev.step == 1 or el - last >= args.log_seconds:
-            last = el
-            m = ev.metrics
-            print(
-                f"{el:6.0f}s step {ev.step}/{ev.total} ({el / ev.step:.3f} s/step) lr {m['lr']:.2e} "
-                f"G {m['loss_G']:.3f} cyc {m['cycle_a']:.3f}/{m['cycle_b']:.3f} "
-                f"D {m['loss_D_a']:.3f}/{m['loss_D_b']:.3f}",
-                flush=True,
-            )
+    last, last_step, error = 0.0, 0, None
+    try:
+        for ev in gen:
+            el = time.perf_counter() - t0
+            if ev.step == 1 or el - last >= args.log_seconds:
+                rate = (el - last) / max(1, ev.step - last_step)
+                last, last_step = el, ev.step
+                m = ev.metrics
+                print(
+                    f"{el:6.0f}s step {ev.step}/{ev.total} ({rate:.3f} s/step) lr {m['lr']:.2e} "
+                    f"G {m['loss_G']:.3f} cyc {m['cycle_a']:.3f}/{m['cycle_b']:.3f} "
+                    f"D {m['loss_D_a']:.3f}/{m['loss_D_b']:.3f}",
+                    flush=True,
+                )
+    except Exception as exc:  # a one-shot run keeps its last checkpoint rather than nothing
+        error = f"{type(exc).__name__}: {exc}"
+        print(f"training stopped by an error: {error}", flush=True)
+        if not (args.work / "weights.safetensors").is_file():
+            raise
     args.out.mkdir(parents=True, exist_ok=True)
     # Ship the generators only: the discriminators (train_state) stay in the work folder.
     shutil.copyfile(args.work / "weights.safetensors", args.out / "weights.safetensors")
@@ -210,6 +218,8 @@ def train(args: argparse.Namespace, t_start: float) -> None:
     tr["wall_seconds"] = round(time.perf_counter() - t_start, 1)
     tr["seconds_per_step"] = round(tr["seconds"] / max(1, tr["steps_done"]), 4)
     tr["workers"] = args.workers
+    if error:
+        tr["error"] = error
     card["notes"] = notes(card)
     (args.out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     (args.out / "card.md").write_text(card_md(card))
@@ -309,6 +319,8 @@ def notes(card: dict) -> list[str]:
         "Instance normalisation is per tile: very uneven tiles (mostly background) can be "
         "translated with a different tint than their neighbours.",
     ]
+    if tr.get("error"):
+        out.append(f"Training stopped by an error ({tr['error']}); these are its last checkpoint.")
     if tr.get("stopped_by_time_budget"):
         out.append(
             f"Stopped by the time budget at step {tr['steps_done']} of {tr['steps']}; the learning "

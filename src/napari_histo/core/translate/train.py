@@ -190,6 +190,7 @@ def train_translator_iter(
     save_every_seconds: float | None = None,
     workers: int = 0,
     amp: bool = False,
+    metrics_every: int = 1,
 ) -> ProgressGen[Path]:
     """Train a CycleGAN between domain A (IHC) and domain B (H&E); a progress generator.
 
@@ -232,6 +233,10 @@ def train_translator_iter(
         Background threads drawing crops ahead of the GPU (0: drawn in the loop).
     amp : bool
         bfloat16 autocast on CUDA (losses in float32); ignored on the CPU.
+    metrics_every : int
+        Read the losses back from the device every this many steps (each read waits for the
+        GPU); in between, ``metrics`` repeat the last values read (``lr`` is always current),
+        and a divergence is noticed at the next read.
 
     Yields
     ------
@@ -251,6 +256,7 @@ def train_translator_iter(
 
     if crop % 4 or crop < 16:
         raise HistoError(f"crop must be a multiple of 4 and at least 16, got {crop}")
+    metrics_every = max(1, int(metrics_every))
     if steps < 1 or batch_size < 1:
         raise HistoError("steps and batch_size must be at least 1")
     dev = resolve_device(device)
@@ -349,7 +355,7 @@ def train_translator_iter(
         c["last_losses"] = {k: round(v, 5) for k, v in metrics.items() if k != "lr"}
         save_checkpoint(out, nets, {**arch, "steps_done": step}, c)
 
-    def _train_step(cur_lr: float, batch_a: np.ndarray, batch_b: np.ndarray):
+    def _train_step(cur_lr: float, batch_a: np.ndarray, batch_b: np.ndarray, fetch: bool):
         for opt in (opt_g, opt_d):
             for g in opt.param_groups:
                 g["lr"] = cur_lr
@@ -389,6 +395,12 @@ def train_translator_iter(
         (loss_d_a + loss_d_b).backward()
         opt_d.step()
 
+        payload = None
+        if sample_every and ((step + 1) % sample_every == 0 or step + 1 == steps):
+            trip = torch.cat([real_a[:1], fake_b[:1].float(), rec_a[:1].float()], dim=3)
+            payload = _to_uint8(trip)[0]
+        if not fetch:
+            return None, payload
         names = ("loss_G", "gan_ab", "gan_ba", "cycle_a", "cycle_b", "idt_a", "idt_b")
         names += ("loss_D_a", "loss_D_b")
         losses = (loss_g, gan_ab, gan_ba, cyc_a, cyc_b, idt_a, idt_b, loss_d_a, loss_d_b)
@@ -400,11 +412,6 @@ def train_translator_iter(
                 "try a lower learning rate or turn off amp"
             )
         m = dict(zip(names, values, strict=True))
-        m["lr"] = cur_lr
-        payload = None
-        if sample_every and ((step + 1) % sample_every == 0 or step + 1 == steps):
-            trip = torch.cat([real_a[:1], fake_b[:1].float(), rec_a[:1].float()], dim=3)
-            payload = _to_uint8(trip)[0]
         return m, payload
 
     stopped_by_time = False
@@ -420,7 +427,9 @@ def train_translator_iter(
             if budget is not None:
                 frac = max(frac, elapsed / budget)
             cur_lr = lr * _lr_factor(frac, decay_from)
-            metrics, payload = _train_step(cur_lr, *next(batches))
+            fetch = step == start or (step + 1) % metrics_every == 0 or step + 1 == steps
+            new, payload = _train_step(cur_lr, *next(batches), fetch)
+            metrics = {**(new or metrics), "lr": cur_lr}
             step += 1
             now = time.perf_counter()
             save = step == steps or (save_every and step % save_every == 0)
