@@ -7,8 +7,10 @@ decaying linearly over the second half, as Zhu et al. (2017). torch is imported 
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -80,6 +82,13 @@ class _CropSampler:
         self.crop = crop
         self.rng = rng
 
+    @classmethod
+    def like(cls, other: _CropSampler, rng: np.random.Generator) -> _CropSampler:
+        """The same (already padded) images and weights, drawn with another generator."""
+        new = cls.__new__(cls)
+        new.images, new.p, new.crop, new.rng = other.images, other.p, other.crop, rng
+        return new
+
     def batch(self, n: int) -> np.ndarray:
         out = []
         for _ in range(n):
@@ -97,8 +106,58 @@ class _CropSampler:
 def _to_tensor(batch: np.ndarray, device) -> torch.Tensor:
     import torch
 
-    t = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float()
-    return (t / 127.5 - 1.0).to(device)
+    t = torch.from_numpy(np.ascontiguousarray(batch))
+    if t.device.type == "cpu" and torch.device(device).type == "cuda":
+        t = t.pin_memory().to(device, non_blocking=True)
+    else:
+        t = t.to(device)
+    return t.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def _batches(
+    samp_a: _CropSampler, samp_b: _CropSampler, n: int, workers: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Endless (A, B) uint8 batches; with ``workers`` > 0 drawn ahead in background threads.
+
+    Each thread has its own samplers' generator (seeded from the main one), so the draws stay
+    reproducible per thread; numpy releases the GIL in the copies, which is all a crop costs.
+    """
+    if workers <= 0:
+        while True:
+            yield samp_a.batch(n), samp_b.batch(n)
+    q: queue.Queue = queue.Queue(maxsize=4 * workers)
+    stop = threading.Event()
+    seeds = samp_a.rng.integers(0, 2**31, size=workers)
+
+    def work(seed: int) -> None:
+        rng = np.random.default_rng(int(seed))
+        a, b = _CropSampler.like(samp_a, rng), _CropSampler.like(samp_b, rng)
+        while not stop.is_set():
+            item = (a.batch(n), b.batch(n))
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+
+    threads = [threading.Thread(target=work, args=(s,), daemon=True) for s in seeds]
+    for t in threads:
+        t.start()
+    try:
+        while True:
+            yield q.get()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=1.0)
+
+
+def _lr_factor(step_fraction: float, decay_from: float) -> float:
+    """CycleGAN's schedule: 1 until ``decay_from``, then linear to 0 at fraction 1."""
+    if step_fraction < decay_from:
+        return 1.0
+    return max(0.0, (1.0 - step_fraction) / max(1e-9, 1.0 - decay_from))
 
 
 def _to_uint8(t: torch.Tensor) -> np.ndarray:
@@ -127,6 +186,11 @@ def train_translator_iter(
     save_every: int = 200,
     sample_every: int = 50,
     card: dict | None = None,
+    max_seconds: float | None = None,
+    save_every_seconds: float | None = None,
+    workers: int = 0,
+    amp: bool = False,
+    metrics_every: int = 1,
 ) -> ProgressGen[Path]:
     """Train a CycleGAN between domain A (IHC) and domain B (H&E); a progress generator.
 
@@ -141,7 +205,9 @@ def train_translator_iter(
     ngf, n_blocks, ndf : int
         Generator width, residual blocks (6 or 9), discriminator width.
     lr, decay_from : float
-        Adam learning rate, constant until ``decay_from * steps``, then linearly to 0.
+        Adam learning rate, constant until ``decay_from`` of the run, then linearly to 0. The
+        run's progress is the larger of the step fraction and, with ``max_seconds``, the time
+        fraction, so a run cut by its time budget has decayed all the same.
     lambda_cycle, lambda_identity : float
         Cycle loss weight and identity weight (as a fraction of ``lambda_cycle``).
     pool_size : int
@@ -158,6 +224,19 @@ def train_translator_iter(
         Checkpoint period, and period of the sample image (A | A->B | A->B->A) in ``payload``.
     card : dict, optional
         Extra fields for ``card.json`` (data, licence, command...).
+    max_seconds : float, optional
+        Wall-time budget of the training loop (from its first step); training stops by itself
+        when it is spent and writes the final checkpoint.
+    save_every_seconds : float, optional
+        Also checkpoint when this much time has passed since the last checkpoint.
+    workers : int
+        Background threads drawing crops ahead of the GPU (0: drawn in the loop).
+    amp : bool
+        bfloat16 autocast on CUDA (losses in float32); ignored on the CPU.
+    metrics_every : int
+        Read the losses back from the device every this many steps (each read waits for the
+        GPU); in between, ``metrics`` repeat the last values read (``lr`` is always current),
+        and a divergence is noticed at the next read.
 
     Yields
     ------
@@ -177,6 +256,7 @@ def train_translator_iter(
 
     if crop % 4 or crop < 16:
         raise HistoError(f"crop must be a multiple of 4 and at least 16, got {crop}")
+    metrics_every = max(1, int(metrics_every))
     if steps < 1 or batch_size < 1:
         raise HistoError("steps and batch_size must be at least 1")
     dev = resolve_device(device)
@@ -222,9 +302,18 @@ def train_translator_iter(
     samp_b = _CropSampler(images_b, crop, rng)
     mse, l1 = nn.MSELoss(), nn.L1Loss()
     lam_id = lambda_identity * lambda_cycle
-    decay_start = int(decay_from * steps)
+    budget = float(max_seconds) if max_seconds else None
+    use_amp = bool(amp) and dev.type == "cuda"
+
+    def autocast():
+        import contextlib
+
+        if use_amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def lsgan(pred: torch.Tensor, real: bool) -> torch.Tensor:
+        pred = pred.float()
         return mse(pred, torch.full_like(pred, 1.0 if real else 0.0))
 
     arch = {"ngf": ngf, "n_blocks": n_blocks, "ndf": ndf}
@@ -256,6 +345,9 @@ def train_translator_iter(
             "lambda_identity": lambda_identity,
             "pool_size": pool_size,
             "device": str(dev),
+            "amp": "bf16" if use_amp else None,
+            "max_seconds": budget,
+            "stopped_by_time_budget": stopped_by_time,
             "seconds": round(time.perf_counter() - t0, 1),
             "n_images_a": len(images_a),
             "n_images_b": len(images_b),
@@ -263,35 +355,31 @@ def train_translator_iter(
         c["last_losses"] = {k: round(v, 5) for k, v in metrics.items() if k != "lr"}
         save_checkpoint(out, nets, {**arch, "steps_done": step}, c)
 
-    while step < steps:
-        cur_lr = (
-            lr
-            if step < decay_start
-            else lr * max(0.0, (steps - step) / max(1, steps - decay_start))
-        )
+    def _train_step(cur_lr: float, batch_a: np.ndarray, batch_b: np.ndarray, fetch: bool):
         for opt in (opt_g, opt_d):
             for g in opt.param_groups:
                 g["lr"] = cur_lr
-        real_a = _to_tensor(samp_a.batch(batch_size), dev)
-        real_b = _to_tensor(samp_b.batch(batch_size), dev)
+        real_a = _to_tensor(batch_a, dev)
+        real_b = _to_tensor(batch_b, dev)
 
         # Generators: adversarial + cycle + identity; the discriminators are frozen here.
         for d in (nets["D_a"], nets["D_b"]):
             d.requires_grad_(False)
         opt_g.zero_grad(set_to_none=True)
-        fake_b = nets["G_ab"](real_a)
-        fake_a = nets["G_ba"](real_b)
-        rec_a = nets["G_ba"](fake_b)
-        rec_b = nets["G_ab"](fake_a)
-        gan_ab = lsgan(nets["D_b"](fake_b), True)
-        gan_ba = lsgan(nets["D_a"](fake_a), True)
-        cyc_a = l1(rec_a, real_a) * lambda_cycle
-        cyc_b = l1(rec_b, real_b) * lambda_cycle
-        if lam_id > 0:
-            idt_a = l1(nets["G_ba"](real_a), real_a) * lam_id
-            idt_b = l1(nets["G_ab"](real_b), real_b) * lam_id
-        else:
-            idt_a = idt_b = torch.zeros((), device=dev)
+        with autocast():
+            fake_b = nets["G_ab"](real_a)
+            fake_a = nets["G_ba"](real_b)
+            rec_a = nets["G_ba"](fake_b)
+            rec_b = nets["G_ab"](fake_a)
+            gan_ab = lsgan(nets["D_b"](fake_b), True)
+            gan_ba = lsgan(nets["D_a"](fake_a), True)
+            cyc_a = l1(rec_a.float(), real_a) * lambda_cycle
+            cyc_b = l1(rec_b.float(), real_b) * lambda_cycle
+            if lam_id > 0:
+                idt_a = l1(nets["G_ba"](real_a).float(), real_a) * lam_id
+                idt_b = l1(nets["G_ab"](real_b).float(), real_b) * lam_id
+            else:
+                idt_a = idt_b = torch.zeros((), device=dev)
         loss_g = gan_ab + gan_ba + cyc_a + cyc_b + idt_a + idt_b
         loss_g.backward()
         opt_g.step()
@@ -299,34 +387,62 @@ def train_translator_iter(
         for d in (nets["D_a"], nets["D_b"]):
             d.requires_grad_(True)
         opt_d.zero_grad(set_to_none=True)
-        fb = pool_b.query(fake_b)
-        fa = pool_a.query(fake_a)
-        loss_d_b = 0.5 * (lsgan(nets["D_b"](real_b), True) + lsgan(nets["D_b"](fb), False))
-        loss_d_a = 0.5 * (lsgan(nets["D_a"](real_a), True) + lsgan(nets["D_a"](fa), False))
+        fb = pool_b.query(fake_b.float())
+        fa = pool_a.query(fake_a.float())
+        with autocast():
+            loss_d_b = 0.5 * (lsgan(nets["D_b"](real_b), True) + lsgan(nets["D_b"](fb), False))
+            loss_d_a = 0.5 * (lsgan(nets["D_a"](real_a), True) + lsgan(nets["D_a"](fa), False))
         (loss_d_a + loss_d_b).backward()
         opt_d.step()
 
-        step += 1
-        metrics = {
-            "loss_G": float(loss_g.detach()),
-            "gan_ab": float(gan_ab.detach()),
-            "gan_ba": float(gan_ba.detach()),
-            "cycle_a": float(cyc_a.detach()),
-            "cycle_b": float(cyc_b.detach()),
-            "idt_a": float(idt_a.detach()),
-            "idt_b": float(idt_b.detach()),
-            "loss_D_a": float(loss_d_a.detach()),
-            "loss_D_b": float(loss_d_b.detach()),
-            "lr": cur_lr,
-        }
         payload = None
-        if sample_every and (step % sample_every == 0 or step == steps):
-            trip = torch.cat([real_a[:1], fake_b[:1], rec_a[:1]], dim=3)
+        if sample_every and ((step + 1) % sample_every == 0 or step + 1 == steps):
+            trip = torch.cat([real_a[:1], fake_b[:1].float(), rec_a[:1].float()], dim=3)
             payload = _to_uint8(trip)[0]
-        if step == steps or (save_every and step % save_every == 0):
-            checkpoint()
-        yield Progress(step, steps, stage="train", metrics=metrics, payload=payload)
-    if step == start:  # nothing to do (resumed at the end): still leave a complete folder
+        if not fetch:
+            return None, payload
+        names = ("loss_G", "gan_ab", "gan_ba", "cycle_a", "cycle_b", "idt_a", "idt_b")
+        names += ("loss_D_a", "loss_D_b")
+        losses = (loss_g, gan_ab, gan_ba, cyc_a, cyc_b, idt_a, idt_b, loss_d_a, loss_d_b)
+        # one device->host copy per step, not nine synchronising float() calls
+        values = torch.stack([x.detach().float() for x in losses]).tolist()
+        if not np.isfinite(values[0]):
+            raise HistoError(
+                f"training diverged (generator loss {values[0]}) at step {step + 1}; "
+                "try a lower learning rate or turn off amp"
+            )
+        m = dict(zip(names, values, strict=True))
+        return m, payload
+
+    stopped_by_time = False
+    last_save = time.perf_counter()
+    batches = _batches(samp_a, samp_b, batch_size, int(workers))
+    try:
+        while step < steps:
+            elapsed = time.perf_counter() - t0
+            if budget is not None and elapsed >= budget and step > start:
+                stopped_by_time = True
+                break
+            frac = step / steps
+            if budget is not None:
+                frac = max(frac, elapsed / budget)
+            cur_lr = lr * _lr_factor(frac, decay_from)
+            fetch = step == start or (step + 1) % metrics_every == 0 or step + 1 == steps
+            new, payload = _train_step(cur_lr, *next(batches), fetch)
+            metrics = {**(new or metrics), "lr": cur_lr}
+            step += 1
+            now = time.perf_counter()
+            save = step == steps or (save_every and step % save_every == 0)
+            if save_every_seconds and now - last_save >= save_every_seconds:
+                save = True
+            if save:
+                checkpoint()
+                last_save = time.perf_counter()
+            yield Progress(step, steps, stage="train", metrics=metrics, payload=payload)
+    finally:
+        batches.close()
+    if stopped_by_time or step == start:
+        # time budget spent (or nothing to do after a resume): still leave a complete folder
         checkpoint()
     return out
 
