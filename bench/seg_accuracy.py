@@ -235,6 +235,11 @@ def main(argv=None) -> int:
         action="store_true",
         help="only grid-search the baseline on 4 training tiles",
     )
+    p.add_argument(
+        "--no-tta-arch", nargs="*", default=["maskrcnn"],
+        help="architectures scored without TTA (Mask R-CNN's multiple inference runs the "
+        "detector 8 times: see bench/jung_ablation.py)",
+    )  # fmt: skip
     p.add_argument("--json", type=Path, default=RESULTS / "seg_accuracy.json")
     args = p.parse_args(argv)
     import torch
@@ -252,7 +257,7 @@ def main(argv=None) -> int:
     for info in list_models(user_dir=ROOT / "nonexistent"):
         label = f"{info.name}{' (default)' if info.default else ''}"
         methods[label] = model_method(info.ref, False)
-        if args.tta:
+        if args.tta and info.arch not in args.no_tta_arch:
             methods[f"{label} + TTA x8"] = model_method(info.ref, True)
     results = {}
     for name, fn in methods.items():

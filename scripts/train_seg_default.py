@@ -340,6 +340,9 @@ def main(argv=None) -> int:
         ),
         "validation_split": split,
         "command": cmd,
+        "seed": args.seed,
+        # The tiles' pixel size (40x); segment resamples images of another recorded size to it.
+        "mpp": 0.25,
     }
     if parent_card:
         card["summary"] = card["summary"].replace(

@@ -219,7 +219,11 @@ def train(args: argparse.Namespace, t_start: float) -> None:
             raise
     args.out.mkdir(parents=True, exist_ok=True)
     # Ship the generators only: the discriminators (train_state) stay in the work folder.
-    shutil.copyfile(args.work / "weights.safetensors", args.out / "weights.safetensors")
+    from napari_histo.core.atomic import atomic_write_text
+
+    tmp = args.out / ".weights.safetensors.tmp"
+    shutil.copyfile(args.work / "weights.safetensors", tmp)
+    os.replace(tmp, args.out / "weights.safetensors")  # never a half-copied model
     card = json.loads((args.work / "card.json").read_text())
     tr = card["training"]
     tr["wall_seconds"] = round(time.perf_counter() - t_start, 1)
@@ -228,8 +232,8 @@ def train(args: argparse.Namespace, t_start: float) -> None:
     if error:
         tr["error"] = error
     card["notes"] = notes(card)
-    (args.out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
-    (args.out / "card.md").write_text(card_md(card))
+    atomic_write_text(args.out / "card.json", json.dumps(card, indent=2) + "\n")
+    atomic_write_text(args.out / "card.md", card_md(card))
     mb = (args.out / "weights.safetensors").stat().st_size / 1e6
     print(
         f"done: {tr['steps_done']} steps in {tr['seconds']} s "
@@ -276,32 +280,75 @@ def extra_scores(test: np.ndarray, ref: np.ndarray, rng: np.random.Generator) ->
     }
 
 
-def evaluate(model_dir: Path) -> dict:
-    """Held-out BCI sources: translated IHC vs real H&E of the neighbouring section, and baselines."""
+def nuclei_scores(test_labels: np.ndarray, he_labels: np.ndarray, region: int = 256) -> dict:
+    """Nuclei found on a translated image vs on the real neighbouring H&E section, per region.
+
+    The sections are neighbours, not the same cells: counts per ``region`` square are compared
+    (ratio of totals, mean absolute difference, Pearson r across regions), not nuclei one to one.
+    """
+
+    def counts(lab: np.ndarray) -> np.ndarray:
+        h, w = lab.shape
+        out = []
+        for y in range(0, h - region + 1, region):
+            for x in range(0, w - region + 1, region):
+                ids = np.unique(lab[y : y + region, x : x + region])
+                out.append(int((ids > 0).sum()))
+        return np.asarray(out, np.float64)
+
+    a, b = counts(test_labels), counts(he_labels)
+    r = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else 0.0
+    return {
+        "nuclei_ratio": float(a.sum() / max(b.sum(), 1.0)),
+        "nuclei_mad_per_region": float(np.abs(a - b).mean()),
+        "nuclei_r": r,
+    }
+
+
+def evaluate(model_dir: Path, previous: Path | None = None) -> dict:
+    """Held-out BCI sources: translated IHC vs real H&E of the neighbouring section, and baselines.
+
+    ``previous``: another translator folder scored beside it (e.g. the model shipped before).
+    """
+    import time as _time
+
     from napari_histo.core.io import read_image
+    from napari_histo.core.progress import drain
+    from napari_histo.core.seg.inference import segment_iter
+    from napari_histo.core.seg.registry import load_model
     from napari_histo.core.stain import get_normalizer
     from napari_histo.core.translate import load_translator, translate
     from napari_histo.core.translate.quality import quality_scores
 
     fwd = load_translator(model_dir, "ihc2he", device="cpu")
+    prev = load_translator(previous, "ihc2he", device="cpu") if previous else None
+    seg = load_model("default", "cpu")
     reinhard = get_normalizer("reinhard", device="cpu").fit(read_image(HE_TEMPLATE))
     rng = np.random.default_rng(0)
     rows: dict[str, list[dict]] = {"cyclegan": [], "raw_ihc": [], "reinhard": []}
-    per_source = {}
+    if prev is not None:
+        rows["cyclegan_previous"] = []
+    per_source, seconds, pixels = {}, 0.0, 0
     for src, ihc, he in holdout_pairs(data_root()):
-        outs = {
-            "cyclegan": translate(ihc, fwd, tile=256, overlap=32),
-            "raw_ihc": ihc,
-            "reinhard": reinhard.transform(ihc),
-        }
-        per_source[src] = {}
+        t0 = _time.perf_counter()
+        outs = {"cyclegan": translate(ihc, fwd, tile=256, overlap=32)}
+        seconds += _time.perf_counter() - t0
+        pixels += ihc.shape[0] * ihc.shape[1]
+        outs.update({"raw_ihc": ihc, "reinhard": reinhard.transform(ihc)})
+        if prev is not None:
+            outs["cyclegan_previous"] = translate(ihc, prev, tile=256, overlap=32)
+        he_labels = drain(segment_iter(he, seg)).labels
+        per_source[src] = {"nuclei_on_he": int(len(np.unique(he_labels)) - 1)}
         for name, img in outs.items():
             s = {**quality_scores(img, he, (name, "H&E")), **extra_scores(img, he, rng)}
+            s.update(nuclei_scores(drain(segment_iter(img, seg)).labels, he_labels))
             rows[name].append(s)
             per_source[src][name] = {k: round(v, 4) for k, v in s.items()}
         print(f"evaluated {src}", flush=True)
     mean = {n: {k: float(np.mean([r[k] for r in rs])) for k in rs[0]} for n, rs in rows.items()}
     return {
+        "cpu_mpx_per_s": round(pixels / 1e6 / max(seconds, 1e-9), 3),
+        "segmentation_model": seg.name,
         "protocol": "held-out BCI sources "
         + ", ".join(HOLDOUT)
         + ": the 16 IHC tiles of each reassembled to 1024x1024, translated (tile 256, overlap "
@@ -309,7 +356,9 @@ def evaluate(model_dir: Path) -> dict:
         "approximate: cells do not match). Baselines: the raw IHC and Reinhard colour transfer to "
         "the shipped H&E template. lab_w1: mean over L, a, b of the 1-D Wasserstein distance of "
         "pixel values (50k-pixel samples, lower is better); ssim_gray_4x: SSIM of 4x-downsampled "
-        "grayscale (higher is better).",
+        "grayscale (higher is better). Nuclei: the default segmentation model on each output "
+        "and on the real H&E; counts per 256 px region compared (ratio of totals, mean absolute "
+        "difference, Pearson r), since neighbouring sections do not share cells.",
         "mean": mean,
         "per_source": per_source,
     }
@@ -368,6 +417,9 @@ def card_md(card: dict) -> str:
         keys = [m.key for m in METRICS] + ["lab_w1", "ssim_gray_4x"]
         heads = [f"{m.name} ({m.better})" for m in METRICS]
         heads += ["Lab W1 (lower)", "SSIM gray 4x (higher)"]
+        if "nuclei_r" in next(iter(ev["mean"].values())):
+            keys += ["nuclei_ratio", "nuclei_r"]
+            heads += ["nuclei vs H&E (ratio)", "nuclei per region r (higher)"]
         lines += [
             "## Held-out evaluation (translated IHC vs the neighbouring H&E section)",
             "",
@@ -378,6 +430,8 @@ def card_md(card: dict) -> str:
         ]
         for name, row in ev["mean"].items():
             lines.append(f"| {name} | " + " | ".join(f"{row[k]:.4f}" for k in keys) + " |")
+        if "cpu_mpx_per_s" in ev:
+            lines += ["", f"Translation speed on this CPU: {ev['cpu_mpx_per_s']} Mpx/s."]
         lines.append("")
     else:
         lines += ["## Held-out evaluation", "", "Not run yet (`--eval-only`).", ""]
@@ -407,6 +461,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-seconds", type=float, default=15.0)
     p.add_argument("--skip-eval", action="store_true")
     p.add_argument("--eval-only", action="store_true")
+    p.add_argument(
+        "--previous", type=Path, default=None,
+        help="another translator folder scored beside it (e.g. the one shipped before)",
+    )  # fmt: skip
+    p.add_argument(
+        "--bench", type=Path, default=None,
+        help="also write the evaluation table to this markdown file (bench/results/translate.md)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
 
@@ -414,13 +476,26 @@ def main(argv: list[str] | None = None) -> int:
         train(args, t_start)
     if args.skip_eval and not args.eval_only:
         return 0
+    from napari_histo.core.atomic import atomic_write_text
+
     card = json.loads((args.out / "card.json").read_text())
-    card["evaluation"] = evaluate(args.out)
+    card["evaluation"] = evaluate(args.out, args.previous)
     card.setdefault("notes", notes(card))
-    (args.out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    atomic_write_text(args.out / "card.json", json.dumps(card, indent=2) + "\n")
     md = card_md(card)
-    (args.out / "card.md").write_text(md)
-    print(md[md.find("## Held-out") :])
+    atomic_write_text(args.out / "card.md", md)
+    table = md[md.find("## Held-out") :]
+    table = table[: table.find("## Limits")]
+    if args.bench is not None:
+        cmd = "nice -n 5 .venv/bin/python scripts/train_translator_default.py " + " ".join(
+            args.argv
+        )
+        atomic_write_text(
+            args.bench,
+            f"# IHC -> H&E translation on held-out BCI pairs\n\n`{cmd}`, model `{args.out}`\n\n"
+            + table.replace("## Held-out", "## Held-out", 1),
+        )
+    print(table)
     return 0
 
 

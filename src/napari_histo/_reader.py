@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .core.io import is_image_path, is_slide, read_image, read_slide
+from .core.io import is_image_path, is_slide, read_image, read_mpp, read_slide
 
 LayerData = tuple[Any, dict, str]
 
@@ -27,14 +27,16 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
 
 def _read_one(path: Path) -> LayerData:
     name = path.name.split(".")[0]
+    # The pixel size the file records (None for most PNG/JPEG tiles): the Segment widget shows it.
+    metadata = {"path": str(path), "mpp": read_mpp(path)}
     if is_slide(path):
         levels = read_slide(path)
         meta = {
             "name": name,
             "rgb": True,
             "multiscale": len(levels) > 1,
-            "metadata": {"path": str(path)},
+            "metadata": metadata,
         }
         return (levels if len(levels) > 1 else levels[0], meta, "image")
     image = read_image(path)
-    return (image, {"name": name, "rgb": True, "metadata": {"path": str(path)}}, "image")
+    return (image, {"name": name, "rgb": True, "metadata": metadata}, "image")

@@ -287,9 +287,16 @@ def test_jung2019_preset(shipped, held_out, monuseg, tmp_path, monkeypatch, caps
     write_image(template, read_image(monuseg / "images" / f"{TEMPLATE}.png")[:256, :256])
     argv = ["segment", str(small), "--pipeline", "jung2019", "--normalize", str(template)]
     argv += ["--out", str(tmp_path / "out"), "--device", "cpu", "--quiet"]
+    from napari_histo.core.seg import workflow
+
+    listed = workflow.list_models  # hide the shipped Mask R-CNN: an install without one
+    monkeypatch.setattr(
+        workflow, "list_models", lambda *a: [i for i in listed(*a) if i.arch != "maskrcnn"]
+    )
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "trained maskrcnn" in err and "--arch maskrcnn" in err and len(err.splitlines()) == 1
+    monkeypatch.setattr(workflow, "list_models", listed)
     torch.manual_seed(0)
     kwargs = {"fpn_channels": 32, "head_width": 64, "detections_per_img": 30}
     net = get_arch("maskrcnn").build(**kwargs)

@@ -17,6 +17,8 @@ def test_svs_opens_as_multiscale_layer(make_napari_viewer, svs_path):
     assert layer.data[0].shape == (2967, 2220, 3)
     assert layer.data[0].dtype == np.uint8
     assert type(layer.data[0]).__module__.startswith("dask")
+    # The Aperio header's pixel size travels with the layer (the Segment widget shows it).
+    assert layer.metadata["mpp"] == pytest.approx(0.499)
 
 
 def test_tile_opens_as_rgb_layer(make_napari_viewer, monuseg):
@@ -24,6 +26,7 @@ def test_tile_opens_as_rgb_layer(make_napari_viewer, monuseg):
     path = next((monuseg / "images").glob("*.png"))
     (layer,) = viewer.open(str(path), plugin="napari-histo")
     assert layer.rgb and not layer.multiscale and layer.data.shape == (1000, 1000, 3)
+    assert layer.metadata["mpp"] is None  # a PNG says nothing trustworthy about it
 
 
 def test_sample_data_opens(make_napari_viewer):

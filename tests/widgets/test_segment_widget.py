@@ -214,9 +214,10 @@ def test_bad_inputs_give_a_message_not_a_crash(make_napari_viewer, tmp_path, mon
     assert len(errors) == 4
 
 
-def test_jung2019_preset_in_the_widget(viewer_and_widget, crop, tmp_path, qtbot):
+def test_jung2019_preset_in_the_widget(viewer_and_widget, crop, tmp_path, qtbot, monkeypatch):
     """The preset needs a fitted DCGMM and a trained Mask R-CNN; each missing piece is one clear
     message, and with both it segments the tile as instances."""
+    from napari_histo.core.seg import workflow
     from napari_histo.widgets._common import ensure_torch
 
     ensure_torch()  # as the widget's workers do: torch (with triton hidden) before any model
@@ -231,7 +232,13 @@ def test_jung2019_preset_in_the_widget(viewer_and_widget, crop, tmp_path, qtbot)
     viewer, widget = viewer_and_widget
     widget.pipeline_combo.setCurrentIndex(1)
     assert widget.pipeline_combo.currentData() == "jung2019"
+    # Without any Mask R-CNN installed (the shipped one hidden): one clear message.
+    listed = workflow.list_models
+    monkeypatch.setattr(
+        workflow, "list_models", lambda *a: [i for i in listed(*a) if i.arch != "maskrcnn"]
+    )
     assert widget.run() is None and "--arch maskrcnn" in widget.status.text()
+    monkeypatch.setattr(workflow, "list_models", listed)
     torch.manual_seed(0)
     kwargs = {"fpn_channels": 32, "head_width": 64, "detections_per_img": 30}
     net = get_arch("maskrcnn").build(**kwargs)
@@ -240,3 +247,15 @@ def test_jung2019_preset_in_the_widget(viewer_and_widget, crop, tmp_path, qtbot)
     viewer_state(viewer).set("normalizer", drain(make_normalizer("dcgmm", [crop[0]], device="cpu")))
     _segment(widget, qtbot)
     assert viewer.layers["tile nuclei"].data.shape == crop[0].shape[:2]
+
+
+def test_pixel_size_from_the_file_and_what_was_assumed(viewer_and_widget, qtbot):
+    """The pixel size comes from the layer's file metadata; the status says what was assumed."""
+    viewer, widget = viewer_and_widget
+    assert widget.mpp.value() == 0.0  # a PNG-like layer: unknown, segmented as it is
+    viewer.layers["tile"].metadata["mpp"] = 0.5  # as the reader sets it for a 20x slide
+    widget.image_combo.currentTextChanged.emit("tile")
+    assert widget.mpp.value() == pytest.approx(0.5)
+    _segment(widget, qtbot)
+    status = widget.status.text()
+    assert "0.5 µm/px" in status and "resampled x2.00" in status, status

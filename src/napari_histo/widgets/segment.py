@@ -16,6 +16,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
@@ -116,6 +117,17 @@ class SegmentWidget(RunCancelMixin, QWidget):
         form.addRow("Device:", row)
         self.tta = QCheckBox("multiple inference (flips + rotations, merged)")
         form.addRow("", self.tta)
+        self.mpp = QDoubleSpinBox()
+        self.mpp.setRange(0.0, 10.0)
+        self.mpp.setDecimals(3)
+        self.mpp.setSingleStep(0.05)
+        self.mpp.setSpecialValueText("unknown: segment as it is")
+        self.mpp.setSuffix(" µm/px")
+        self.mpp.setToolTip(
+            "Pixel size of the image (read from the file where it says; 0.25 is 40x, 0.5 is 20x). "
+            "The image is resampled to the pixel size the model was trained at."
+        )
+        form.addRow("Pixel size:", self.mpp)
         self.normalize = QCheckBox("normalize to the current stain template first")
         self.normalize.setToolTip("Uses the normalizer fitted in the Stain normalization widget")
         form.addRow("", self.normalize)
@@ -302,10 +314,17 @@ class SegmentWidget(RunCancelMixin, QWidget):
             full_shape,
             previous,
             self.uncertainty.isChecked(),
+            self.mpp.value() or None,
             description="Segment nuclei",
             on_done=lambda res: self._show_result(layer, res),
             torch=True,
         )
+
+    def _show_file_mpp(self, image_name: str) -> None:
+        """Fill the pixel size from the layer's file metadata (the reader puts it there)."""
+        if image_name and image_name in self.viewer.layers:
+            mpp = self.viewer.layers[image_name].metadata.get("mpp")
+            self.mpp.setValue(float(mpp) if mpp else 0.0)
 
     def _show_result(self, layer, result) -> None:
         name = f"{layer.name} nuclei"
@@ -328,7 +347,10 @@ class SegmentWidget(RunCancelMixin, QWidget):
                 blending="additive",
                 **kwargs,
             )
-        self._set_status(f"{n} nuclei found; correct them with the label tools, they autosave")
+        self._set_status(
+            f"{n} nuclei found ({result.get('scale', 'pixel size as given')}); correct them "
+            "with the label tools, they autosave"
+        )
         self.refresh_measurements()
         self.viewer.layers.selection.active = lab_layer
 
@@ -611,6 +633,7 @@ class SegmentWidget(RunCancelMixin, QWidget):
         return Project(default_project_dir(path))
 
     def _offer_saved(self, image_name: str = "") -> None:
+        self._show_file_mpp(image_name)
         pair = self.offer_saved(image_name) if image_name else None
         self.restore_btn.setVisible(pair is not None)
         if pair is not None:
@@ -661,18 +684,20 @@ class SegmentWidget(RunCancelMixin, QWidget):
 
 
 def _segment_regions_job(
-    crops, model, device, tta, normalizer, translator, full_shape, previous, uncertainty
+    crops, model, device, tta, normalizer, translator, full_shape, previous, uncertainty, mpp=None
 ):
     """Worker: read and segment each region crop, paste the nuclei into the label image."""
-    from ..core.seg.workflow import merge_regions, segment_regions_iter
+    from ..core.seg.workflow import merge_regions, scale_note, segment_regions_iter
 
     crops = [(rs, cs, np.asarray(crop)) for rs, cs, crop in crops]
-    outputs = yield from segment_regions_iter(crops, model, device, tta, normalizer, translator)
+    outputs = yield from segment_regions_iter(
+        crops, model, device, tta, normalizer, translator, mpp=mpp
+    )
     labels = previous if previous is not None else np.zeros(full_shape, np.uint32)
     conf = np.ones(full_shape, np.float32) if uncertainty else None
     labels, conf = merge_regions(labels, crops, outputs, conf)
     n = len(np.unique(labels)) - 1
-    return {"labels": labels, "confidence": conf, "n": n}
+    return {"labels": labels, "confidence": conf, "n": n, "scale": scale_note(mpp, model)}
 
 
 def _save_pair_job(project, name, image, labels, source):

@@ -20,7 +20,7 @@ from .images import (
     write_image,
 )
 from .labels import read_labels, write_labels
-from .slides import is_slide, read_slide
+from .slides import is_slide, read_mpp, read_slide
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -35,6 +35,7 @@ __all__ = [
     "list_images",
     "read_image",
     "read_labels",
+    "read_mpp",
     "read_slide",
     "to_rgb_uint8",
     "write_image",

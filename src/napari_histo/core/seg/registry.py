@@ -279,6 +279,24 @@ def build_from_state(
     return net, spec
 
 
+#: Inference settings a model card may set (chosen on its validation split), per architecture
+#: attribute: detector thresholds and the merging of multiple inference.
+INFERENCE_SETTINGS = ("score_threshold", "mask_threshold", "merge_iou", "min_votes")
+
+
+def with_inference_settings(spec: ArchSpec, settings: dict) -> ArchSpec:
+    """A copy of ``spec`` with the card's ``inference`` settings (unknown keys are ignored)."""
+    import copy
+
+    known = {k: v for k, v in settings.items() if k in INFERENCE_SETTINGS and hasattr(spec, k)}
+    if not known:
+        return spec
+    spec = copy.copy(spec)
+    for k, v in known.items():
+        setattr(spec, k, v)
+    return spec
+
+
 def load_model(ref: Any = DEFAULT_ALIAS, device: Any = "auto") -> LoadedModel:
     """Load a segmentation model for inference (cached).
 
@@ -314,6 +332,7 @@ def _load_cached(wfile: str, device: str) -> LoadedModel:
 
     arch, kwargs, state, card, folder = read_model(wfile)
     net, spec = build_from_state(arch, kwargs, state, Path(wfile).name)
+    spec = with_inference_settings(spec, card.get("inference") or {})
     dev = torch.device(device)
     net.to(dev).eval()
     return LoadedModel(net=net, spec=spec, card=card, device=dev, path=folder, name=folder.name)

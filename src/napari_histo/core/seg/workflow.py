@@ -199,6 +199,25 @@ def resample_factor(mpp: float | None, card: dict, tolerance: float = 0.1) -> fl
     return None if abs(factor - 1.0) <= tolerance else factor
 
 
+def scale_note(mpp: float | None, model: Any = "default") -> str:
+    """What the segmentation assumed about the pixel size, in words (for the user to check)."""
+    from .registry import read_card, resolve_model
+
+    card = model.card if hasattr(model, "card") else read_card(resolve_model(model))
+    target = model_mpp(card)
+    trained = (
+        f"the model was trained at {target:g} µm/px"
+        if target
+        else "the model's pixel size is not recorded"
+    )
+    if not mpp:
+        return f"pixel size unknown, segmented as it is; {trained}"
+    factor = resample_factor(mpp, card)
+    if factor is None:
+        return f"{mpp:g} µm/px, {trained}: no resampling"
+    return f"{mpp:g} µm/px, {trained}: resampled x{factor:.2f}"
+
+
 Region = tuple[slice, slice, np.ndarray]
 
 
@@ -209,11 +228,14 @@ def segment_regions_iter(
     tta: bool | int | None = None,
     normalizer=None,
     translator=None,
+    mpp: float | None = None,
 ) -> Generator[Progress, None, list]:
     """:func:`segment_array_iter` on each ``(rows, cols, crop)`` region; returns their SegResults."""
     results = []
     for k, (_, _, crop) in enumerate(regions, start=1):
-        res = yield from segment_array_iter(crop, model, device, tta, normalizer, translator)
+        res = yield from segment_array_iter(
+            crop, model, device, tta, normalizer, translator, mpp=mpp
+        )
         results.append(res)
         yield Progress(step=k, total=len(regions), stage="region")
     return results
