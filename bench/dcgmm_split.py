@@ -26,7 +26,6 @@ Writes bench/results/dcgmm_split.json and bench/results/dcgmm_split.md.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -42,12 +41,9 @@ RESULTS = ROOT / "bench" / "results"
 
 
 def _seg_split():
-    spec = importlib.util.spec_from_file_location(
-        "train_seg_default", ROOT / "scripts" / "train_seg_default.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from _split import train_script  # bench/ is on the path when run as a script
+
+    return train_script()
 
 
 def main(argv=None) -> int:

@@ -24,7 +24,6 @@ Writes bench/results/jung_ablation.json and bench/results/jung_ablation.md.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import json
 import os
@@ -46,12 +45,9 @@ SCORES = (0.3, 0.4, 0.5, 0.6, 0.7)
 
 
 def _train_script():
-    spec = importlib.util.spec_from_file_location(
-        "train_seg_default", ROOT / "scripts" / "train_seg_default.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from _split import train_script  # bench/ is on the path when run as a script
+
+    return train_script()
 
 
 def is_tune(name: str) -> bool:

@@ -16,8 +16,8 @@ touching nuclei. Writes ``bench/results/seg_accuracy.json`` and regenerates ``be
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
+import os
 import platform
 import sys
 import time
@@ -31,12 +31,9 @@ KEYS = ("dice", "aji", "f1", "pq", "dq", "sq")
 
 
 def _train_script():
-    spec = importlib.util.spec_from_file_location(
-        "train_seg_default", ROOT / "scripts" / "train_seg_default.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from _split import train_script  # bench/ is on the path when run as a script
+
+    return train_script()
 
 
 def classical_baseline(
@@ -177,16 +174,7 @@ def write_report() -> Path:
             lines.append(f"- {name}: " + "; ".join(cells))
         lines += [
             "",
-            "Reading (2026-11-23, the earlier 3-tile split): the shipped U-Net beats the classical baseline on every metric, most on object "
-            "F1 and PQ (the baseline over-splits prostate and lung nuclei), but it stays well below "
-            "the targets (AJI 0.65, Dice 0.83, PQ 0.60): it is small and was trained for under an hour "
-            "on 2 shared CPU cores from 10 tiles. The colon tile is a frozen section (TS1) whose stain "
-            "differs from the formalin-fixed training tiles and scores lowest; stain normalization "
-            "helps there (Reinhard to the training tile TCGA-A7-A13E: AJI 0.334 -> 0.526, PQ 0.446 -> "
-            "0.475; Macenko: AJI 0.478). The baseline's two settings were tuned on four training tiles "
-            "(`--tune-baseline`), the model's training recipe and the U-Net's post-processing settings partly "
-            "on these validation tiles (see the model card), so the model's figures are slightly "
-            "optimistic.",
+            acc.get("reading", ""),
             "",
         ]
     if speed_path.is_file():
@@ -260,14 +248,18 @@ def main(argv=None) -> int:
         if args.tta and info.arch not in args.no_tta_arch:
             methods[f"{label} + TTA x8"] = model_method(info.ref, True)
     results = {}
+    load0 = os.getloadavg()[0]
     for name, fn in methods.items():
         results[name] = score(fn, val)
         print(name, {k: results[name][k] for k in (*KEYS, "seconds")}, flush=True)
     cmd = "nice -n 5 .venv/bin/python bench/seg_accuracy.py" + (" --tta" if args.tta else "")
+    if args.tta:
+        cmd += " --no-tta-arch " + " ".join(args.no_tta_arch)
     doc = {
         "command": cmd,
         "tiles": [n for n, _, _ in val],
-        "machine": f"{platform.machine()} CPU, {args.threads} threads, torch {torch.__version__}",
+        "machine": f"{platform.machine()} CPU, {args.threads} threads, torch {torch.__version__}, "
+        f"load average {load0:.1f} at the start and {os.getloadavg()[0]:.1f} at the end",
         "methods": results,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)

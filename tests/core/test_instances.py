@@ -91,3 +91,23 @@ def test_mask_rcnn_segments_as_instances(monuseg):
     res = drain(segment_iter(img, model, tta=4))
     assert res.labels.shape == img.shape[:2] and res.labels.dtype == np.uint32
     assert res.confidence.shape == img.shape[:2]
+
+
+def test_card_inference_settings_apply_to_that_model_only(tmp_path):
+    """Thresholds chosen on validation live in the card and reach the loaded model's spec."""
+    import torch
+
+    from napari_histo.core.seg import registry
+    from napari_histo.core.seg.spec import get_arch
+
+    torch.manual_seed(0)
+    kwargs = {"fpn_channels": 32, "head_width": 64, "detections_per_img": 30}
+    net = get_arch("maskrcnn").build(**kwargs)
+    card = {"inference": {"score_threshold": 0.4, "min_votes": 2, "unknown": 1}}
+    registry.save_model(tmp_path / "tuned", net, "maskrcnn", kwargs, card)
+    model = registry.load_model(tmp_path / "tuned", "cpu")
+    assert (model.spec.score_threshold, model.spec.min_votes) == (0.4, 2)
+    assert not hasattr(model.spec, "unknown")
+    assert get_arch("maskrcnn").score_threshold == 0.5  # the architecture's default is untouched
+    shipped = registry.load_model("maskrcnn_jung80", "cpu")
+    assert shipped.spec.min_votes == shipped.card["inference"]["min_votes"]

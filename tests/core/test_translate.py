@@ -84,18 +84,22 @@ def test_translate_iter_yields_one_event_per_tile(model_dir, images):
     assert events and events[-1].step == events[-1].total == len(events) > 1
 
 
-def test_tiled_matches_untiled():
-    # Instance norm is per tile, so tiles differ slightly from one whole-image pass; with the
-    # trained shipped model on a real IHC crop the blended result stays close.
+def test_blended_tiles_leave_no_seam():
+    # Instance norm is per tile, so tiles differ from one whole-image pass; what must not show
+    # is where the tiles meet. Tiles without overlap make a seam the same measure sees.
     from skimage.data import immunohistochemistry
 
     tr = load_translator("ihc2he_default", device="cpu")
-    crop = immunohistochemistry()[:256, :256]
-    whole = translate(crop, tr, tile=512, overlap=0).astype(float)
-    tiled = translate(crop, tr, tile=128, overlap=32).astype(float)
-    diff = np.abs(whole - tiled)
-    assert diff.mean() < 8.0
-    assert np.percentile(diff, 99) < 40
+    crop = immunohistochemistry()[:512, :512]
+
+    def seam_ratio(out: np.ndarray) -> float:
+        gray = out.astype(float).mean(-1)
+        cols = np.abs(np.diff(gray, axis=1)).mean(0)
+        rows = np.abs(np.diff(gray, axis=0)).mean(1)
+        return max(cols.max() / np.median(cols), rows.max() / np.median(rows))
+
+    assert seam_ratio(translate(crop, tr, tile=256, overlap=32)) < 2.5  # measured 1.5
+    assert seam_ratio(translate(crop, tr, tile=256, overlap=0)) > 2.5  # measured 8.3
 
 
 def test_save_load_round_trip_identical(model_dir, images):
@@ -181,7 +185,7 @@ def test_shipped_model_loads_and_translates():
     from skimage.data import immunohistochemistry
 
     tr = load_translator("ihc2he_default", device="cpu")
-    assert tr.card["license"].startswith("BSD-3")
+    assert tr.card["license"].startswith("NON-COMMERCIAL")  # BCI terms + MoNuSeg
     out = translate(immunohistochemistry()[:64, :80], tr)
     assert out.shape == (64, 80, 3) and out.dtype == np.uint8
 

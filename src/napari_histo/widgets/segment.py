@@ -133,7 +133,8 @@ class SegmentWidget(RunCancelMixin, QWidget):
         form.addRow("", self.normalize)
         self.translate = QCheckBox("IHC image: translate to H&&E first (CycleGAN)")
         self.translate.setToolTip(
-            "Runs the shipped IHC → H&E generator (see the Translate widget) before segmenting"
+            "Runs the shipped IHC → H&E generator (see the Translate widget) before segmenting; "
+            "its weights are for non-commercial research only (trained on BCI and MoNuSeg data)"
         )
         form.addRow("", self.translate)
         self.region_combo = QComboBox()

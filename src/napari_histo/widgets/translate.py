@@ -64,7 +64,9 @@ class TranslateWidget(Container):
             label="model",
             mode="d",
             value=DEFAULT_MODEL,
-            tooltip="the shipped model name, or a model folder you trained",
+            tooltip="the shipped model name, or a model folder you trained. The shipped "
+            "ihc2he_default is for non-commercial research only (trained on BCI and MoNuSeg "
+            "data; see its card.md)",
         )
         self.direction = ComboBox(label="direction", choices=["ihc2he", "he2ihc"])
         self.device = device_choice("device")

@@ -51,7 +51,8 @@ PIPELINES = {
 
 
 def pipeline_model(name: str, user_dir: str | os.PathLike | None = None) -> str:
-    """The model folder a preset segments with: the newest model of its architecture.
+    """The model folder a preset segments with: the user's newest of its architecture, else the
+    shipped one.
 
     Raises
     ------
@@ -61,7 +62,12 @@ def pipeline_model(name: str, user_dir: str | os.PathLike | None = None) -> str:
     if name not in PIPELINES:
         raise HistoError(f"unknown pipeline {name!r}; choose one of {', '.join(PIPELINES)}")
     arch = PIPELINES[name].arch
-    infos = [i for i in list_models(user_dir) if i.arch == arch]
+    # The user's own (fine-tuned) versions first, newest first; then the shipped one.
+    infos = sorted(
+        (i for i in list_models(user_dir) if i.arch == arch),
+        key=lambda i: (not getattr(i, "shipped", False), float(getattr(i, "created", 0) or 0)),
+        reverse=True,
+    )
     if not infos:
         raise HistoError(
             f"the {name} pipeline needs a trained {arch} model and none is installed; train one "

@@ -1,0 +1,18 @@
+"""The validation split the benchmarks share: ``scripts/train_seg_default.py`` loaded as a module."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train_script():
+    """``scripts/train_seg_default.py`` (``load_split``, ``VALIDATION``, ``rescale_pairs``...)."""
+    spec = importlib.util.spec_from_file_location(
+        "train_seg_default", ROOT / "scripts" / "train_seg_default.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
