@@ -62,13 +62,16 @@ def central(a: np.ndarray, side: int) -> np.ndarray:
 
 def variant_detections(model, rgb: np.ndarray):
     """The detector's instances on each of the 8 flips/rotations of ``rgb``, turned back."""
+    import copy
+
     import torch
 
     from napari_histo.core.seg.inference import tta_transforms
     from napari_histo.core.seg.instances import Detections, invert_detections
     from napari_histo.core.seg.spec import to_input
 
-    spec, m = model.spec, int(model.spec.size_multiple)
+    spec, m = copy.copy(model.spec), int(model.spec.size_multiple)
+    spec.score_threshold = min(SCORES)  # keep every detection the settings grid may use
     out = []
     for k, flip in tta_transforms(True):
         x = rgb[:, ::-1] if flip else rgb
