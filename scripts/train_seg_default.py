@@ -202,14 +202,19 @@ def finalize(folder: Path, val, val20, write: bool) -> dict:
 
 
 def ship(folder: Path, name: str) -> None:
-    """Copy weights + card from ``folder`` into resources/seg/NAME."""
+    """Copy weights + card from ``folder`` into resources/seg/NAME (staged, then swapped in)."""
+    import os
     import shutil
 
-    dest = SEG_DIR / name
-    shutil.rmtree(dest, ignore_errors=True)
-    dest.mkdir(parents=True)
+    dest, stage, old = SEG_DIR / name, SEG_DIR / f".{name}.partial", SEG_DIR / f".{name}.old"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
     for f in ("weights.safetensors", "card.json", "card.md"):
-        shutil.copy2(Path(folder) / f, dest / f)
+        shutil.copy2(Path(folder) / f, stage / f)
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(stage, dest)
+    shutil.rmtree(old, ignore_errors=True)
     print(f"shipped {dest}")
 
 

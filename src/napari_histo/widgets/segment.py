@@ -688,6 +688,7 @@ def _segment_regions_job(
     crops, model, device, tta, normalizer, translator, full_shape, previous, uncertainty, mpp=None
 ):
     """Worker: read and segment each region crop, paste the nuclei into the label image."""
+    from ..core.seg.registry import load_model
     from ..core.seg.workflow import merge_regions, scale_note, segment_regions_iter
 
     crops = [(rs, cs, np.asarray(crop)) for rs, cs, crop in crops]
@@ -698,7 +699,8 @@ def _segment_regions_job(
     conf = np.ones(full_shape, np.float32) if uncertainty else None
     labels, conf = merge_regions(labels, crops, outputs, conf)
     n = len(np.unique(labels)) - 1
-    return {"labels": labels, "confidence": conf, "n": n, "scale": scale_note(mpp, model)}
+    card = load_model(model, device).card  # the model just used: cached, no second read
+    return {"labels": labels, "confidence": conf, "n": n, "scale": scale_note(mpp, card)}
 
 
 def _save_pair_job(project, name, image, labels, source):

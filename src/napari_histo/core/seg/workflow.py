@@ -65,7 +65,7 @@ def pipeline_model(name: str, user_dir: str | os.PathLike | None = None) -> str:
     # The user's own (fine-tuned) versions first, newest first; then the shipped one.
     infos = sorted(
         (i for i in list_models(user_dir) if i.arch == arch),
-        key=lambda i: (not getattr(i, "shipped", False), float(getattr(i, "created", 0) or 0)),
+        key=lambda i: (not i.shipped, i.created),
         reverse=True,
     )
     if not infos:
@@ -205,11 +205,8 @@ def resample_factor(mpp: float | None, card: dict, tolerance: float = 0.1) -> fl
     return None if abs(factor - 1.0) <= tolerance else factor
 
 
-def scale_note(mpp: float | None, model: Any = "default") -> str:
-    """What the segmentation assumed about the pixel size, in words (for the user to check)."""
-    from .registry import read_card, resolve_model
-
-    card = model.card if hasattr(model, "card") else read_card(resolve_model(model))
+def scale_note(mpp: float | None, card: dict) -> str:
+    """What segmenting with the model of ``card`` assumed about the pixel size, in words."""
     target = model_mpp(card)
     trained = (
         f"the model was trained at {target:g} µm/px"

@@ -253,7 +253,6 @@ def train_iter(
     dev = resolve_device(device)
     if threads:
         torch.set_num_threads(int(threads))
-    amp_dtype = _training_amp(dev) if amp is None or amp else None
 
     # Model: resumed, fine-tuned from a parent, or fresh.
     ckpt_path = None
@@ -293,8 +292,10 @@ def train_iter(
         net, spec = build_from_state(arch_name, kwargs, state, pfolder.name)
         parent = str(parent_card.get("name") or pfolder.name)
     net.to(dev).train()
-    if amp is None and not getattr(spec, "train_autocast", True):
-        amp_dtype = None  # the architecture trains in float32 (see its spec)
+    # Mixed precision by the device policy, unless asked off or the architecture trains in
+    # float32 (``spec.train_autocast = False``).
+    use_amp = amp if amp is not None else getattr(spec, "train_autocast", True)
+    amp_dtype = _training_amp(dev) if use_amp else None
 
     m = int(getattr(spec, "size_multiple", 1) or 1)
     patch = max(m, -(-int(patch) // m) * m)
