@@ -188,6 +188,7 @@ def train(args: argparse.Namespace, t_start: float) -> None:
         seed=args.seed,
         device=str(dev),
         out=args.work,
+        resume=args.resume,
         save_every=0,
         save_every_seconds=60.0,
         sample_every=0,
@@ -453,6 +454,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ndf", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--resume", type=Path, default=None,
+        help="continue from this work folder (generators, discriminators, step count; new schedule)",
+    )  # fmt: skip
     p.add_argument("--work", type=Path, default=Path("/tmp/ihc2he_default_train"))
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
