@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -60,6 +61,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=150.0, help="training budget")
     ap.add_argument("--device", default="auto")
+    ap.add_argument(
+        "--focus", action="store_true",
+        help="draw half of the patches where the corrections changed the parent's labels",
+    )  # fmt: skip
+    ap.add_argument("--loss-patience", type=int, help="stop when the training loss is flat")
     ap.add_argument("--json")
     args = ap.parse_args()
     from napari_histo.core.progress import drain
@@ -77,11 +83,16 @@ def main() -> int:
             [(img, lab) for _, img, lab in train], out=out, init="default", epochs=1000,
             lr=2e-4, device=args.device, seed=0, max_seconds=args.seconds, patience=None,
             keep="last", steps_per_epoch=20, val_pairs=None, val_fraction=0.0,
+            focus=args.focus, loss_patience=args.loss_patience,
         )
     )  # fmt: skip
     seconds = time.perf_counter() - t0
     after = score(str(out), test, args.device)
+    card = json.loads((out / "card.json").read_text())
     result = {"train_tiles": len(train), "test_tiles": len(test), "seconds": round(seconds, 1),
+              "focus": args.focus, "loss_patience": args.loss_patience,
+              "budget_s": args.seconds, "training": card.get("training"),
+              "load_average_1min": round(os.getloadavg()[0], 2),
               "before": before, "after": after}  # fmt: skip
     print(json.dumps(result, indent=2))
     if args.json:

@@ -221,6 +221,13 @@ def test_train_stops_at_its_time_budget(shipped, tiny_folder, capsys):
     rc = main(["train", "--images", str(tiny_folder / "images"), "--masks", str(tiny_folder / "masks"), "--epochs", "1000", "--steps-per-epoch", "1", "--batch", "2", "--patch", "64", "--val-fraction", "0", "--max-seconds", "2", "--device", "cpu", "--out", str(out), "--quiet"])  # fmt: skip
     assert rc == 0, capsys.readouterr().err
     assert (out / "weights.safetensors").is_file() and time.perf_counter() - t0 < 60
+    training = json.loads((out / "card.json").read_text())["training"]
+    assert training["focus"].startswith("half the patches")  # fine-tuning focuses by default
+    out = tiny_folder / "flat"
+    rc = main(["train", "--images", str(tiny_folder / "images"), "--masks", str(tiny_folder / "masks"), "--epochs", "1000", "--steps-per-epoch", "1", "--batch", "2", "--patch", "64", "--val-fraction", "0", "--lr", "1e-9", "--loss-patience", "1", "--no-focus", "--device", "cpu", "--out", str(out), "--quiet"])  # fmt: skip
+    training = json.loads((out / "card.json").read_text())["training"]
+    assert rc == 0 and training["focus"] == "none" and training["epochs_done"] < 1000
+    assert training["stopped"].startswith("early stop: training loss flat")
     rc = main(["train", "--images", str(tiny_folder / "images"), "--masks", str(tiny_folder / "masks"), "--max-seconds", "0", "--out", str(tiny_folder / "y")])  # fmt: skip
     err = capsys.readouterr().err
     assert rc == 2 and "--max-seconds" in err

@@ -173,3 +173,22 @@ def test_evaluate_whole_tile_is_fast(tile):
     assert 0.1 < scores["aji"] < scores["dice"] < 1.0
     perfect = metrics.evaluate(tile, tile)
     assert all(v == 1.0 for k, v in perfect.items() if k in ("dice", "aji", "f1", "pq"))
+
+
+def test_changed_regions_marks_what_a_correction_changed(tile):
+    """A model missed a nucleus, merged two and found one the user erased: those are marked."""
+    truth = tile.astype(np.int64)
+    ids = [int(i) for i in np.unique(truth) if i]
+    gone = ids[5]
+    # the merge keeps matching the larger nucleus (IoU > 0.5): the smaller one is what changed
+    small, big = sorted((ids[10], ids[11]), key=lambda i: int((truth == i).sum()))
+    pred = truth.copy()
+    pred[truth == gone] = 0
+    pred[truth == small] = big
+    added = np.zeros_like(truth, bool)
+    added[:12, -12:] = truth[:12, -12:] == 0
+    pred[added] = truth.max() + 1  # and found one that the user erased
+    changed = metrics.changed_regions(truth, pred)
+    expect = np.isin(truth, [gone, small]) | added
+    assert np.array_equal(changed, expect)
+    assert not metrics.changed_regions(truth, truth).any()

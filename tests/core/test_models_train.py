@@ -193,6 +193,30 @@ def test_patch_sampler_gives_consistent_targets(pairs):
     assert small.sample(rng)[0].shape == (64, 64, 3)
 
 
+def test_patch_sampler_draws_around_the_focus(pairs):
+    """With a focus mask (the corrections), patches are drawn around it; without, anywhere."""
+    spec = get_arch("unet")
+    name, img, lab = pairs[0]
+    lab = lab.copy()
+    corner = lab[120:, 120:].copy()
+    lab[:] = 0
+    lab[120:, 120:] = corner  # nuclei only in one corner of the 160 px crop
+    focus = lab > 0  # e.g. the nuclei a user redrew
+
+    def share_with_nuclei(sampler):
+        rng = np.random.default_rng(0)
+        return np.mean([(sampler.sample(rng)[1]["ternary"] > 0).any() for _ in range(40)])
+
+    plain = PatchSampler([(name, img, lab)], spec, 32, augment=False)
+    focused = PatchSampler(
+        [(name, img, lab)], spec, 32, augment=False, focus=[focus], focus_share=1.0
+    )
+    assert share_with_nuclei(focused) == 1.0
+    assert share_with_nuclei(plain) < 0.5
+    with pytest.raises(ValueError, match="focus masks"):
+        PatchSampler([(name, img, lab)], spec, 32, focus=[focus, focus])
+
+
 # ----------------------------------------------------------------------------- training
 
 
@@ -231,6 +255,24 @@ def test_fine_tune_keeps_arch_and_carries_the_licence(tmp_path, pairs, saved):
     with pytest.raises(HistoError, match="keeps its architecture"):
         drain(train_iter(pairs[:1], out=tmp_path / "x", init=str(parent), arch="hovernet", **FAST))
     assert not (tmp_path / "x").exists()
+
+
+def test_fine_tune_focus_and_loss_plateau(tmp_path, pairs, saved):
+    """Fine-tuning can sample where the labels differ from the parent and stop on a flat loss."""
+    parent, _ = saved
+    out = tmp_path / "ft"
+    events = []
+    drain(
+        train_iter(pairs[:2], out=out, init=str(parent), epochs=50, val_fraction=0, lr=1e-6,
+                   focus=True, loss_patience=2, **FAST),
+        events.append,
+    )  # fmt: skip
+    assert [e.step for e in events if e.stage == "corrections"][-1] == 2
+    card = json.loads((out / "card.json").read_text())
+    assert card["training"]["focus"].startswith("half the patches")
+    # lr 1e-6 leaves the loss flat: stopped long before the 50 epochs
+    assert card["training"]["stopped"].startswith("early stop: training loss flat")
+    assert card["training"]["epochs_done"] < 50
 
 
 def test_monuseg_licence_is_carried(tmp_path, pairs):

@@ -66,6 +66,20 @@ def add_arguments(parser) -> None:
         "is spent (fine-tuning 5 corrected tiles: 80 s gives +0.10 AJI on 2 CPU cores, "
         "bench/results/finetune.md)",
     )
+    parser.add_argument(
+        "--no-focus",
+        dest="focus",
+        action="store_false",
+        help="when fine-tuning, draw patches uniformly instead of drawing half of them where the "
+        "masks differ from the parent model's own segmentation (the corrections)",
+    )
+    parser.add_argument(
+        "--loss-patience",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stop once the training loss has not improved by 1%% for N epochs",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -95,6 +109,8 @@ def run(args) -> int:
         val_fraction=args.val_fraction,
         patience=args.patience,
         max_seconds=args.max_seconds,
+        focus=args.focus and not scratch,
+        loss_patience=args.loss_patience,
         resume=args.resume,
         overwrite=args.overwrite,
         data=f"images {Path(args.images).resolve()}, masks {Path(args.masks).resolve()}",

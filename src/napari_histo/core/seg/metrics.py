@@ -107,6 +107,28 @@ def _matches(tab: _Table, iou: float) -> tuple[np.ndarray, np.ndarray]:
     return keep, ious[keep]
 
 
+def changed_regions(truth: np.ndarray, pred: np.ndarray, iou: float = 0.5) -> np.ndarray:
+    """Where corrected labels ``truth`` differ from a model's ``pred``: a boolean mask.
+
+    Foreground added or erased, plus every whole object (of either image) with no partner at
+    IoU > ``iou``: nuclei the model missed, merged, split or invented.
+    """
+    t, p = np.asarray(truth), np.asarray(pred)
+    tab = _table(t, p)
+    matched_t = np.zeros(tab.t_area.size, bool)
+    matched_p = np.zeros(tab.p_area.size, bool)
+    keep, _ = _matches(tab, iou)
+    matched_t[tab.ti[keep]] = True
+    matched_p[tab.pi[keep]] = True
+    out = (t > 0) != (p > 0)
+    for lab, matched in ((t, matched_t), (p, matched_p)):
+        ids = np.unique(lab)
+        ids = ids[ids != 0]
+        if ids.size and not matched.all():
+            out |= np.isin(lab, ids[~matched])
+    return out
+
+
 def object_f1(truth: np.ndarray, pred: np.ndarray, iou: float = 0.5) -> dict[str, float]:
     """Object-level detection F1: a prediction is a true positive when it matches a truth object
     with IoU > ``iou`` (one-to-one; optimal assignment below 0.5, where matches can conflict).

@@ -163,9 +163,16 @@ class PatchSampler:
         ``[lo, hi]`` (0.5 shows 40x tissue as a 20x scanner would).
     blur : float
         Probability of a Gaussian blur (sigma 0.5-1.5 px), as out-of-focus scans give.
+    focus : list of bool arrays, optional
+        One mask per pair (or None): where the labels matter most, e.g. where a user's
+        corrections changed the model's segmentation (:func:`~..metrics.changed_regions`).
+    focus_share : float
+        Fraction of the patches drawn around a random focus pixel (the rest as usual).
     """
 
-    margin = 8  # context cut off after the targets are made (crop-border effects)
+    margin = 8
+    #: Focus pixels kept per image to draw patch centres from (a uniform subsample).
+    focus_points = 20_000  # context cut off after the targets are made (crop-border effects)
 
     def __init__(
         self,
@@ -177,6 +184,8 @@ class PatchSampler:
         hed_sigma: float = 0.05,
         scale_range: tuple[float, float] | None = None,
         blur: float = 0.0,
+        focus: Sequence[np.ndarray | None] | None = None,
+        focus_share: float = 0.5,
     ):
         self.spec = spec
         self.patch = int(patch)
@@ -204,10 +213,29 @@ class PatchSampler:
             self.labels.append(lab)
         area = np.array([lab.size for lab in self.labels], np.float64)
         self.p = area / area.sum()
+        self.focus_share = float(focus_share)
+        self.focus_yx: list[np.ndarray] = []
+        if focus is not None:
+            if len(focus) != len(pairs):
+                raise ValueError(f"{len(focus)} focus masks for {len(pairs)} pairs")
+            frng = np.random.default_rng(0)
+            for mask in focus:
+                yx = np.argwhere(mask) if mask is not None else np.empty((0, 2), np.int64)
+                if len(yx) > self.focus_points:
+                    yx = yx[frng.choice(len(yx), self.focus_points, replace=False)]
+                self.focus_yx.append(yx)
+        counts = np.array([len(yx) for yx in self.focus_yx], np.float64)
+        self.focus_p = counts / counts.sum() if counts.sum() > 0 else None
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """One ``(patch, patch, 3)`` uint8 image and its targets."""
-        i = int(rng.choice(len(self.images), p=self.p))
+        centre = None
+        if self.focus_p is not None and rng.random() < self.focus_share:
+            i = int(rng.choice(len(self.images), p=self.focus_p))
+            yx = self.focus_yx[i]
+            centre = yx[int(rng.integers(len(yx)))]
+        else:
+            i = int(rng.choice(len(self.images), p=self.p))
         img, lab = self.images[i], self.labels[i]
         out = self.patch + 2 * self.margin
         scale = 1.0
@@ -215,8 +243,13 @@ class PatchSampler:
         if self.augment and hi > lo:
             scale = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
         src = min(max(8, round(out / scale)), img.shape[0], img.shape[1])
-        y = int(rng.integers(0, img.shape[0] - src + 1))
-        x = int(rng.integers(0, img.shape[1] - src + 1))
+        if centre is None:
+            y = int(rng.integers(0, img.shape[0] - src + 1))
+            x = int(rng.integers(0, img.shape[1] - src + 1))
+        else:  # the focus pixel anywhere in the central half of the patch
+            off = rng.integers(src // 4, src - src // 4 + 1, size=2)
+            y = int(np.clip(centre[0] - off[0], 0, img.shape[0] - src))
+            x = int(np.clip(centre[1] - off[1], 0, img.shape[1] - src))
         im = img[y : y + src, x : x + src]
         lb = lab[y : y + src, x : x + src]
         if src != out:

@@ -78,6 +78,29 @@ def _lr_at(step: int, total: int, lr: float, warmup: int, time_fraction: float =
     return lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t))))
 
 
+def _parent_disagreement(
+    net: Any, spec: Any, device: Any, pairs: list[tuple[str, np.ndarray, np.ndarray]], tile: Any
+) -> Generator[Progress, None, list[np.ndarray]]:
+    """Where each pair's labels differ from ``net``'s own segmentation (the corrections)."""
+    from ..inference import segment_iter
+    from ..metrics import changed_regions
+    from ..registry import LoadedModel
+
+    was_training = net.training
+    net.eval()
+    model = LoadedModel(net=net, spec=spec, card={}, device=device, name="parent")
+    masks = []
+    try:
+        for k, (name, img, lab) in enumerate(pairs):
+            yield Progress(k, len(pairs), stage="corrections", message=f"comparing {name}")
+            pred = (yield from segment_iter(img, model, tta=False, tile=tile)).labels
+            masks.append(changed_regions(lab, pred))
+    finally:
+        net.train(was_training)
+    yield Progress(len(pairs), len(pairs), stage="corrections")
+    return masks
+
+
 def validate(
     net: Any,
     spec: Any,
@@ -156,6 +179,8 @@ def train_iter(
     scale_range: tuple[float, float] | None = None,
     blur: float = 0.0,
     workers: int = 0,
+    focus: bool = False,
+    loss_patience: int | None = None,
 ) -> Generator[Progress, None, Path]:
     """Train or fine-tune a segmentation model; yields progress, returns the model folder.
 
@@ -214,6 +239,13 @@ def train_iter(
     workers : int
         Background processes that make the augmented batches (0: the training loop makes
         them). On a GPU, 2-4 keep it busy; the batches are then seeded per worker, not per epoch.
+    focus : bool
+        Fine-tuning only: segment the training images with the parent first and draw half of
+        the patches around pixels where the given labels differ from its segmentation
+        (:func:`~napari_histo.core.seg.metrics.changed_regions`): the user's corrections.
+    loss_patience : int, optional
+        Stop once the epoch's mean training loss has not improved by 1 % for this many epochs
+        (the training pairs' own plateau; no validation needed).
 
     Returns
     -------
@@ -297,6 +329,9 @@ def train_iter(
     use_amp = amp if amp is not None else getattr(spec, "train_autocast", True)
     amp_dtype = _training_amp(dev) if use_amp else None
 
+    focus_masks = None
+    if focus and parent is not None and ckpt_path is None:
+        focus_masks = yield from _parent_disagreement(net, spec, dev, train_set, tile)
     m = int(getattr(spec, "size_multiple", 1) or 1)
     patch = max(m, -(-int(patch) // m) * m)
     sampler = PatchSampler(
@@ -307,6 +342,7 @@ def train_iter(
         hed_sigma=color_jitter,
         scale_range=scale_range,
         blur=blur,
+        focus=focus_masks,
     )
     if steps_per_epoch is None:
         px = sum(lab.size for _, _, lab in train_set)
@@ -325,6 +361,8 @@ def train_iter(
     best_epoch = state_meta.get("best_epoch")
     best_val = state_meta.get("best_val") or {}
     bad_epochs = int(state_meta.get("bad_epochs", 0))
+    best_loss = state_meta.get("best_loss")
+    flat_epochs = int(state_meta.get("flat_epochs", 0))
     trained_s = float(state_meta.get("seconds", 0.0))
     best_state = _sub(ckpt_tensors, "best") or None
     if ckpt_tensors:
@@ -349,6 +387,10 @@ def train_iter(
             else "none"
         ),
         "patience": patience,
+        "loss_patience": loss_patience,
+        "focus": "half the patches where the labels differ from the parent's"
+        if focus_masks
+        else "none",
         "keep": keep,
         "device": str(dev),
         "mixed_precision": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "off",
@@ -365,6 +407,8 @@ def train_iter(
             "best_epoch": best_epoch,
             "best_val": best_val,
             "bad_epochs": bad_epochs,
+            "best_loss": best_loss,
+            "flat_epochs": flat_epochs,
             "seconds": trained_s + (time.perf_counter() - t_start),
             "parent": parent,
             "parent_license": parent_card.get("license", ""),
@@ -438,8 +482,15 @@ def train_iter(
             yield Progress(
                 step=epoch, total=int(epochs), stage="epoch", metrics=metrics, message=msg
             )
+            if best_loss is None or metrics["loss"] < 0.99 * best_loss:
+                best_loss, flat_epochs = metrics["loss"], 0
+            else:
+                flat_epochs += 1
             if val_set and patience is not None and bad_epochs >= int(patience):
                 stop_reason = f"early stop: no better validation AJI for {patience} epochs"
+                break
+            if loss_patience is not None and flat_epochs >= int(loss_patience):
+                stop_reason = f"early stop: training loss flat for {loss_patience} epochs"
                 break
             if max_seconds is not None and trained_s + time.perf_counter() - t_start >= float(
                 max_seconds
