@@ -100,6 +100,9 @@ class StainNormalizationWidget(Container):
         self.gallery.setMinimumHeight(140)
         self.gallery.setMovement(QListWidget.Movement.Static)
         self.gallery.setSpacing(4)
+        # One cell per thumbnail, whether its icon has arrived or not: icons come from a worker
+        # after the items are laid out, and cells sized by an icon-less item overlapped.
+        self.gallery.setGridSize(QSize(112, 124))
         self.gallery.currentRowChanged.connect(self._on_template_clicked)
         self.add_folder_btn = PushButton(text="Add images from folder…")
         self.add_folder_btn.changed.connect(self._choose_folder)
