@@ -239,7 +239,9 @@ def test_form_follows_layers_and_method(viewer_and_widget):
     assert all(w.enabled for w in dcgmm_only)
     assert not widget.reuse.enabled  # nothing fitted or loaded yet
 
+    from napari_histo.widgets.stain import _grid
+
     widget.compare.value = True
-    assert viewer.grid.enabled
+    assert _grid(viewer).enabled and tuple(_grid(viewer).shape) == (1, -1)
     widget.compare.value = False
-    assert not viewer.grid.enabled
+    assert not _grid(viewer).enabled

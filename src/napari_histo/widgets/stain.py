@@ -575,9 +575,10 @@ class StainNormalizationWidget(Container):
 
     # ------------------------------------------------------------------ misc
     def _toggle_compare(self, on: bool) -> None:
-        self.viewer.grid.enabled = on
+        grid = _grid(self.viewer)
+        grid.enabled = on
         if on:
-            self.viewer.grid.shape = (1, -1)
+            grid.shape = (1, -1)
 
     def save(self, path: str | Path):
         """Save the fitted normalizer (atomic write in the core, in a worker; returns it)."""
@@ -646,6 +647,12 @@ class StainNormalizationWidget(Container):
         dcgmm = METHOD_LABELS.get(text) == "dcgmm"
         for w in (self.refit, self.steps, self.show_classes, self.show_probs, self.legend):
             w.enabled = dcgmm
+
+
+def _grid(viewer):
+    """The viewer's grid settings (``viewer.canvas.grid`` since napari 0.9, ``viewer.grid`` before)."""
+    canvas = getattr(viewer, "canvas", None)
+    return canvas.grid if hasattr(canvas, "grid") else viewer.grid
 
 
 def _label(text: str, wrap: bool = False) -> Label:
