@@ -79,7 +79,7 @@ def _journey(out: Path, shots: Path | None, report: dict) -> None:
     seg.project_edit.setText(str(out / "project"))
     seg.device_combo.setCurrentText("cpu")
     ft.device.value = "cpu"
-    stain.device_combo.setCurrentText("cpu")
+    stain.device.value = "cpu"
     hb.idle(0.5)
 
     # 2. Pick the template by its thumbnail (the gallery decodes thumbnails in a worker).
@@ -90,17 +90,17 @@ def _journey(out: Path, shots: Path | None, report: dict) -> None:
         lambda: not stain.thumbnails_loading,
     )
     assert stain.current_template().name == TARGET_LAYER
-    stain.target_combo.setCurrentText(TILE_LAYER)
-    stain.method_combo.setCurrentText("DCGMM (deep GMM)")
+    stain.target.value = TILE_LAYER
+    stain.method.value = "DCGMM (deep GMM)"
     step("pick template")
 
     # 3. Fit & normalize (DCGMM, shipped network: fits the template's statistics).
     measure(
         "fit & normalize (DCGMM)",
-        lambda: stain.run_btn.click(),
+        lambda: stain.run_btn.native.click(),
         lambda: not stain.runner.running,
     )
-    assert stain.normalizer is not None, stain.status.text()
+    assert stain.normalizer is not None, stain.status.value
     assert f"{TILE_LAYER} normalized" in viewer.layers
     step("fit & normalize")
     viewer.layers[f"{TILE_LAYER} classes"].visible = False

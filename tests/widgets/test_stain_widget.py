@@ -43,8 +43,8 @@ def test_gallery_lists_open_rgb_images(viewer_and_widget, qtbot):
 def test_macenko_normalizes_towards_template(qtbot, viewer_and_widget):
     viewer, widget = viewer_and_widget
     widget.select_template("target")
-    widget.method_combo.setCurrentText("Macenko")
-    widget.target_combo.setCurrentText("lung")
+    widget.method.value = "Macenko"
+    widget.target.value = "lung"
     widget.run()
     _wait(qtbot, widget)
     out = viewer.layers["lung normalized"].data
@@ -69,11 +69,11 @@ def test_macenko_normalizes_towards_template(qtbot, viewer_and_widget):
 def test_dcgmm_refit_shows_class_map(qtbot, viewer_and_widget):
     viewer, widget = viewer_and_widget
     widget.select_template("target")
-    widget.method_combo.setCurrentText("DCGMM (deep GMM)")
-    widget.all_images.setChecked(True)
-    widget.refit.setChecked(True)
-    widget.steps.setValue(3)
-    widget.show_probs.setChecked(True)
+    widget.method.value = "DCGMM (deep GMM)"
+    widget.all_images.value = True
+    widget.refit.value = True
+    widget.steps.value = 3
+    widget.show_probs.value = True
     widget.run()
     _wait(qtbot, widget, timeout=120_000)
     classes = viewer.layers["lung classes"]
@@ -87,22 +87,22 @@ def test_dcgmm_refit_shows_class_map(qtbot, viewer_and_widget):
 def test_cancel_keeps_previous_normalizer(qtbot, viewer_and_widget):
     viewer, widget = viewer_and_widget
     widget.select_template("target")
-    widget.method_combo.setCurrentText("Reinhard")
+    widget.method.value = "Reinhard"
     widget.run()
     _wait(qtbot, widget)
     previous = widget.normalizer
     assert previous is not None
 
-    widget.method_combo.setCurrentText("DCGMM (deep GMM)")
-    widget.refit.setChecked(True)
-    widget.steps.setValue(100_000)
+    widget.method.value = "DCGMM (deep GMM)"
+    widget.refit.value = True
+    widget.steps.value = 100_000
     worker = widget.run()
-    qtbot.waitUntil(lambda: "fit" in widget.status.text(), timeout=60_000)
+    qtbot.waitUntil(lambda: "fit" in widget.status.value, timeout=60_000)
     with qtbot.waitSignal(worker.aborted, timeout=30_000):
-        widget.cancel_btn.click()
+        widget.cancel_btn.native.click()
     _wait(qtbot, widget)
     assert widget.normalizer is previous
-    assert widget.status.text() == "cancelled"
+    assert widget.status.value == "cancelled"
 
 
 def test_gui_stays_responsive_during_fit(qtbot, viewer_and_widget):
@@ -110,9 +110,9 @@ def test_gui_stays_responsive_during_fit(qtbot, viewer_and_widget):
 
     viewer, widget = viewer_and_widget
     widget.select_template("target")
-    widget.method_combo.setCurrentText("DCGMM (deep GMM)")
-    widget.refit.setChecked(True)
-    widget.steps.setValue(25)
+    widget.method.value = "DCGMM (deep GMM)"
+    widget.refit.value = True
+    widget.steps.value = 25
     # From the click to the result layers shown: no longer stall than the viewer idle + 100 ms.
     # The worker phase (click -> result returned); adding the result layers afterwards is
     # napari's own work, which the journey test (test_journey.py) measures with the whole action.
@@ -134,7 +134,7 @@ def test_bad_inputs_give_notifications(qtbot, viewer_and_widget, bad_inputs):
     # No template chosen yet.
     widget.gallery.setCurrentRow(-1)
     assert widget.run() is None
-    assert "no template" in widget.status.text()
+    assert "no template" in widget.status.value
     # A grayscale layer cannot be normalized.
     gray = read_image(bad_inputs / "grayscale.png")[..., 0]
     viewer.add_image(gray, name="gray")
@@ -142,9 +142,9 @@ def test_bad_inputs_give_notifications(qtbot, viewer_and_widget, bad_inputs):
     assert "gray" not in [c.name for c in widget.candidates]
     # An empty region layer is refused with a message.
     viewer.add_shapes(name="regions")
-    widget.roi_combo.setCurrentText("regions")
+    widget.roi.value = "regions"
     assert widget.run() is None
-    assert "no rectangles" in widget.status.text()
+    assert "no rectangles" in widget.status.value
 
 
 def test_multi_roi_template(qtbot, viewer_and_widget):
@@ -155,10 +155,10 @@ def test_multi_roi_template(qtbot, viewer_and_widget):
     ]
     viewer.add_shapes(rects, shape_type="rectangle", name="regions")
     widget.select_template("target")
-    widget.roi_combo.setCurrentText("regions")
+    widget.roi.value = "regions"
     crops = widget.template_images()
     assert [c.shape for c in crops] == [(90, 90, 3), (100, 100, 3)]
-    widget.method_combo.setCurrentText("Reinhard")
+    widget.method.value = "Reinhard"
     widget.run()
     _wait(qtbot, widget)
     assert "lung normalized" in viewer.layers
@@ -167,7 +167,7 @@ def test_multi_roi_template(qtbot, viewer_and_widget):
 def test_save_and_load_roundtrip(qtbot, viewer_and_widget, tmp_path):
     viewer, widget = viewer_and_widget
     widget.select_template("target")
-    widget.method_combo.setCurrentText("Macenko")
+    widget.method.value = "Macenko"
     widget.run()
     _wait(qtbot, widget)
     first = viewer.layers["lung normalized"].data.copy()
@@ -178,9 +178,9 @@ def test_save_and_load_roundtrip(qtbot, viewer_and_widget, tmp_path):
     widget.normalizer = None
     widget.load(path)  # in a worker
     _wait(qtbot, widget)
-    assert widget.reuse.isChecked() and widget.normalizer is not None
+    assert widget.reuse.value and widget.normalizer is not None
     viewer.layers.remove("lung normalized")
-    widget.roi_combo.setCurrentText("(whole image)")
+    widget.roi.value = "(whole image)"
     widget.gallery.setCurrentRow(-1)  # no template needed: the loaded normalizer carries it
     widget.run()
     _wait(qtbot, widget)
@@ -198,10 +198,10 @@ def test_which_normalization_helps_here(qtbot, viewer_and_widget, monuseg):
     truth = read_labels(tiles[0])[CROP]
     viewer.add_labels(truth, name="lung ground truth")
     widget.select_template("target")
-    widget.target_combo.setCurrentText("lung")
+    widget.target.value = "lung"
     widget.which_helps()
     _wait(qtbot, widget, timeout=180_000)
-    assert hasattr(widget, "last_comparison"), widget.status.text()
+    assert hasattr(widget, "last_comparison"), widget.status.value
     comp = widget.last_comparison
     methods = [o.method for o in comp.outcomes]
     assert methods == ["none", "dcgmm", "macenko", "reinhard", "vahadane"]
@@ -212,4 +212,36 @@ def test_which_normalization_helps_here(qtbot, viewer_and_widget, monuseg):
         lab = viewer.layers[f"lung [{o.method}] nuclei"].data
         assert o.aji == pytest.approx(aggregated_jaccard_index(truth, lab))
     assert comp.best == max(comp.outcomes, key=lambda o: o.aji).method
-    assert comp.best in widget.status.text()
+    assert comp.best in widget.status.value
+
+
+def test_form_follows_layers_and_method(viewer_and_widget):
+    """The choosers list the open layers (RGB images to normalize, Shapes for regions) as they
+    come and go; the DCGMM-only fields are enabled only for DCGMM; the compare box sets the grid."""
+    viewer, widget = viewer_and_widget
+    assert list(widget.target.choices) == ["lung", "target"]
+    assert list(widget.roi.choices) == ["(whole image)"]
+    viewer.add_image(np.zeros((8, 8, 3), np.uint8), name="other", rgb=True)
+    viewer.add_shapes(name="regions")
+    viewer.add_labels(np.zeros((8, 8), np.uint8), name="labels")
+    assert list(widget.target.choices) == ["lung", "target", "other"]
+    assert list(widget.roi.choices) == ["(whole image)", "regions"]
+    widget.target.value = "other"
+    viewer.layers.remove("lung")
+    assert list(widget.target.choices) == ["target", "other"]
+    assert widget.target.value == "other"
+    assert [c.name for c in widget.candidates] == ["target", "other"]
+
+    dcgmm_only = (widget.refit, widget.steps, widget.show_classes, widget.show_probs)
+    widget.method.value = "Macenko"
+    assert not any(w.enabled for w in dcgmm_only)
+    widget.method.value = "DCGMM (deep GMM)"
+    assert all(w.enabled for w in dcgmm_only)
+    assert not widget.reuse.enabled  # nothing fitted or loaded yet
+
+    from napari_histo.widgets.stain import _grid
+
+    widget.compare.value = True
+    assert _grid(viewer).enabled and tuple(_grid(viewer).shape) == (1, -1)
+    widget.compare.value = False
+    assert not _grid(viewer).enabled

@@ -115,7 +115,7 @@ def build_demo_viewer(sample: str = "he_tile", template: bool = True, show: bool
         # Ready to go: the bundled template is picked, the tile is the image to normalize.
         stain.select_template(TARGET_LAYER)
         if TILE_LAYER in viewer.layers:
-            stain.target_combo.setCurrentText(TILE_LAYER)
+            stain.target.value = TILE_LAYER
     viewer.reset_view()
     return viewer
 

@@ -11,32 +11,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import QSize
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, SpinBox
+from qtpy.QtCore import QEvent, QObject, QSize
 from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
     QFileDialog,
-    QFormLayout,
-    QGroupBox,
-    QHBoxLayout,
     QLabel,
     QListWidget,
     QListWidgetItem,
-    QPushButton,
-    QSpinBox,
     QTableWidget,
     QTableWidgetItem,
-    QVBoxLayout,
-    QWidget,
 )
 
 from ..core.stain import DEFAULT_METHOD, METHODS
 from ._common import (
     JobRunner,
-    RunCancelMixin,
     add_or_update_image,
     add_or_update_labels,
-    device_combo,
+    device_choice,
     error_message,
     layer_levels,
     notify_error,
@@ -68,11 +59,15 @@ class Candidate:
     path: Path | None = None
 
 
-class StainNormalizationWidget(RunCancelMixin, QWidget):
-    """Pick a stain template by eye, fit a normalizer, preview class maps and normalized layers."""
+class StainNormalizationWidget(Container):
+    """Pick a stain template by eye, fit a normalizer, preview class maps and normalized layers.
 
-    def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None):
-        super().__init__(parent)
+    A magicgui form: the layer choosers follow the layer list; every action runs in a worker
+    (:class:`JobRunner`: progress, Cancel). Only the thumbnail gallery and the "which helps"
+    table are Qt widgets (magicgui has neither), each held by an empty magicgui Container.
+    """
+
+    def __init__(self, napari_viewer: napari.Viewer):
         self.viewer = napari_viewer
         self.state = viewer_state(napari_viewer)
         self.candidates: list[Candidate] = []
@@ -81,7 +76,7 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
         self._thumb_workers: set = set()
         self._pyramid_dir: Path | None = None
         self.runner = JobRunner(on_busy=self._set_busy, on_status=self._set_status)
-        self._build()
+        super().__init__(widgets=self._build(), labels=False)
         self.refresh_candidates()
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(self._on_layers_changed)
@@ -96,11 +91,8 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
         self.state.set("normalizer", value)
 
     # ------------------------------------------------------------------ layout
-    def _build(self) -> None:
-        layout = QVBoxLayout(self)
-
-        box = QGroupBox("1. Template (click a thumbnail)")
-        v = QVBoxLayout(box)
+    def _build(self) -> list:
+        # 1. Template
         self.gallery = QListWidget()
         self.gallery.setViewMode(QListWidget.ViewMode.IconMode)
         self.gallery.setIconSize(QSize(96, 96))
@@ -108,96 +100,116 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
         self.gallery.setMinimumHeight(140)
         self.gallery.setMovement(QListWidget.Movement.Static)
         self.gallery.setSpacing(4)
+        # One cell per thumbnail, whether its icon has arrived or not: icons come from a worker
+        # after the items are laid out, and cells sized by an icon-less item overlapped.
+        self.gallery.setGridSize(QSize(112, 124))
         self.gallery.currentRowChanged.connect(self._on_template_clicked)
-        v.addWidget(self.gallery)
-        row = QHBoxLayout()
-        self.add_folder_btn = QPushButton("Add images from folder…")
-        self.add_folder_btn.clicked.connect(self._choose_folder)
-        row.addWidget(self.add_folder_btn)
-        v.addLayout(row)
-        form = QFormLayout()
-        self.roi_combo = QComboBox()
-        self.roi_combo.setToolTip(
-            "Rectangles of a Shapes layer drawn on the template: their regions become the template"
+        self.add_folder_btn = PushButton(text="Add images from folder…")
+        self.add_folder_btn.changed.connect(self._choose_folder)
+        self.roi = ComboBox(
+            label="Template regions",
+            choices=self._roi_choices,
+            tooltip="Rectangles of a Shapes layer drawn on the template: their regions become "
+            "the template",
         )
-        form.addRow("Template regions:", self.roi_combo)
-        v.addLayout(form)
-        self.template_label = QLabel("no template chosen")
-        v.addWidget(self.template_label)
-        layout.addWidget(box)
+        self.template_label = _label("no template chosen", wrap=True)
 
-        box = QGroupBox("2. Method and images")
-        form = QFormLayout(box)
-        self.method_combo = QComboBox()
-        self.method_combo.addItems(list(METHOD_LABELS))
-        self.method_combo.currentTextChanged.connect(self._on_method_changed)
-        form.addRow("Method:", self.method_combo)
-        self.target_combo = QComboBox()
-        form.addRow("Normalize:", self.target_combo)
-        self.all_images = QCheckBox("all open images")
-        form.addRow("", self.all_images)
-        self.refit = QCheckBox("refit DCGMM on the images to normalize")
-        self.refit.setToolTip("Unchecked: use the shipped DCGMM fitted on public H&E (instant)")
-        form.addRow("", self.refit)
-        self.steps = QSpinBox()
-        self.steps.setRange(1, 100_000)
-        self.steps.setValue(200)
-        form.addRow("Refit steps:", self.steps)
-        self.device_combo = device_combo()
-        form.addRow("Device:", self.device_combo)
-        layout.addWidget(box)
+        # 2. Method and images
+        self.method = ComboBox(label="Method", choices=list(METHOD_LABELS))
+        self.method.changed.connect(self._on_method_changed)
+        self.target = ComboBox(
+            label="Normalize", choices=self._target_choices, tooltip="The image to normalize"
+        )
+        self.all_images = CheckBox(text="all open images")
+        self.refit = CheckBox(
+            text="refit DCGMM on the images to normalize",
+            tooltip="Unchecked: use the shipped DCGMM fitted on public H&E (instant)",
+        )
+        self.steps = SpinBox(label="Refit steps", value=200, min=1, max=100_000)
+        self.device = device_choice("Device")
 
-        box = QGroupBox("3. Preview and result")
-        v = QVBoxLayout(box)
-        self.show_classes = QCheckBox("class map (nuclei / surrounding tissue / background)")
-        self.show_classes.setChecked(True)
-        v.addWidget(self.show_classes)
-        self.show_probs = QCheckBox("per-class probability images")
-        v.addWidget(self.show_probs)
-        self.reuse = QCheckBox("re-use the current normalizer (no new fit)")
-        self.reuse.setToolTip(
-            "Apply the normalizer fitted or loaded last, e.g. a lab's saved template"
+        # 3. Preview and result
+        self.show_classes = CheckBox(
+            text="class map (nuclei / surrounding tissue / background)", value=True
         )
-        self.reuse.setEnabled(False)
-        v.addWidget(self.reuse)
-        legend = " ".join(f'<span style="color:{c}">■ {n}</span>' for n, c in CLASS_COLOURS.items())
-        self.legend = QLabel(legend)
-        v.addWidget(self.legend)
-        v.addLayout(self.run_cancel_row("Fit && normalize"))
-        self.which_btn = QPushButton("Which normalization helps here?")
-        self.which_btn.setToolTip(
-            "Normalize the image to normalize (or its field of view) with every method, segment "
-            "each with the current model and compare: nuclei found, confidence, agreement between "
-            "methods, and Dice / AJI against an open Labels layer named '<image> ground truth' "
-            "or '<image> nuclei' when there is one"
+        self.show_probs = CheckBox(text="per-class probability images")
+        self.reuse = CheckBox(
+            text="re-use the current normalizer (no new fit)",
+            tooltip="Apply the normalizer fitted or loaded last, e.g. a lab's saved template",
+            enabled=False,
         )
-        self.which_btn.clicked.connect(self.which_helps)
-        v.addWidget(self.which_btn)
+        self.legend = _label(
+            " ".join(f'<span style="color:{c}">■ {n}</span>' for n, c in CLASS_COLOURS.items())
+        )
+        self.run_btn = PushButton(text="Fit && normalize")
+        self.run_btn.changed.connect(self.run)
+        self.cancel_btn = PushButton(text="Cancel", enabled=False)
+        self.cancel_btn.changed.connect(self.cancel)
+        self.which_btn = PushButton(
+            text="Which normalization helps here?",
+            tooltip="Normalize the image to normalize (or its field of view) with every method, "
+            "segment each with the current model and compare: nuclei found, confidence, "
+            "agreement between methods, and Dice / AJI against an open Labels layer named "
+            "'<image> ground truth' or '<image> nuclei' when there is one",
+        )
+        self.which_btn.changed.connect(self.which_helps)
         self.which_table = QTableWidget(0, 0)
-        self.which_table.setVisible(False)
         self.which_table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
-        v.addWidget(self.which_table)
-        self.compare_btn = QPushButton("Before / after side by side")
-        self.compare_btn.setCheckable(True)
-        self.compare_btn.toggled.connect(self._toggle_compare)
-        v.addWidget(self.compare_btn)
-        row = QHBoxLayout()
-        self.save_btn = QPushButton("Save normalizer…")
-        self.save_btn.clicked.connect(self._save_dialog)
-        self.load_btn = QPushButton("Load normalizer…")
-        self.load_btn.clicked.connect(self._load_dialog)
-        row.addWidget(self.save_btn)
-        row.addWidget(self.load_btn)
-        v.addLayout(row)
-        layout.addWidget(box)
+        self.which_table.setVisible(False)
+        self._which_box = _holder(self.which_table)
+        self._which_box.visible = False
+        self.compare = CheckBox(text="before / after side by side (grid)")
+        self.compare.changed.connect(self._toggle_compare)
+        self.save_btn = PushButton(text="Save normalizer…")
+        self.save_btn.changed.connect(self._save_dialog)
+        self.load_btn = PushButton(text="Load normalizer…")
+        self.load_btn.changed.connect(self._load_dialog)
 
-        self.status = QLabel("ready")
-        self.status.setWordWrap(True)
-        layout.addWidget(self.status)
-        layout.addStretch(1)
-        self._on_method_changed(self.method_combo.currentText())
+        self.status = _label("ready", wrap=True)
+        self._on_method_changed(self.method.value)
+        return [
+            _header("1. Template", "click a thumbnail"),
+            _holder(self.gallery),
+            self.add_folder_btn,
+            _form(self.roi),
+            self.template_label,
+            _header("2. Method and images"),
+            _form(self.method, self.target, self.all_images, self.refit, self.steps, self.device),
+            _header("3. Preview and result"),
+            self.show_classes,
+            self.show_probs,
+            self.legend,
+            self.reuse,
+            _row(self.run_btn, self.cancel_btn),
+            self.which_btn,
+            self._which_box,
+            self.compare,
+            _row(self.save_btn, self.load_btn),
+            self.status,
+        ]
+
+    def _set_busy(self, busy: bool) -> None:
+        self.run_btn.enabled = not busy
+        self.cancel_btn.enabled = busy
+
+    def _set_status(self, text: str) -> None:
+        self.status.value = text
+
+    def cancel(self, *_) -> None:
+        """Stop the running job at its next progress event."""
+        self.runner.cancel()
 
     # ------------------------------------------------------------------ candidates
+    def _roi_choices(self, _widget=None) -> list[str]:
+        from napari.layers import Shapes
+
+        return [WHOLE_IMAGE, *(lyr.name for lyr in self.viewer.layers if isinstance(lyr, Shapes))]
+
+    def _target_choices(self, _widget=None) -> list[str]:
+        return [
+            lyr.name for lyr in rgb_image_layers(self.viewer) if lyr.name not in self._made_layers
+        ]
+
     def _on_layers_changed(self, event=None) -> None:
         self.refresh_candidates()
 
@@ -236,19 +248,7 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
         if missing:
             self._load_thumbnails(missing)
 
-        from napari.layers import Shapes
-
-        keep = self.roi_combo.currentText()
-        self.roi_combo.clear()
-        self.roi_combo.addItem(WHOLE_IMAGE)
-        self.roi_combo.addItems([lyr.name for lyr in self.viewer.layers if isinstance(lyr, Shapes)])
-        if keep:
-            self.roi_combo.setCurrentText(keep)
-        keep = self.target_combo.currentText()
-        self.target_combo.clear()
-        self.target_combo.addItems([c.name for c in layers])
-        if keep:
-            self.target_combo.setCurrentText(keep)
+        self.reset_choices()  # the layer choosers follow the layer list
 
     def _load_thumbnails(self, missing: list) -> None:
         from napari.qt.threading import create_worker
@@ -289,7 +289,9 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
         return len(new)
 
     def _choose_folder(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Folder with candidate template images")
+        folder = QFileDialog.getExistingDirectory(
+            self.native, "Folder with candidate template images"
+        )
         if folder:
             self.add_folder(folder)
 
@@ -319,7 +321,7 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
                 return
         else:
             self.viewer.layers.selection.active = cand.layer
-        self.template_label.setText(f"template: <b>{cand.name}</b>")
+        self.template_label.value = f"template: <b>{cand.name}</b>"
 
     def _open_template_file(self, cand: Candidate, name: str) -> None:
         """Read a folder image in a worker, then show it: the user sees the template they picked."""
@@ -332,13 +334,13 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
                 self.viewer.add_image(image, name=name, rgb=True)
             cand.layer = self.viewer.layers[name]
             if self.current_template() is cand:
-                self.template_label.setText(f"template: <b>{cand.name}</b>")
+                self.template_label.value = f"template: <b>{cand.name}</b>"
 
         worker.returned.connect(show)
         worker.errored.connect(lambda exc: notify_error(error_message(exc)))
         worker.finished.connect(lambda: self._thumb_workers.discard(worker))
         self._thumb_workers.add(worker)
-        self.template_label.setText(f"reading {cand.name}…")
+        self.template_label.value = f"reading {cand.name}…"
         worker.start()
 
     # ------------------------------------------------------------------ inputs
@@ -359,7 +361,7 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
         data = cand.layer.data
         levels = list(data) if getattr(cand.layer, "multiscale", False) else [data]
         _check_rgb(cand.name, levels[0])
-        roi = self.roi_combo.currentText()
+        roi = self.roi.value
         if roi and roi != WHOLE_IMAGE:
             shapes = self.viewer.layers[roi]
             rects = [
@@ -394,8 +396,8 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
             c.layer for c in self.candidates if c.layer is not None and c.name in self.viewer.layers
         ]
         layers = [lyr for lyr in layers if not lyr.name.startswith("template: ")] or layers
-        if not self.all_images.isChecked():
-            name = self.target_combo.currentText()
+        if not self.all_images.value:
+            name = self.target.value
             layers = [lyr for lyr in layers if lyr.name == name]
         if not layers:
             raise HistoError(
@@ -410,7 +412,7 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
         """Fit the normalizer to the template and normalize the chosen images (in a worker)."""
         if self.runner.running:
             return None
-        reuse = self.reuse.isChecked() and self.normalizer is not None
+        reuse = self.reuse.value and self.normalizer is not None
         try:
             templates = [] if reuse else self.template_images()
             layers = self.target_layers()
@@ -418,10 +420,10 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
             notify_error(error_message(exc))
             self._set_status(error_message(exc))
             return None
-        method = METHOD_LABELS[self.method_combo.currentText()]
+        method = METHOD_LABELS[self.method.value]
         targets = [(lyr.name, layer_levels(lyr) if lyr.multiscale else lyr.data) for lyr in layers]
         fit_on = None
-        if method == "dcgmm" and self.refit.isChecked():
+        if method == "dcgmm" and self.refit.value:
             from ..core.io.regions import pick_level
 
             fit_on = [lv[pick_level(lv)] if isinstance(lv, list) else lv for _, lv in targets]
@@ -435,10 +437,10 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
             templates,
             targets,
             fit_on,
-            self.steps.value(),
-            self.device_combo.currentText(),
-            self.show_classes.isChecked(),
-            self.show_probs.isChecked(),
+            self.steps.value,
+            self.device.value,
+            self.show_classes.value,
+            self.show_probs.value,
             self._pyramid_dir,
             description="Stain normalization",
             on_event=self._on_event,
@@ -480,7 +482,7 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
             layer.data,
             templates,
             self.state.model_ref or "default",
-            self.device_combo.currentText(),
+            self.device.value,
             truth,
             description="Which normalization helps here?",
             on_done=lambda comp: self._show_comparison(layer, comp),
@@ -503,6 +505,7 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
                 self.which_table.setItem(i, j, item)
         self.which_table.resizeColumnsToContents()
         self.which_table.setVisible(True)
+        self._which_box.visible = True
         kwargs = {"scale": layer.scale[-2:], "translate": layer.translate[-2:]}
         for o in comp.outcomes:
             name = f"{layer.name} [{o.method}]"
@@ -524,7 +527,7 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
 
     def _on_done(self, normalizer) -> None:
         self.normalizer = normalizer
-        self.reuse.setEnabled(True)
+        self.reuse.enabled = True
         self._set_status(f"done: {getattr(normalizer, 'name', 'normalizer')} applied")
 
     def _show_result(self, res) -> None:
@@ -539,7 +542,7 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
             self.viewer, out_name, res.image, rgb=True, multiscale=multiscale, **kwargs
         )
         scale = np.asarray(kwargs.get("scale", (1.0, 1.0)))[-2:] * (2**res.class_level)
-        if res.class_map is not None and self.show_classes.isChecked():
+        if res.class_map is not None and self.show_classes.value:
             names = list(res.class_names or CLASS_COLOURS)
             name = f"{res.name} classes"
             self._made_layers.add(name)
@@ -572,9 +575,10 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
 
     # ------------------------------------------------------------------ misc
     def _toggle_compare(self, on: bool) -> None:
-        self.viewer.grid.enabled = on
+        grid = _grid(self.viewer)
+        grid.enabled = on
         if on:
-            self.viewer.grid.shape = (1, -1)
+            grid.shape = (1, -1)
 
     def save(self, path: str | Path):
         """Save the fitted normalizer (atomic write in the core, in a worker; returns it)."""
@@ -602,12 +606,12 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
 
         def loaded(normalizer) -> None:
             self.normalizer = normalizer
-            self.reuse.setEnabled(True)
-            self.reuse.setChecked(True)
+            self.reuse.enabled = True
+            self.reuse.value = True
             method = getattr(normalizer, "name", None)
             for label, key in METHOD_LABELS.items():
                 if key == method:
-                    self.method_combo.setCurrentText(label)
+                    self.method.value = label
             self._set_status(f"loaded {Path(path).name}")
 
         return self.runner.call(
@@ -621,7 +625,7 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
 
     def _save_dialog(self) -> None:
         path, _ = QFileDialog.getSaveFileName(
-            self, "Save normalizer", "normalizer.json", "Normalizer (*.json *.safetensors)"
+            self.native, "Save normalizer", "normalizer.json", "Normalizer (*.json *.safetensors)"
         )
         if path:
             try:
@@ -631,7 +635,7 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
 
     def _load_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
-            self, "Load normalizer", "", "Normalizer (*.json *.safetensors)"
+            self.native, "Load normalizer", "", "Normalizer (*.json *.safetensors)"
         )
         if path:
             try:
@@ -642,7 +646,75 @@ class StainNormalizationWidget(RunCancelMixin, QWidget):
     def _on_method_changed(self, text: str) -> None:
         dcgmm = METHOD_LABELS.get(text) == "dcgmm"
         for w in (self.refit, self.steps, self.show_classes, self.show_probs, self.legend):
-            w.setEnabled(dcgmm)
+            w.enabled = dcgmm
+
+
+def _grid(viewer):
+    """The viewer's grid settings (``viewer.canvas.grid`` since napari 0.9, ``viewer.grid`` before)."""
+    canvas = getattr(viewer, "canvas", None)
+    return canvas.grid if hasattr(canvas, "grid") else viewer.grid
+
+
+def _label(text: str, wrap: bool = False) -> Label:
+    """A magicgui Label (rich text where ``text`` has tags); ``wrap``: as wide as the form,
+    lines wrapped (magicgui's labels keep the width of their first text)."""
+    label = Label(value=text)
+    if wrap:
+        from qtpy.QtWidgets import QSizePolicy
+
+        label.native.setWordWrap(True)
+        label.native.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
+    return label
+
+
+def _header(title: str, hint: str = "") -> Label:
+    """A section's title line, a little space above it."""
+    label = _label(f"<b>{title}</b>" + (f" ({hint})" if hint else ""))
+    label.native.setContentsMargins(0, 6, 0, 0)
+    return label
+
+
+def _form(*widgets) -> Container:
+    """Labelled fields, their labels one width; flush with the widgets around it."""
+    box = Container(widgets=list(widgets))
+    box.margins = (0, 0, 0, 0)
+    _LabelAligner(box.native)
+    return box
+
+
+class _LabelAligner(QObject):
+    """Gives the field labels of a magicgui form one width, measured in the font they are drawn
+    with: magicgui measures them in the application font (and only for fields added after the
+    form was made), while napari's stylesheet draws them in another size."""
+
+    EVENTS = (QEvent.Type.Show, QEvent.Type.StyleChange, QEvent.Type.FontChange)
+
+    def __init__(self, form) -> None:
+        super().__init__(form)
+        form.installEventFilter(self)
+
+    def eventFilter(self, obj, event) -> bool:
+        if event.type() in self.EVENTS:
+            labels = obj.findChildren(QLabel)  # a form row: its label, then its field
+            widest = max((lab.sizeHint().width() for lab in labels), default=0)
+            for lab in labels:
+                lab.setMinimumWidth(widest)
+        return False
+
+
+def _row(*widgets) -> Container:
+    """Buttons side by side."""
+    box = Container(widgets=list(widgets), layout="horizontal", labels=False)
+    box.margins = (0, 0, 0, 0)
+    return box
+
+
+def _holder(qwidget) -> Container:
+    """An empty magicgui Container holding a Qt widget magicgui has no equivalent of."""
+    box = Container(labels=False)
+    box.margins = (0, 0, 0, 0)
+    box.native.layout().addWidget(qwidget)
+    return box
 
 
 def _job(method, templates, targets, fit_on, steps, device, class_maps, probabilities, pyramid_dir):
