@@ -92,6 +92,12 @@ def build_mosaic(size: int, folder: Path) -> Path:
     return path
 
 
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def timed(cmd: list[str], env: dict) -> tuple[float, str]:
     t0 = time.perf_counter()
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -131,6 +137,8 @@ def main(argv=None) -> int:
             cmd += ["--template", str(TEMPLATE), "--out", str(out), "--quiet"]
             e = dict(env, PYTHONPATH=str(src))
             candidates.append((f"{label} {method}", cmd, e))
+            if label == "napari-histo" and cuda_available():  # a GPU row where there is one
+                candidates.append((f"{label} {method} (cuda)", [*cmd, "--device", "cuda"], e))
     for method in args.methods:
         cmd = [sys.executable, "-c", TRANSFORM_JOB, str(image), str(TEMPLATE), method]
         candidates.append(

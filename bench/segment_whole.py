@@ -112,22 +112,26 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
-    versions = [("napari-histo", ROOT / "src")]
+    versions = [("napari-histo", ROOT / "src", [])]
     if args.baseline_src:
-        versions.append(("previous", args.baseline_src.resolve()))
+        versions.append(("previous", args.baseline_src.resolve(), []))
+    import torch
+
+    if torch.cuda.is_available():  # a GPU row where there is one
+        versions.append(("napari-histo (cuda)", ROOT / "src", ["--device", "cuda"]))
     rows = []
     for kind in args.slides:
         path = build(kind, args.size, args.workdir)
         h, w, frac = tissue_fraction(path)
         for _ in range(args.repeats):
-            for label, src in versions:
-                out = args.workdir / f"out_{label}_{kind}"
+            for label, src, device in versions:
+                out = args.workdir / f"out_{label.replace(' ', '_')}_{kind}"
                 cmd = [sys.executable]
                 if args.profile and label == "napari-histo":
                     args.profile.mkdir(parents=True, exist_ok=True)
                     cmd += ["-m", "cProfile", "-o", str(args.profile / f"segment_{kind}.prof")]
                 cmd += ["-m", "napari_histo.cli", "segment", str(path), "--out", str(out)]
-                cmd += ["--quiet", *args.extra]
+                cmd += ["--quiet", *args.extra, *device]
                 t0 = time.perf_counter()
                 res = subprocess.run(
                     cmd, env=dict(env, PYTHONPATH=str(src)), capture_output=True, text=True

@@ -147,6 +147,14 @@ def main() -> int:
     ap.add_argument("--no-normalize", action="store_true")
     ap.add_argument("--slide", help="reuse (or build once, then keep) the bench slide at this path")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument(
+        "--whole-size", type=int, default=6000,
+        help="then time whole `napari-histo segment` processes on 6000² slides (all tissue, glass "
+        "margins, the real SVS; bench/segment_whole.py); 0 skips",
+    )  # fmt: skip
+    ap.add_argument(
+        "--baseline-src", help="src folder of a previous version, timed beside this one there"
+    )
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -173,10 +181,19 @@ def main() -> int:
             )
             rows.append(row)
             print(json.dumps(row), flush=True)
+    result = {"size": args.size, "cpu_count": os.cpu_count(), "runs": rows}
+    if args.whole_size:
+        import segment_whole  # bench/, beside this script
+
+        print(f"\n--- whole processes, {args.whole_size}^2 (bench/segment_whole.py) ---")
+        with tempfile.TemporaryDirectory() as tmp:
+            wjson = Path(tmp) / "whole.json"
+            wargs = ["--size", str(args.whole_size), "--json", str(wjson)]
+            wargs += ["--baseline-src", args.baseline_src] if args.baseline_src else []
+            segment_whole.main(wargs)
+            result["whole_process"] = json.loads(wjson.read_text())
     if args.json:
-        Path(args.json).write_text(
-            json.dumps({"size": args.size, "cpu_count": os.cpu_count(), "runs": rows}, indent=1)
-        )
+        Path(args.json).write_text(json.dumps(result, indent=1))
     return 0
 
 

@@ -124,6 +124,15 @@ def main(argv=None) -> int:
         "--methods", nargs="+", default=["macenko", "reinhard", "vahadane", "dcgmm"]
     )
     parser.add_argument("--no-torchstain", action="store_true")
+    parser.add_argument(
+        "--whole-size", type=int, default=6000,
+        help="then time whole `napari-histo normalize` processes on a mosaic of this size "
+        "(bench/normalize_whole.py: start-up, read, fit, normalize, write; 0 skips)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--baseline-src", type=Path,
+        help="src folder of a previous version, timed beside this one in the whole-process rows",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path)
     parser.add_argument(
         "--omp-wait-policy",
@@ -141,6 +150,8 @@ def main(argv=None) -> int:
         return 0
 
     import subprocess
+
+    import torch
 
     candidates = [f"ours:{m}" for m in args.methods]
     if not args.no_torchstain:
@@ -163,28 +174,25 @@ def main(argv=None) -> int:
                 if args.omp_wait_policy.lower() != "default":
                     env["OMP_WAIT_POLICY"] = args.omp_wait_policy
                 cmd = [sys.executable, __file__, "--one", cand, "--sizes", str(size)]
-                cmd += [
-                    "--threads",
-                    str(threads),
-                    "--repeats",
-                    str(repeats),
-                    "--device",
-                    args.device,
-                ]
-                res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-                lines = [ln for ln in res.stdout.splitlines() if ln.startswith("ROW ")]
-                if res.returncode or not lines:
-                    print(f"{cand} {size}: failed\n{res.stderr[-2000:]}", file=sys.stderr)
-                    continue
-                row = json.loads(lines[-1][4:])
-                rows.append(row)
-                print(
-                    f"{row['method']:38s} {size:5d}^2 {threads} thr {row['seconds']:8.3f} s "
-                    f"{row['mpx_per_s']:8.2f} Mpx/s (load {row['load_average_1min']})",
-                    flush=True,
-                )
-    import torch
-
+                cmd += ["--threads", str(threads), "--repeats", str(repeats)]
+                devices = [args.device]
+                if cand.startswith("ours:") and args.device == "cpu" and torch.cuda.is_available():
+                    devices.append("cuda")  # a GPU row where there is one
+                for device in devices:
+                    res = subprocess.run(
+                        [*cmd, "--device", device], env=env, capture_output=True, text=True
+                    )
+                    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("ROW ")]
+                    if res.returncode or not lines:
+                        print(f"{cand} {size}: failed\n{res.stderr[-2000:]}", file=sys.stderr)
+                        continue
+                    row = json.loads(lines[-1][4:])
+                    rows.append(row)
+                    print(
+                        f"{row['method']:38s} {size:5d}^2 {threads} thr {row['seconds']:8.3f} s "
+                        f"{row['mpx_per_s']:8.2f} Mpx/s (load {row['load_average_1min']})",
+                        flush=True,
+                    )
     result = {
         "machine": {
             "cpu": platform.processor() or platform.machine(),
@@ -207,6 +215,19 @@ def main(argv=None) -> int:
                 checks[f"dcgmm_mpx_per_s_{size}_{th}thr"] = dc
     result["checks"] = checks
     print(json.dumps(checks, indent=2))
+    if args.whole_size:
+        import tempfile
+
+        import normalize_whole  # bench/, beside this script
+
+        print(f"\n--- whole processes, {args.whole_size}^2 (bench/normalize_whole.py) ---")
+        with tempfile.TemporaryDirectory() as tmp:
+            wjson = Path(tmp) / "whole.json"
+            wargs = ["--size", str(args.whole_size), "--json", str(wjson)]
+            wargs += ["--baseline-src", str(args.baseline_src)] if args.baseline_src else []
+            wargs += ["--no-torchstain"] if args.no_torchstain else []
+            normalize_whole.main(wargs)
+            result["whole_process"] = json.loads(wjson.read_text())
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
