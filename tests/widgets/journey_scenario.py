@@ -197,17 +197,17 @@ def _journey(out: Path, shots: Path | None, report: dict) -> None:
 
     # 10. Whole slide: the tile as a one-block "slide"; export its nuclei (slide export).
     _, slide = viewer.window.add_plugin_dock_widget("napari-histo", "Whole slide")
-    slide.slide_combo.setCurrentText(TILE_LAYER)
-    slide.device_combo.setCurrentText("cpu")
-    slide.out_edit.setText(str(out / "slide"))
-    measure("slide segment", lambda: slide.run_btn.click(), lambda: not slide.runner.running)
-    assert slide.zarr_path is not None, slide.status.text()
+    slide.slide.value = TILE_LAYER
+    slide.device.value = "cpu"
+    slide.out_dir.value = str(out / "slide")
+    measure("slide segment", lambda: slide.run_btn.native.click(), lambda: not slide.runner.running)
+    assert slide.zarr_path is not None, slide.status.value
     measure(
         "slide export",
         lambda: slide.export(out / "slide.geojson", out / "slide.csv"),
         lambda: not slide.runner.running,
     )
-    assert slide.last_export and (out / "slide.csv").is_file(), slide.status.text()
+    assert slide.last_export and (out / "slide.csv").is_file(), slide.status.value
     step("slide export")
     viewer.close()
 

@@ -480,22 +480,3 @@ class RunCancelMixin:
 
     def _set_status(self, text: str) -> None:
         self.status.setText(text)
-
-
-def fill_model_combo(combo, select: str | None = None) -> None:
-    """Fill a QComboBox with the cached model list (label shown, ref as item data).
-
-    Keeps the current choice (or selects ``select``); reads no model card itself: the list comes
-    from :data:`._viewer_state.MODELS`, read once and again only when a model is saved.
-    """
-    from ._viewer_state import MODELS
-
-    keep = select or combo.currentData()
-    combo.blockSignals(True)
-    combo.clear()
-    for entry in MODELS.entries():
-        combo.addItem(entry.label, str(entry.ref))
-    idx = combo.findData(str(keep)) if keep else -1
-    if idx >= 0:
-        combo.setCurrentIndex(idx)
-    combo.blockSignals(False)
