@@ -29,6 +29,17 @@ def wait(runner, timeout: float = 900) -> None:
         QApplication.processEvents()
 
 
+def raise_dock(widget) -> None:
+    """Bring the dock (tab) holding ``widget`` (a QWidget or a magicgui widget) to the front."""
+    from qtpy.QtWidgets import QDockWidget
+
+    w = getattr(widget, "native", widget)
+    while w is not None and not isinstance(w, QDockWidget):
+        w = w.parentWidget()
+    if w is not None:
+        w.raise_()
+
+
 def main() -> int:
     os.environ.setdefault("NAPARI_HISTO_MODELS", tempfile.mkdtemp(prefix="napari-histo-models-"))
     from napari_histo.cli.demo import build_demo_viewer, save_window_screenshot
@@ -37,14 +48,13 @@ def main() -> int:
     viewer = build_demo_viewer(show=False)
     save_window_screenshot(viewer, docs / "screenshot.png")
 
-    inner = viewer.window.dock_widgets  # name -> our widget; its parent() is the dock
+    inner = viewer.window.dock_widgets  # name -> our widget (magicgui ones: .native in the dock)
     tile = "H&E tile (MoNuSeg TCGA-A7-A13E)"
     seg = next(w for name, w in inner.items() if name.startswith("Segment nuclei"))
-    seg_dock = seg.parent()
-    seg_dock.raise_()
-    seg.image_combo.setCurrentText(tile)
-    seg.uncertainty.setChecked(False)
-    seg.project_edit.setText(tempfile.mkdtemp(prefix="napari-histo-project-"))
+    raise_dock(seg)
+    seg.image.value = tile
+    seg.uncertainty.value = False
+    seg.project_dir.value = tempfile.mkdtemp(prefix="napari-histo-project-")
     seg.run()
     wait(seg.runner)
     for name in ("H&E template (tiatoolbox target)",):
@@ -65,8 +75,7 @@ def main() -> int:
         )
         lab.metadata["napari_histo_image"] = f"tile {part}"
     ft = next(w for name, w in inner.items() if name.startswith("Fine-tune"))
-    ft_dock = ft.parent()
-    ft_dock.raise_()
+    raise_dock(ft)
     ft.refresh()
     for i in range(ft.pair_list.count()):
         item = ft.pair_list.item(i)
@@ -77,12 +86,12 @@ def main() -> int:
             if item.text().endswith("tile top corrected")
             else Qt.CheckState.Unchecked
         )
-    ft.val_combo.setCurrentText("current layer: tile bottom corrected")
-    ft.epochs.setValue(int(os.environ.get("SCREENSHOT_EPOCHS", "8")))
+    ft.val_choice.value = "current layer: tile bottom corrected"
+    ft.epochs.value = int(os.environ.get("SCREENSHOT_EPOCHS", "8"))
     ft.run()
     wait(ft.runner)
     save_window_screenshot(viewer, docs / "finetune.png")
-    print(seg.status.text())
+    print(seg.status.value)
     print(ft.status.text())
     viewer.close()
     return 0

@@ -76,8 +76,8 @@ def _journey(out: Path, shots: Path | None, report: dict) -> None:
     _, stain = viewer.window.add_plugin_dock_widget("napari-histo", "Stain normalization")
     _, seg = viewer.window.add_plugin_dock_widget("napari-histo", "Segment nuclei")
     _, ft = viewer.window.add_plugin_dock_widget("napari-histo", "Fine-tune")
-    seg.project_edit.setText(str(out / "project"))
-    seg.device_combo.setCurrentText("cpu")
+    seg.project_dir.value = str(out / "project")
+    seg.device.value = "cpu"
     ft.device.value = "cpu"
     stain.device.value = "cpu"
     hb.idle(0.5)
@@ -108,11 +108,13 @@ def _journey(out: Path, shots: Path | None, report: dict) -> None:
     shot("1_normalized")
 
     # 4. Segment nuclei (first click: torch and the model load in the worker).
-    seg.image_combo.setCurrentText(f"{TILE_LAYER} normalized")
-    image_name = seg.image_combo.currentText()
-    measure("segment (first click)", lambda: seg.run_btn.click(), lambda: not seg.runner.running)
+    seg.image.value = f"{TILE_LAYER} normalized"
+    image_name = seg.image.value
+    measure(
+        "segment (first click)", lambda: seg.run_btn.native.click(), lambda: not seg.runner.running
+    )
     lab = seg.labels_layer
-    assert lab is not None, seg.status.text()
+    assert lab is not None, seg.status.value
     n0 = len(np.unique(np.asarray(lab.data))) - 1
     assert n0 > 50, n0
     step("segment")
@@ -168,13 +170,15 @@ def _journey(out: Path, shots: Path | None, report: dict) -> None:
     measure("fine-tune (1 epoch)", lambda: ft.run_btn.click(), lambda: not ft.runner.running)
     assert ft.result is not None, ft.status.text()
     new_ref = str(ft.result.model_dir)
-    assert seg.model_combo.currentData() == new_ref, (seg.model_combo.currentData(), new_ref)
+    assert seg.model.value == new_ref, (seg.model.value, new_ref)
     step("fine-tune")
     shot("4_finetuned")
 
     # 8. Re-segment with the new version.
-    measure("segment (new version)", lambda: seg.run_btn.click(), lambda: not seg.runner.running)
-    assert seg.labels_layer is not None and "nuclei found" in seg.status.text(), seg.status.text()
+    measure(
+        "segment (new version)", lambda: seg.run_btn.native.click(), lambda: not seg.runner.running
+    )
+    assert seg.labels_layer is not None and "nuclei found" in seg.status.value, seg.status.value
     step("re-segment")
 
     # 9. Export CSV and GeoJSON (measurements and outlines in a worker).
@@ -184,7 +188,7 @@ def _journey(out: Path, shots: Path | None, report: dict) -> None:
         lambda: seg.export(csv=csv, geojson=geojson),
         lambda: not seg.runner.running,
     )
-    assert csv.is_file() and geojson.is_file(), seg.status.text()
+    assert csv.is_file() and geojson.is_file(), seg.status.value
     n_csv = sum(1 for _ in csv.open()) - 1
     features = json.loads(geojson.read_text())["features"]
     assert n_csv == len(features) > 50, (n_csv, len(features))
@@ -193,17 +197,17 @@ def _journey(out: Path, shots: Path | None, report: dict) -> None:
 
     # 10. Whole slide: the tile as a one-block "slide"; export its nuclei (slide export).
     _, slide = viewer.window.add_plugin_dock_widget("napari-histo", "Whole slide")
-    slide.slide_combo.setCurrentText(TILE_LAYER)
-    slide.device_combo.setCurrentText("cpu")
-    slide.out_edit.setText(str(out / "slide"))
-    measure("slide segment", lambda: slide.run_btn.click(), lambda: not slide.runner.running)
-    assert slide.zarr_path is not None, slide.status.text()
+    slide.slide.value = TILE_LAYER
+    slide.device.value = "cpu"
+    slide.out_dir.value = str(out / "slide")
+    measure("slide segment", lambda: slide.run_btn.native.click(), lambda: not slide.runner.running)
+    assert slide.zarr_path is not None, slide.status.value
     measure(
         "slide export",
         lambda: slide.export(out / "slide.geojson", out / "slide.csv"),
         lambda: not slide.runner.running,
     )
-    assert slide.last_export and (out / "slide.csv").is_file(), slide.status.text()
+    assert slide.last_export and (out / "slide.csv").is_file(), slide.status.value
     step("slide export")
     viewer.close()
 

@@ -26,7 +26,7 @@ def viewer_widgets(make_napari_viewer, monuseg, tmp_path, monkeypatch):
         lab = viewer.add_labels(truth.astype(np.uint32), name=f"tile{k} nuclei")
         lab.metadata["napari_histo_image"] = f"tile{k}"
     seg = SegmentWidget(viewer)
-    seg.project_edit.setText(str(tmp_path / "project"))
+    seg.project_dir.value = str(tmp_path / "project")
     viewer.window.add_dock_widget(seg, name="Segment nuclei")
     ft = FineTuneWidget(viewer)
     viewer.window.add_dock_widget(ft, name="Fine-tune")
@@ -54,7 +54,7 @@ def test_fine_tune_makes_a_selectable_version_with_before_after(viewer_widgets, 
             value = float(ft.table.item(row, col).text())
             assert 0.0 <= value <= 1.0
     # The new version is selectable (and selected) in Segment nuclei.
-    assert seg.model_combo.currentData() == str(new)
+    assert seg.model.value == str(new)
 
 
 def test_cancel_leaves_no_new_version(viewer_widgets, qtbot):

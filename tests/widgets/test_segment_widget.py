@@ -28,8 +28,8 @@ def viewer_and_widget(make_napari_viewer, crop, tmp_path, monkeypatch):
     viewer.add_image(crop[0][..., 0], name="gray")
     # Through the manifest, as a user opens it from the Plugins menu.
     _, widget = viewer.window.add_plugin_dock_widget("napari-histo", "Segment nuclei")
-    widget.project_edit.setText(str(tmp_path / "project"))
-    widget.device_combo.setCurrentText("cpu")
+    widget.project_dir.value = str(tmp_path / "project")
+    widget.device.value = "cpu"
     return viewer, widget
 
 
@@ -40,9 +40,9 @@ def _segment(widget, qtbot) -> None:
 
 def test_lists_rgb_images_and_shipped_model(viewer_and_widget):
     _, widget = viewer_and_widget
-    items = [widget.image_combo.itemText(i) for i in range(widget.image_combo.count())]
-    assert items == ["tile"]
-    labels = [widget.model_combo.itemText(i) for i in range(widget.model_combo.count())]
+    assert list(widget.image.choices) == ["tile"]
+    combo = widget.model.native  # the labels shown (the values are model folders)
+    labels = [combo.itemText(i) for i in range(combo.count())]
     assert labels and "(shipped)" in labels[0]
 
 
@@ -50,12 +50,12 @@ def test_segment_gives_editable_labels_close_to_truth(viewer_and_widget, crop, q
     from napari_histo.core.seg.metrics import aggregated_jaccard_index, dice
 
     viewer, widget = viewer_and_widget
-    widget.uncertainty.setChecked(True)
+    widget.uncertainty.value = True
     _segment(widget, qtbot)
     layer = viewer.layers["tile nuclei"]
     pred = np.asarray(layer.data)
     qtbot.wait(300)
-    assert "nuclei found" in widget.status.text(), widget.status.text()
+    assert "nuclei found" in widget.status.value, widget.status.value
     assert pred.shape == crop[1].shape and pred.dtype == np.uint32
     n_true = len(np.unique(crop[1])) - 1
     n_pred = len(np.unique(pred)) - 1
@@ -101,13 +101,11 @@ def test_edit_keys_and_autosave(viewer_and_widget, qtbot, tmp_path):
     assert saved is not None
     image, labels = widget.project().load_pair("tile")
     assert np.array_equal(labels, np.asarray(layer.data))
-    assert "saved" in widget.saved_label.text()
-    # Reopening the image offers the saved corrections, which come back exactly.
+    assert "saved" in widget.saved_label.value
+    # With its nuclei layer gone, the image offers the saved corrections, which come back exactly.
     corrected = np.asarray(layer.data).copy()
     viewer.layers.remove(layer)
-    widget.image_combo.setCurrentText("")
-    widget.image_combo.setCurrentText("tile")
-    assert widget.restore_btn.isVisibleTo(widget)
+    assert widget.restore_btn.native.isVisibleTo(widget.native)
     assert widget.restore_saved() is not None  # read in a worker
     qtbot.waitUntil(lambda: "tile nuclei" in viewer.layers, timeout=10_000)
     restored = viewer.layers["tile nuclei"]
@@ -118,7 +116,7 @@ def test_main_thread_stays_responsive_while_segmenting(viewer_and_widget, qtbot)
     from heartbeat import Heartbeat
 
     _, widget = viewer_and_widget
-    widget.tta.setChecked(True)  # 8x the work: a long job
+    widget.tta.value = True  # 8x the work: a long job
     # From the click to the labels layer shown: no longer stall than the same viewer idle + 100 ms.
     # The worker phase (click -> result returned); adding the result layers afterwards is
     # napari's own work, which the journey test (test_journey.py) measures with the whole action.
@@ -154,9 +152,9 @@ def test_normalize_first_uses_the_stain_widgets_normalizer(viewer_and_widget, cr
     from napari_histo.widgets._viewer_state import viewer_state
 
     viewer, widget = viewer_and_widget
-    widget.normalize.setChecked(True)
+    widget.normalize.value = True
     assert widget.run() is None  # nothing fitted yet: a message, not a crash
-    assert "no stain template" in widget.status.text()
+    assert "no stain template" in widget.status.value
     _, stain = viewer.window.add_plugin_dock_widget("napari-histo", "Stain normalization")
     # A template from another MoNuSeg slide, so that normalizing really changes the tile.
     template = read_image(sorted((monuseg / "images").glob("*.png"))[5])
@@ -166,7 +164,7 @@ def test_normalize_first_uses_the_stain_widgets_normalizer(viewer_and_widget, cr
     assert viewer_state(viewer).normalizer is stain.normalizer
 
     def direct(image):
-        model = widget.model_combo.currentData() or "default"
+        model = widget.model.value or "default"
         return drain(segment_array_iter(image, model=model, device="cpu")).labels
 
     _segment(widget, qtbot)
@@ -175,7 +173,7 @@ def test_normalize_first_uses_the_stain_widgets_normalizer(viewer_and_widget, cr
     normalized = np.asarray(widget.labels_layer.data).copy()
     np.testing.assert_array_equal(normalized, direct(real.transform(crop[0])))
     # Unticked: the normalizer is left alone and the labels are those of the tile as it is.
-    widget.normalize.setChecked(False)
+    widget.normalize.value = False
     _segment(widget, qtbot)
     assert len(stain.normalizer.seen) == 1
     plain = np.asarray(widget.labels_layer.data)
@@ -193,21 +191,21 @@ def test_bad_inputs_give_a_message_not_a_crash(make_napari_viewer, tmp_path, mon
     viewer = make_napari_viewer()
     widget = SegmentWidget(viewer)
     assert widget.run() is None
-    assert "no image" in widget.status.text() and "no image" in errors[-1]
+    assert "no image" in widget.status.value and "no image" in errors[-1]
     viewer.add_image(np.full((64, 64, 3), 255, np.uint8), name="blank", rgb=True)
-    assert widget.image_combo.currentText() == "blank"
+    assert widget.image.value == "blank"
     # Segmenting the rectangles of a Shapes layer that has none.
     viewer.add_shapes(name="nothing")
-    widget.region_combo.setCurrentText("rectangles of 'nothing'")
-    assert widget.region_combo.currentText() == "rectangles of 'nothing'"
+    widget.region.value = "rectangles of 'nothing'"
+    assert widget.region.value == "rectangles of 'nothing'"
     assert widget.run() is None and not widget.runner.running
-    assert "'nothing' has no rectangles" in widget.status.text()
-    assert errors[-1] == widget.status.text()
+    assert "'nothing' has no rectangles" in widget.status.value
+    assert errors[-1] == widget.status.value
     # ... and of a rectangle that lies beside the image.
     viewer.layers["nothing"].add_rectangles(np.array([[100, 100], [150, 150]]))
     assert widget.run() is None and not widget.runner.running
-    assert "does not overlap the image" in widget.status.text()
-    assert errors[-1] == widget.status.text()
+    assert "does not overlap the image" in widget.status.value
+    assert errors[-1] == widget.status.value
     # Edit keys before any segmentation: a notification, not an exception.
     widget.delete_at((1, 1))
     assert "segment an image first" in errors[-1] and widget.labels_layer is None
@@ -230,20 +228,20 @@ def test_jung2019_preset_in_the_widget(viewer_and_widget, crop, tmp_path, qtbot,
     from napari_histo.widgets._viewer_state import viewer_state
 
     viewer, widget = viewer_and_widget
-    widget.pipeline_combo.setCurrentIndex(1)
-    assert widget.pipeline_combo.currentData() == "jung2019"
+    widget.method.native.setCurrentIndex(1)
+    assert widget.method.value == "jung2019"
     # Without any Mask R-CNN installed (the shipped one hidden): one clear message.
     listed = workflow.list_models
     monkeypatch.setattr(
         workflow, "list_models", lambda *a: [i for i in listed(*a) if i.arch != "maskrcnn"]
     )
-    assert widget.run() is None and "--arch maskrcnn" in widget.status.text()
+    assert widget.run() is None and "--arch maskrcnn" in widget.status.value
     monkeypatch.setattr(workflow, "list_models", listed)
     torch.manual_seed(0)
     kwargs = {"fpn_channels": 32, "head_width": 64, "detections_per_img": 30}
     net = get_arch("maskrcnn").build(**kwargs)
     registry.save_model(tmp_path / "models" / "maskrcnn_tiny", net, "maskrcnn", kwargs)
-    assert widget.run() is None and "fit DCGMM" in widget.status.text()
+    assert widget.run() is None and "fit DCGMM" in widget.status.value
     viewer_state(viewer).set("normalizer", drain(make_normalizer("dcgmm", [crop[0]], device="cpu")))
     _segment(widget, qtbot)
     assert viewer.layers["tile nuclei"].data.shape == crop[0].shape[:2]
@@ -252,10 +250,10 @@ def test_jung2019_preset_in_the_widget(viewer_and_widget, crop, tmp_path, qtbot,
 def test_pixel_size_from_the_file_and_what_was_assumed(viewer_and_widget, qtbot):
     """The pixel size comes from the layer's file metadata; the status says what was assumed."""
     viewer, widget = viewer_and_widget
-    assert widget.mpp.value() == 0.0  # a PNG-like layer: unknown, segmented as it is
+    assert widget.mpp.value == 0.0  # a PNG-like layer: unknown, segmented as it is
     viewer.layers["tile"].metadata["mpp"] = 0.5  # as the reader sets it for a 20x slide
-    widget.image_combo.currentTextChanged.emit("tile")
-    assert widget.mpp.value() == pytest.approx(0.5)
+    widget.image.changed.emit("tile")
+    assert widget.mpp.value == pytest.approx(0.5)
     _segment(widget, qtbot)
-    status = widget.status.text()
+    status = widget.status.value
     assert "0.5 µm/px" in status and "resampled x2.00" in status, status

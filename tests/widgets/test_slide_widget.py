@@ -20,19 +20,19 @@ def test_slide_segment_edit_export(make_napari_viewer, svs_path, tmp_path, qtbot
     assert layers[0].multiscale
     widget = SlideWidget(viewer)
     viewer.window.add_dock_widget(widget)
-    assert widget.slide_combo.currentText() == layers[0].name
-    widget.out_edit.setText(str(tmp_path / "out"))
-    widget.device_combo.setCurrentText("cpu")
-    widget.tile.setValue(1024)
-    widget.halo.setValue(64)
+    assert widget.slide.value == layers[0].name
+    widget.out_dir.value = str(tmp_path / "out")
+    widget.device.value = "cpu"
+    widget.tile.value = 1024
+    widget.halo.value = 64
     assert widget.run() is not None
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=300_000)
     zarr_path = tmp_path / "out" / "CMU-1-Small-Region.zarr"
-    assert zarr_path.is_dir(), widget.status.text()
+    assert zarr_path.is_dir(), widget.status.value
     name = "CMU-1-Small-Region nuclei"
     lab = viewer.layers[name]
     assert lab.multiscale and lab.data[0].shape == layers[0].data[0].shape[:2]
-    n_nuclei = int(widget.status.text().split()[0])
+    n_nuclei = int(widget.status.value.split()[0])
     assert n_nuclei > 500  # a real slide region full of nuclei
 
     # Edit a region in memory: delete one nucleus, paint a new one; write it back.
@@ -87,7 +87,7 @@ def test_no_slide_is_a_clear_message(make_napari_viewer):
     viewer = make_napari_viewer()
     widget = SlideWidget(viewer)
     assert widget.run() is None
-    assert "no slide" in widget.status.text()
+    assert "no slide" in widget.status.value
 
 
 def test_slide_normalized_to_the_fitted_template(
@@ -103,12 +103,12 @@ def test_slide_normalized_to_the_fitted_template(
     viewer.open(str(svs_path), plugin="napari-histo")
     widget = SlideWidget(viewer)
     viewer.window.add_dock_widget(widget)
-    widget.out_edit.setText(str(tmp_path / "out"))
-    widget.device_combo.setCurrentText("cpu")
-    widget.normalize.setChecked(True)
+    widget.out_dir.value = str(tmp_path / "out")
+    widget.device.value = "cpu"
+    widget.normalize.value = True
     # Without a fitted template: one clear message, nothing started.
     assert widget.run() is None
-    assert "no stain template" in widget.status.text()
+    assert "no stain template" in widget.status.value
     # A template fitted in the Stain normalization widget: it lives in the viewer's state.
     template = read_image(sorted((monuseg / "images").glob("*.png"))[0])
     fitted = get_normalizer("reinhard").fit(template)
@@ -124,6 +124,6 @@ def test_slide_normalized_to_the_fitted_template(
     monkeypatch.setattr(workflow, "normalize_levels", spy)
     assert widget.run() is not None
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=300_000)
-    assert (tmp_path / "out" / "CMU-1-Small-Region.zarr").is_dir(), widget.status.text()
-    assert int(widget.status.text().split()[0]) > 500
+    assert (tmp_path / "out" / "CMU-1-Small-Region.zarr").is_dir(), widget.status.value
+    assert int(widget.status.value.split()[0]) > 500
     assert calls == [fitted]

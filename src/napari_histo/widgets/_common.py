@@ -138,6 +138,51 @@ def notify_info(msg: str) -> None:
     show_info(msg)
 
 
+def ask_path(
+    mode: str,
+    caption: str,
+    start: str | None = None,
+    filter: str | None = None,
+    parent=None,
+) -> str | None:
+    """magicgui's file dialog (the one a ``FileEdit`` opens), for a button that acts on a path.
+
+    ``mode``: ``"r"`` an existing file, ``"w"`` a file to write, ``"d"`` an existing folder.
+    Returns the path, or None when the dialog was cancelled.
+    """
+    from magicgui.application import use_app
+
+    show = use_app().get_obj("show_file_dialog")
+    return show(mode, caption=caption, start_path=start, filter=filter, parent=parent)
+
+
+def form(widgets, **kwargs):
+    """A magicgui Container of ``widgets`` without margins of its own (the dock has them).
+
+    Labelled by default (one column of labels); ``layout="horizontal", labels=False`` for a
+    row of buttons.
+    """
+    from magicgui.widgets import Container
+
+    box = Container(widgets=widgets, **kwargs)
+    box.margins = (0, 0, 0, 0)
+    return box
+
+
+def wrapped(label):
+    """A magicgui ``Label`` that wraps its text over the dock's width (status lines, help).
+
+    magicgui labels are fixed to their text's size: a long line would widen the dock, and a
+    word-wrapped one would stay narrow.
+    """
+    from qtpy.QtWidgets import QSizePolicy
+
+    label.native.setWordWrap(True)
+    policy = QSizePolicy.Policy.Preferred
+    label.native.setSizePolicy(policy, policy)
+    return label
+
+
 def error_message(exc: BaseException) -> str:
     """The user-facing line for an exception: our messages as they are, others with their type."""
     from ..core.errors import HistoError
@@ -435,22 +480,3 @@ class RunCancelMixin:
 
     def _set_status(self, text: str) -> None:
         self.status.setText(text)
-
-
-def fill_model_combo(combo, select: str | None = None) -> None:
-    """Fill a QComboBox with the cached model list (label shown, ref as item data).
-
-    Keeps the current choice (or selects ``select``); reads no model card itself: the list comes
-    from :data:`._viewer_state.MODELS`, read once and again only when a model is saved.
-    """
-    from ._viewer_state import MODELS
-
-    keep = select or combo.currentData()
-    combo.blockSignals(True)
-    combo.clear()
-    for entry in MODELS.entries():
-        combo.addItem(entry.label, str(entry.ref))
-    idx = combo.findData(str(keep)) if keep else -1
-    if idx >= 0:
-        combo.setCurrentIndex(idx)
-    combo.blockSignals(False)

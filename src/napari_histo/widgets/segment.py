@@ -12,41 +12,41 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
-    QFileDialog,
-    QFormLayout,
-    QGroupBox,
-    QHBoxLayout,
-    QLabel,
-    QLineEdit,
-    QPushButton,
-    QVBoxLayout,
-    QWidget,
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    PushButton,
 )
+from qtpy.QtCore import QTimer
 
 from ._common import (
     JobRunner,
-    RunCancelMixin,
     add_or_update_image,
-    device_combo,
+    ask_path,
+    device_choice,
     error_message,
-    fill_model_combo,
+    form,
     layer_levels,
+    model_choice,
     notify_error,
     notify_info,
     rgb_image_layers,
+    select_model,
+    wrapped,
 )
-from ._viewer_state import MODELS, viewer_state
+from ._viewer_state import viewer_state
 
 if TYPE_CHECKING:
     import napari
 
 REGION_WHOLE = "whole image"
 REGION_VIEW = "current field of view"
+#: The Method chooser's first entry: the chosen model with the options of the form.
+OWN_SETTINGS = ""
 AUTOSAVE_DELAY_MS = 1500
 
 KEYS = {
@@ -57,12 +57,17 @@ KEYS = {
 }
 
 
-class SegmentWidget(RunCancelMixin, QWidget):
-    """Segment nuclei into an editable Labels layer; correct; corrections autosave as training pairs."""
+class SegmentWidget(Container):
+    """Segment nuclei into an editable Labels layer; correct; corrections autosave as training pairs.
 
-    def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None):
-        super().__init__(parent)
+    A magicgui form. The image and region choosers follow the layer list; the model chooser is the
+    cached model list (a fine-tuned version selects itself). Segmenting, autosave, measurements,
+    export and restore run in workers.
+    """
+
+    def __init__(self, napari_viewer: napari.Viewer):
         self.viewer = napari_viewer
+        self.state = viewer_state(napari_viewer)
         self.runner = JobRunner(on_busy=self._set_busy, on_status=self._set_status)
         self.labels_layer = None
         self._image_name = ""
@@ -74,153 +79,156 @@ class SegmentWidget(RunCancelMixin, QWidget):
         self._measure_workers: set = set()
         self._save_worker = None
         self._io_workers: set = set()
-        self.state = viewer_state(napari_viewer)
-        self._save_timer = QTimer(self)
+        super().__init__(widgets=self._build(), labels=False)
+        self._save_timer = QTimer(self.native)
         self._save_timer.setSingleShot(True)
         self._save_timer.setInterval(AUTOSAVE_DELAY_MS)
         self._save_timer.timeout.connect(self.save_now)
-        self._build()
-        self.refresh_inputs()
-        self.refresh_models()
+        self.image.changed.connect(self._on_image_changed)
+        self.run_btn.changed.connect(lambda: self.run())
+        self.cancel_btn.changed.connect(lambda: self.runner.cancel())
+        self.split_btn.changed.connect(lambda: self.split_last_line())
+        self.restore_btn.changed.connect(lambda: self.restore_saved())
+        self.export_btn.changed.connect(lambda: self._export_dialog())
+        # A folder typed in (when editing ends) or chosen in the dialog: offer its corrections.
+        self.project_dir.line_edit.native.editingFinished.connect(self._offer_current)
+        self.project_dir.choose_btn.changed.connect(self._offer_current)
+        self._on_image_changed(self.image.value)
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(self.refresh_inputs)
-        # A new model version (Fine-tune) refills the chooser and selects itself.
-        MODELS.connect(self.refresh_models)
-        self.state.connect("model_ref", lambda ref: self.refresh_models(select=ref))
+        # A new model version (Fine-tune) refills the chooser (model_choice follows the cached
+        # list) and selects itself.
+        self.state.connect("model_ref", lambda ref: select_model(self.model, ref))
 
     # ------------------------------------------------------------------ layout
-    def _build(self) -> None:
-        layout = QVBoxLayout(self)
-        box = QGroupBox("Segment")
-        form = QFormLayout(box)
-        self.image_combo = QComboBox()
-        self.image_combo.currentTextChanged.connect(self._offer_saved)
-        form.addRow("Image:", self.image_combo)
-        self.model_combo = QComboBox()
-        form.addRow("Model:", self.model_combo)
-        self.pipeline_combo = QComboBox()
-        self.pipeline_combo.addItem("the model above, with the options below", None)
+    def _build(self) -> list:
         from ..core.seg.workflow import PIPELINES
 
-        for key, preset in PIPELINES.items():
-            self.pipeline_combo.addItem(preset.label, key)
-        self.pipeline_combo.setToolTip(
-            "A published method as one choice. Jung et al. 2019: the DCGMM fitted in Stain "
-            "normalization, the newest trained Mask R-CNN, multiple inference merged as instances"
+        self.image = ComboBox(
+            label="Image",
+            choices=self._image_choices,
+            tooltip="RGB image layers (normalized ones last)",
         )
-        form.addRow("Method:", self.pipeline_combo)
-        self.device_combo = device_combo()
-        self.device_label = QLabel("")
-        row = QHBoxLayout()
-        row.addWidget(self.device_combo)
-        row.addWidget(self.device_label)
-        form.addRow("Device:", row)
-        self.tta = QCheckBox("multiple inference (flips + rotations, merged)")
-        form.addRow("", self.tta)
-        self.mpp = QDoubleSpinBox()
-        self.mpp.setRange(0.0, 10.0)
-        self.mpp.setDecimals(3)
-        self.mpp.setSingleStep(0.05)
-        self.mpp.setSpecialValueText("unknown: segment as it is")
-        self.mpp.setSuffix(" µm/px")
-        self.mpp.setToolTip(
-            "Pixel size of the image (read from the file where it says; 0.25 is 40x, 0.5 is 20x). "
-            "The image is resampled to the pixel size the model was trained at."
+        self.model = model_choice("Model")
+        self.model.tooltip = "Shipped models and your fine-tuned versions (those with weights)"
+        self.method = ComboBox(
+            label="Method",
+            choices=[("the model above, with the options below", OWN_SETTINGS)]
+            + [(preset.label, key) for key, preset in PIPELINES.items()],
+            tooltip="A published method as one choice. Jung et al. 2019: the DCGMM fitted in "
+            "Stain normalization, the newest trained Mask R-CNN, multiple inference merged as "
+            "instances",
         )
-        form.addRow("Pixel size:", self.mpp)
-        self.normalize = QCheckBox("normalize to the current stain template first")
-        self.normalize.setToolTip("Uses the normalizer fitted in the Stain normalization widget")
-        form.addRow("", self.normalize)
-        self.translate = QCheckBox("IHC image: translate to H&&E first (CycleGAN)")
-        self.translate.setToolTip(
-            "Runs the shipped IHC → H&E generator (see the Translate widget) before segmenting; "
-            "its weights are for non-commercial research only (trained on BCI and MoNuSeg data)"
+        self.device = device_choice("Device")
+        self.tta = CheckBox(text="multiple inference (flips + rotations, merged)")
+        self.mpp = FloatSpinBox(
+            label="Pixel size",
+            value=0.0,
+            min=0.0,
+            max=10.0,
+            step=0.05,
+            tooltip="Pixel size of the image (read from the file where it says; 0.25 is 40x, "
+            "0.5 is 20x). The image is resampled to the pixel size the model was trained at.",
         )
-        form.addRow("", self.translate)
-        self.region_combo = QComboBox()
-        form.addRow("Region:", self.region_combo)
-        self.uncertainty = QCheckBox("show uncertainty (where to correct first)")
-        form.addRow("", self.uncertainty)
-        form.addRow(self.run_cancel_row("Segment"))
-        layout.addWidget(box)
+        spin = self.mpp.native
+        spin.setDecimals(3)
+        spin.setSpecialValueText("unknown: segment as it is")
+        spin.setSuffix(" µm/px")
+        self.normalize = CheckBox(
+            text="normalize to the current stain template first",
+            tooltip="Uses the normalizer fitted in the Stain normalization widget",
+        )
+        self.translate = CheckBox(
+            text="IHC image: translate to H&&E first (CycleGAN)",  # && is one & in a Qt button
+            tooltip="Runs the shipped IHC → H&E generator (see the Translate widget) before "
+            "segmenting; its weights are for non-commercial research only (trained on BCI and "
+            "MoNuSeg data)",
+        )
+        self.region = ComboBox(label="Region", choices=self._region_choices)
+        self.uncertainty = CheckBox(text="show uncertainty (where to correct first)")
+        self.run_btn = PushButton(text="Segment")
+        self.cancel_btn = PushButton(text="Cancel", enabled=False)
 
-        box = QGroupBox("Correct (napari's paint / fill / erase tools, plus keys)")
-        v = QVBoxLayout(box)
-        keys = QLabel("<br>".join(f"<b>{k.upper()}</b>: {text}" for k, text in KEYS.items()))
-        keys.setWordWrap(True)
-        v.addWidget(keys)
-        row = QHBoxLayout()
-        self.split_btn = QPushButton("Split along last line")
-        self.split_btn.clicked.connect(self.split_last_line)
-        row.addWidget(self.split_btn)
-        v.addLayout(row)
-        form = QFormLayout()
-        self.project_edit = QLineEdit()
-        self.project_edit.setPlaceholderText("beside the image (default)")
-        self.project_edit.editingFinished.connect(
-            lambda: self._offer_saved(self.image_combo.currentText())
+        self.split_btn = PushButton(text="Split along last line")
+        self.project_dir = FileEdit(
+            label="Project folder",
+            mode="d",
+            nullable=True,
+            tooltip="Where corrections autosave as training pairs",
         )
-        browse = QPushButton("…")
-        browse.setMaximumWidth(30)
-        browse.clicked.connect(self._choose_project)
-        row = QHBoxLayout()
-        row.addWidget(self.project_edit)
-        row.addWidget(browse)
-        form.addRow("Project folder:", row)
-        v.addLayout(form)
-        self.saved_label = QLabel("nothing to save yet")
-        v.addWidget(self.saved_label)
-        self.restore_btn = QPushButton("Open saved corrections")
-        self.restore_btn.setToolTip("This image has corrections saved in the project folder")
-        self.restore_btn.clicked.connect(self.restore_saved)
-        self.restore_btn.setVisible(False)
-        v.addWidget(self.restore_btn)
-        row = QHBoxLayout()
-        self.export_btn = QPushButton("Export CSV + GeoJSON…")
-        self.export_btn.clicked.connect(self._export_dialog)
-        row.addWidget(self.export_btn)
-        v.addLayout(row)
-        layout.addWidget(box)
+        self.project_dir.line_edit.native.setPlaceholderText("beside the image (default)")
+        self.project_dir.choose_btn.text = "…"
+        self.saved_label = wrapped(Label(value="nothing to save yet"))
+        self.restore_btn = PushButton(
+            text="Open saved corrections",
+            tooltip="This image has corrections saved in the project folder",
+            visible=False,
+        )
+        self.export_btn = PushButton(text="Export CSV + GeoJSON…")
+        self.status = wrapped(Label(value="ready"))
+        keys = "<br>".join(f"<b>{k.upper()}</b>: {text}" for k, text in KEYS.items())
+        return [
+            Label(value="<b>Segment</b>"),
+            form(
+                [
+                    self.image,
+                    self.model,
+                    self.method,
+                    self.device,
+                    self.tta,
+                    self.mpp,
+                    self.normalize,
+                    self.translate,
+                    self.region,
+                    self.uncertainty,
+                ]
+            ),
+            form([self.run_btn, self.cancel_btn], layout="horizontal", labels=False),
+            wrapped(Label(value="<b>Correct</b>: napari's paint / fill / erase tools, plus keys")),
+            wrapped(Label(value=keys)),
+            self.split_btn,
+            form([self.project_dir]),
+            self.saved_label,
+            self.restore_btn,
+            self.export_btn,
+            self.status,
+        ]
 
-        self.status = QLabel("ready")
-        self.status.setWordWrap(True)
-        layout.addWidget(self.status)
-        layout.addStretch(1)
+    def _set_busy(self, busy: bool) -> None:
+        self.run_btn.enabled = not busy
+        self.cancel_btn.enabled = busy
+
+    def _set_status(self, text: str) -> None:
+        self.status.value = text
 
     # ------------------------------------------------------------------ inputs
-    def refresh_inputs(self, event=None) -> None:
-        """Refresh the image, model and region choosers from the viewer and model folder."""
+    def _image_choices(self, _widget=None) -> list[str]:
+        layers = rgb_image_layers(self.viewer)
+        plain = [lyr.name for lyr in layers if not lyr.name.endswith(" normalized")]
+        return plain + [lyr.name for lyr in layers if lyr.name.endswith(" normalized")]
+
+    def _region_choices(self, _widget=None) -> list[str]:
         from napari.layers import Shapes
 
-        keep = self.image_combo.currentText()
-        self.image_combo.clear()
-        names = [
-            lyr.name
-            for lyr in rgb_image_layers(self.viewer)
-            if not lyr.name.endswith(" normalized")
+        return [REGION_WHOLE, REGION_VIEW] + [
+            f"rectangles of '{lyr.name}'"
+            for lyr in self.viewer.layers
+            if isinstance(lyr, Shapes) and lyr.name != "cut lines"
         ]
-        names += [
-            lyr.name for lyr in rgb_image_layers(self.viewer) if lyr.name.endswith(" normalized")
-        ]
-        self.image_combo.addItems(names)
-        if keep in names:
-            self.image_combo.setCurrentText(keep)
-        keep = self.region_combo.currentText()
-        self.region_combo.clear()
-        self.region_combo.addItems([REGION_WHOLE, REGION_VIEW])
-        self.region_combo.addItems(
-            [
-                f"rectangles of '{lyr.name}'"
-                for lyr in self.viewer.layers
-                if isinstance(lyr, Shapes) and lyr.name != "cut lines"
-            ]
-        )
-        if keep:
-            self.region_combo.setCurrentText(keep)
+
+    def refresh_inputs(self, event=None) -> None:
+        """The image and region choosers follow the layer list (the model list is cached).
+
+        The saved corrections of the chosen image are offered again (a removed nuclei layer can
+        be reopened from the project folder).
+        """
+        self.reset_choices()
+        self._offer_current()
 
     def refresh_models(self, select: str | None = None) -> None:
         """List shipped models and the user's fine-tuned versions (newest first; cached list)."""
-        fill_model_combo(self.model_combo, select)
+        self.model.reset_choices()
+        select_model(self.model, select)
 
     def user_model_dir(self) -> Path:
         from ..core.seg.registry import user_model_dir
@@ -236,7 +244,7 @@ class SegmentWidget(RunCancelMixin, QWidget):
         from ..core.io.regions import rectangle_slices
 
         shape = layer_levels(layer)[0].shape
-        region = self.region_combo.currentText()
+        region = self.region.value or REGION_WHOLE
         if region == REGION_VIEW:
             corners = np.asarray(layer.corner_pixels)[:, :2]
             verts = [np.array([corners[0], corners[1]])]
@@ -263,11 +271,11 @@ class SegmentWidget(RunCancelMixin, QWidget):
         from ..core.errors import HistoError
 
         try:
-            name = self.image_combo.currentText()
+            name = self.image.value
             if not name or name not in self.viewer.layers:
                 raise HistoError("no image to segment: open an RGB H&E image first")
             layer = self.viewer.layers[name]
-            if layer.multiscale and self.region_combo.currentText() == REGION_WHOLE:
+            if layer.multiscale and self.region.value == REGION_WHOLE:
                 raise HistoError(
                     f"'{name}' is a whole slide: choose 'current field of view' or rectangles, "
                     "or use the Whole slide widget"
@@ -276,10 +284,10 @@ class SegmentWidget(RunCancelMixin, QWidget):
             data = layer_levels(layer)[0]
             # Views (or lazy dask slices of a pyramid): read in the worker, not here.
             crops = [(rs, cs, data[rs, cs]) for rs, cs in slices]
-            normalizer = self.state.fitted_normalizer() if self.normalize.isChecked() else None
-            model = self.model_combo.currentData() or "default"
-            tta = self.tta.isChecked()
-            preset = self.pipeline_combo.currentData()
+            normalizer = self.state.fitted_normalizer() if self.normalize.value else None
+            model = self.model.value or "default"
+            tta = self.tta.value
+            preset = self.method.value or None
             if preset is not None:
                 from ..core.seg.workflow import PIPELINES, pipeline_model
 
@@ -308,24 +316,24 @@ class SegmentWidget(RunCancelMixin, QWidget):
             _segment_regions_job,
             crops,
             model,
-            self.device_combo.currentText(),
+            self.device.value,
             tta,
             normalizer,
-            "ihc2he_default" if self.translate.isChecked() else None,
+            "ihc2he_default" if self.translate.value else None,
             full_shape,
             previous,
-            self.uncertainty.isChecked(),
-            self.mpp.value() or None,
+            self.uncertainty.value,
+            self.mpp.value or None,
             description="Segment nuclei",
             on_done=lambda res: self._show_result(layer, res),
             torch=True,
         )
 
-    def _show_file_mpp(self, image_name: str) -> None:
+    def _show_file_mpp(self, image_name: str | None) -> None:
         """Fill the pixel size from the layer's file metadata (the reader puts it there)."""
         if image_name and image_name in self.viewer.layers:
             mpp = self.viewer.layers[image_name].metadata.get("mpp")
-            self.mpp.setValue(float(mpp) if mpp else 0.0)
+            self.mpp.value = float(mpp) if mpp else 0.0
 
     def _show_result(self, layer, result) -> None:
         name = f"{layer.name} nuclei"
@@ -456,7 +464,7 @@ class SegmentWidget(RunCancelMixin, QWidget):
     # ------------------------------------------------------------------ autosave + measurements
     def mark_dirty(self, event=None) -> None:
         self._dirty = True
-        self.saved_label.setText("● unsaved changes (autosave in a moment)")
+        self.saved_label.value = "● unsaved changes (autosave in a moment)"
         self._save_timer.start()
 
     def save_now(self):
@@ -497,7 +505,7 @@ class SegmentWidget(RunCancelMixin, QWidget):
         def saved(pair) -> None:
             self._dirty = self._save_timer.isActive()
             self.last_saved = time.time()
-            self.saved_label.setText(
+            self.saved_label.value = (
                 f"✓ saved {time.strftime('%H:%M:%S')} to {pair.mask.parent.parent}"
             )
             self.refresh_measurements()
@@ -509,12 +517,12 @@ class SegmentWidget(RunCancelMixin, QWidget):
         worker.errored.connect(self._save_failed)
         worker.finished.connect(done)
         self._save_worker = worker
-        self.saved_label.setText("saving…")
+        self.saved_label.value = "saving…"
         worker.start()
         return worker
 
     def _save_failed(self, exc) -> None:
-        self.saved_label.setText(f"⚠ not saved: {error_message(exc)}")
+        self.saved_label.value = f"⚠ not saved: {error_message(exc)}"
         notify_error(f"corrections not saved: {error_message(exc)}")
 
     def refresh_measurements(self) -> None:
@@ -596,22 +604,18 @@ class SegmentWidget(RunCancelMixin, QWidget):
         if self.labels_layer is None:
             notify_error("segment an image first")
             return
-        path, _ = QFileDialog.getSaveFileName(
-            self,
+        path = ask_path(
+            "w",
             "Export nuclei (CSV measurements + GeoJSON outlines)",
-            f"{self._image_name}_nuclei.csv",
-            "CSV (*.csv)",
+            start=f"{self._image_name}_nuclei.csv",
+            filter="CSV (*.csv)",
+            parent=self.native,
         )
         if path:
             try:
                 self.export(csv=path, geojson=Path(path).with_suffix(".geojson"))
             except Exception as exc:
                 notify_error(error_message(exc))
-
-    def _choose_project(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Project folder for corrections")
-        if folder:
-            self.project_edit.setText(folder)
 
     def offer_saved(self, image_name: str):
         """Saved corrections for an image, if the project has them (None otherwise)."""
@@ -624,7 +628,7 @@ class SegmentWidget(RunCancelMixin, QWidget):
         """The correction project of ``image_name`` (folder field, else beside that image)."""
         from ..core.labels.project import Project, default_project_dir
 
-        text = self.project_edit.text().strip()
+        text = (self.project_dir.line_edit.value or "").strip()
         if text:
             return Project(text)
         path = None
@@ -633,17 +637,24 @@ class SegmentWidget(RunCancelMixin, QWidget):
             path = layer.source.path or layer.metadata.get("path")
         return Project(default_project_dir(path))
 
-    def _offer_saved(self, image_name: str = "") -> None:
+    def _on_image_changed(self, image_name: str | None = None) -> None:
+        """Another image chosen: its pixel size from the file, its saved corrections offered."""
         self._show_file_mpp(image_name)
+        self._offer_saved(image_name)
+
+    def _offer_current(self, *_) -> None:
+        self._offer_saved(self.image.value)
+
+    def _offer_saved(self, image_name: str | None = "") -> None:
         pair = self.offer_saved(image_name) if image_name else None
-        self.restore_btn.setVisible(pair is not None)
+        self.restore_btn.visible = pair is not None
         if pair is not None:
-            self.restore_btn.setText(f"Open saved corrections of '{image_name}'")
+            self.restore_btn.text = f"Open saved corrections of '{image_name}'"
 
     def restore_saved(self):
         """Open the saved corrected labels of the chosen image (read in a worker; returns it)."""
-        name = self.image_combo.currentText()
-        if self.runner.running or name not in self.viewer.layers:
+        name = self.image.value
+        if self.runner.running or not name or name not in self.viewer.layers:
             return None
         try:
             project = self.project_for(name)
@@ -680,7 +691,7 @@ class SegmentWidget(RunCancelMixin, QWidget):
         self._attach(lab_layer)
         self.refresh_measurements()
         self._dirty = False
-        self.saved_label.setText("✓ saved corrections opened")
+        self.saved_label.value = "✓ saved corrections opened"
         return lab_layer
 
 

@@ -11,33 +11,32 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QFileDialog,
-    QFormLayout,
-    QGroupBox,
-    QHBoxLayout,
-    QLabel,
-    QLineEdit,
-    QPushButton,
-    QSpinBox,
-    QVBoxLayout,
-    QWidget,
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    LineEdit,
+    PushButton,
+    SpinBox,
 )
 
 from ._common import (
     JobRunner,
-    RunCancelMixin,
-    device_combo,
+    ask_path,
+    device_choice,
     error_message,
-    fill_model_combo,
+    form,
     layer_levels,
+    model_choice,
     notify_error,
     notify_info,
     rgb_image_layers,
+    select_model,
+    wrapped,
 )
-from ._viewer_state import MODELS, viewer_state
+from ._viewer_state import viewer_state
 
 if TYPE_CHECKING:
     import napari
@@ -47,11 +46,14 @@ LOCAL_PROCESSES = "local processes"
 REMOTE = "dask scheduler at address"
 
 
-class SlideWidget(RunCancelMixin, QWidget):
-    """Segment a whole slide tile by tile; open the labels pyramid; edit a region; export."""
+class SlideWidget(Container):
+    """Segment a whole slide tile by tile; open the labels pyramid; edit a region; export.
 
-    def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None):
-        super().__init__(parent)
+    A magicgui form: the slide chooser follows the layer list, the model chooser is the cached
+    model list. Segmenting, opening, region reads and writes and the export run in workers.
+    """
+
+    def __init__(self, napari_viewer: napari.Viewer):
         self.viewer = napari_viewer
         self.runner = JobRunner(on_busy=self._set_busy, on_status=self._set_status)
         self.zarr_path: Path | None = None
@@ -59,111 +61,105 @@ class SlideWidget(RunCancelMixin, QWidget):
         self.state = viewer_state(napari_viewer)
         self.last_mapping: dict | None = None
         self.last_export: int | None = None
-        self._build()
-        self.refresh()
-        fill_model_combo(self.model_combo)
+        super().__init__(widgets=self._build(), labels=False)
+        self.where.changed.connect(self._on_where)
+        self.run_btn.changed.connect(lambda: self.run())
+        self.cancel_btn.changed.connect(lambda: self.runner.cancel())
+        self.open_btn.changed.connect(lambda: self._open_dialog())
+        self.edit_btn.changed.connect(lambda: self.pull_region())
+        self.save_btn.changed.connect(lambda: self.push_region())
+        self.export_btn.changed.connect(lambda: self._export_dialog())
+        self._on_where(self.where.value)
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(self.refresh)
-        MODELS.connect(lambda: fill_model_combo(self.model_combo))
-        self.state.connect("model_ref", lambda ref: fill_model_combo(self.model_combo, ref))
+        # A new model version (Fine-tune) refills the chooser and selects itself.
+        self.state.connect("model_ref", lambda ref: select_model(self.model, ref))
 
-    def _build(self) -> None:
-        layout = QVBoxLayout(self)
-        box = QGroupBox("Segment a slide")
-        form = QFormLayout(box)
-        self.slide_combo = QComboBox()
-        form.addRow("Slide:", self.slide_combo)
-        self.model_combo = QComboBox()
-        form.addRow("Model:", self.model_combo)
-        self.device_combo = device_combo()
-        form.addRow("Device:", self.device_combo)
-        self.tile = QSpinBox()
-        self.tile.setRange(128, 8192)
-        self.tile.setSingleStep(256)
-        self.tile.setValue(1024)
-        form.addRow("Tile (px):", self.tile)
-        self.halo = QSpinBox()
-        self.halo.setRange(0, 512)
-        self.halo.setValue(64)
-        form.addRow("Halo (px):", self.halo)
-        self.tta = QCheckBox("multiple inference")
-        form.addRow("", self.tta)
-        self.normalize = QCheckBox("normalize to the current stain template first")
-        self.normalize.setToolTip(
-            "Uses the normalizer fitted in the Stain normalization widget, with one set of stain "
-            "statistics for the whole slide (no seams between tiles)"
+    def _build(self) -> list:
+        self.slide = ComboBox(
+            label="Slide",
+            choices=lambda _w=None: [lyr.name for lyr in rgb_image_layers(self.viewer)],
         )
-        form.addRow("", self.normalize)
-        self.where = QComboBox()
-        self.where.addItems([LOCAL_THREADS, LOCAL_PROCESSES, REMOTE])
-        self.where.currentTextChanged.connect(self._on_where)
-        form.addRow("Run on:", self.where)
-        self.workers = QSpinBox()
-        self.workers.setRange(1, 256)
-        self.workers.setValue(2)
-        form.addRow("Workers:", self.workers)
-        self.address = QLineEdit()
-        self.address.setPlaceholderText("tcp://HOST:8786")
-        form.addRow("Scheduler:", self.address)
-        self.out_edit = QLineEdit()
-        self.out_edit.setPlaceholderText("beside the slide (default)")
-        form.addRow("Output folder:", self.out_edit)
-        form.addRow(self.run_cancel_row("Segment slide"))
-        layout.addWidget(box)
+        self.model = model_choice("Model")
+        self.model.tooltip = "Shipped models and your fine-tuned versions (those with weights)"
+        self.device = device_choice("Device")
+        self.tile = SpinBox(label="Tile (px)", value=1024, min=128, max=8192, step=256)
+        self.halo = SpinBox(label="Halo (px)", value=64, min=0, max=512)
+        self.tta = CheckBox(text="multiple inference")
+        self.normalize = CheckBox(
+            text="normalize to the current stain template first",
+            tooltip="Uses the normalizer fitted in the Stain normalization widget, with one set "
+            "of stain statistics for the whole slide (no seams between tiles)",
+        )
+        self.where = ComboBox(label="Run on", choices=[LOCAL_THREADS, LOCAL_PROCESSES, REMOTE])
+        self.workers = SpinBox(label="Workers", value=2, min=1, max=256)
+        self.address = LineEdit(label="Scheduler")
+        self.address.native.setPlaceholderText("tcp://HOST:8786")
+        self.out_dir = FileEdit(label="Output folder", mode="d", nullable=True)
+        self.out_dir.line_edit.native.setPlaceholderText("beside the slide (default)")
+        self.out_dir.choose_btn.text = "…"
+        self.run_btn = PushButton(text="Segment slide")
+        self.cancel_btn = PushButton(text="Cancel", enabled=False)
+        self.open_btn = PushButton(text="Open labels…")
+        self.edit_btn = PushButton(
+            text="Edit this region",
+            tooltip="napari cannot paint on multiscale labels: pull the field of view into an "
+            "editable layer",
+        )
+        self.save_btn = PushButton(text="Save region")
+        self.export_btn = PushButton(text="Export GeoJSON + CSV…")
+        self.status = wrapped(Label(value="ready"))
+        return [
+            Label(value="<b>Segment a slide</b>"),
+            form(
+                [
+                    self.slide,
+                    self.model,
+                    self.device,
+                    self.tile,
+                    self.halo,
+                    self.tta,
+                    self.normalize,
+                    self.where,
+                    self.workers,
+                    self.address,
+                    self.out_dir,
+                ]
+            ),
+            form([self.run_btn, self.cancel_btn], layout="horizontal", labels=False),
+            Label(value="<b>Results</b>"),
+            form([self.open_btn, self.edit_btn, self.save_btn], layout="horizontal", labels=False),
+            self.export_btn,
+            self.status,
+        ]
 
-        box = QGroupBox("Results")
-        v = QVBoxLayout(box)
-        row = QHBoxLayout()
-        self.open_btn = QPushButton("Open labels…")
-        self.open_btn.clicked.connect(self._open_dialog)
-        self.edit_btn = QPushButton("Edit this region")
-        self.edit_btn.setToolTip(
-            "napari cannot paint on multiscale labels: pull the field of view into an editable layer"
-        )
-        self.edit_btn.clicked.connect(self.pull_region)
-        self.save_btn = QPushButton("Save region")
-        self.save_btn.clicked.connect(self.push_region)
-        row.addWidget(self.open_btn)
-        row.addWidget(self.edit_btn)
-        row.addWidget(self.save_btn)
-        v.addLayout(row)
-        self.export_btn = QPushButton("Export GeoJSON + CSV…")
-        self.export_btn.clicked.connect(self._export_dialog)
-        v.addWidget(self.export_btn)
-        layout.addWidget(box)
-        self.status = QLabel("ready")
-        self.status.setWordWrap(True)
-        layout.addWidget(self.status)
-        layout.addStretch(1)
-        self._on_where(self.where.currentText())
+    def _set_busy(self, busy: bool) -> None:
+        self.run_btn.enabled = not busy
+        self.cancel_btn.enabled = busy
+
+    def _set_status(self, text: str) -> None:
+        self.status.value = text
 
     def refresh(self, event=None) -> None:
         """The slide chooser follows the layer list (the model list is cached, not re-read)."""
-        keep = self.slide_combo.currentText()
-        self.slide_combo.clear()
-        self.slide_combo.addItems([lyr.name for lyr in rgb_image_layers(self.viewer)])
-        if keep:
-            self.slide_combo.setCurrentText(keep)
+        self.reset_choices()
 
     def _on_where(self, text: str) -> None:
-        self.workers.setEnabled(text == LOCAL_PROCESSES)
-        self.address.setEnabled(text == REMOTE)
+        self.workers.enabled = text == LOCAL_PROCESSES
+        self.address.enabled = text == REMOTE
 
     def _slide_layer(self):
         from ..core.errors import HistoError
 
-        name = self.slide_combo.currentText()
+        name = self.slide.value
         if not name or name not in self.viewer.layers:
             raise HistoError("no slide chosen: open a pyramidal TIFF/SVS (or any RGB image) first")
         return self.viewer.layers[name]
 
     def output_path(self, layer) -> Path:
         src = layer.source.path or layer.metadata.get("path")
-        folder = (
-            Path(self.out_edit.text().strip())
-            if self.out_edit.text().strip()
-            else (Path(src).parent if src else Path.home() / "napari-histo")
-        )
+        text = (self.out_dir.line_edit.value or "").strip()
+        folder = Path(text) if text else (Path(src).parent if src else Path.home() / "napari-histo")
         stem = Path(src).name.split(".")[0] if src else layer.name
         return folder / f"{stem}.zarr"
 
@@ -175,21 +171,21 @@ class SlideWidget(RunCancelMixin, QWidget):
 
         try:
             layer = self._slide_layer()
-            tiling = SlideTiling(tile=self.tile.value(), halo=self.halo.value())
-            where = self.where.currentText()
-            scheduler = self.address.text().strip() if where == REMOTE else None
-            workers = self.workers.value() if where == LOCAL_PROCESSES else None
+            tiling = SlideTiling(tile=self.tile.value, halo=self.halo.value)
+            where = self.where.value
+            scheduler = self.address.value.strip() if where == REMOTE else None
+            workers = self.workers.value if where == LOCAL_PROCESSES else None
             if where == REMOTE and not scheduler:
                 from ..core.errors import HistoError
 
                 raise HistoError("enter the scheduler's address, e.g. tcp://HOST:8786")
             segmenter = ModelSegmenter(
-                self.model_combo.currentData() or "default",
-                self.device_combo.currentText(),
-                self.tta.isChecked(),
+                self.model.value or "default",
+                self.device.value,
+                self.tta.value,
             )
             out = self.output_path(layer)
-            normalizer = self.state.fitted_normalizer() if self.normalize.isChecked() else None
+            normalizer = self.state.fitted_normalizer() if self.normalize.value else None
         except Exception as exc:
             notify_error(error_message(exc))
             self._set_status(error_message(exc))
@@ -386,11 +382,12 @@ class SlideWidget(RunCancelMixin, QWidget):
         if self.zarr_path is None:
             notify_error("segment a slide or open its labels first")
             return
-        path, _ = QFileDialog.getSaveFileName(
-            self,
+        path = ask_path(
+            "w",
             "Export nuclei",
-            str(self.zarr_path.with_suffix(".geojson")),
-            "GeoJSON (*.geojson)",
+            start=str(self.zarr_path.with_suffix(".geojson")),
+            filter="GeoJSON (*.geojson)",
+            parent=self.native,
         )
         if path:
             try:
@@ -399,7 +396,7 @@ class SlideWidget(RunCancelMixin, QWidget):
                 notify_error(error_message(exc))
 
     def _open_dialog(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Labels zarr folder")
+        path = ask_path("d", "Labels zarr folder", parent=self.native)
         if path:
             try:
                 self.open_labels(path)
