@@ -159,14 +159,59 @@ def ask_path(
 def form(widgets, **kwargs):
     """A magicgui Container of ``widgets`` without margins of its own (the dock has them).
 
-    Labelled by default (one column of labels); ``layout="horizontal", labels=False`` for a
-    row of buttons.
+    Labelled by default (one column of labels, one width: :func:`_align_labels`);
+    ``layout="horizontal", labels=False`` for a row of buttons.
     """
     from magicgui.widgets import Container
 
     box = Container(widgets=widgets, **kwargs)
     box.margins = (0, 0, 0, 0)
+    if kwargs.get("labels", True):
+        _align_labels(box.native)
     return box
+
+
+def header(title: str, hint: str = ""):
+    """A section's bold title line (magicgui has no group box), a little space above it."""
+    from magicgui.widgets import Label
+
+    label = wrapped(Label(value=f"<b>{title}</b>" + (f" ({hint})" if hint else "")))
+    label.native.setContentsMargins(0, 6, 0, 0)
+    return label
+
+
+def holder(qwidget):
+    """An empty magicgui Container holding a Qt widget magicgui has no equivalent of."""
+    from magicgui.widgets import Container
+
+    box = Container(labels=False)
+    box.margins = (0, 0, 0, 0)
+    box.native.layout().addWidget(qwidget)
+    return box
+
+
+def _align_labels(native) -> None:
+    """Give the field labels of a form one width, measured in the font they are drawn with.
+
+    magicgui measures them in the application font (and only for fields added after the form
+    was made), while napari's stylesheet draws them in another size: the columns would not line
+    up. An event filter on the form re-measures when it is shown or restyled.
+    """
+    from qtpy.QtCore import QEvent, QObject
+    from qtpy.QtWidgets import QLabel
+
+    events = (QEvent.Type.Show, QEvent.Type.StyleChange, QEvent.Type.FontChange)
+
+    class _Aligner(QObject):
+        def eventFilter(self, obj, event) -> bool:
+            if event.type() in events:
+                labels = obj.findChildren(QLabel)  # a form row: its label, then its field
+                widest = max((lab.sizeHint().width() for lab in labels), default=0)
+                for lab in labels:
+                    lab.setMinimumWidth(widest)
+            return False
+
+    native.installEventFilter(_Aligner(native))
 
 
 def wrapped(label):

@@ -647,7 +647,9 @@ class SegmentWidget(Container):
 
     def _offer_saved(self, image_name: str | None = "") -> None:
         pair = self.offer_saved(image_name) if image_name else None
-        self.restore_btn.visible = pair is not None
+        if self.restore_btn.native.isHidden() == (pair is not None):
+            # only a change: showing or hiding it relayouts the dock and redraws the window
+            self.restore_btn.visible = pair is not None
         if pair is not None:
             self.restore_btn.text = f"Open saved corrections of '{image_name}'"
 

@@ -12,10 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, SpinBox
-from qtpy.QtCore import QEvent, QObject, QSize
+from qtpy.QtCore import QSize
 from qtpy.QtWidgets import (
-    QFileDialog,
-    QLabel,
     QListWidget,
     QListWidgetItem,
     QTableWidget,
@@ -27,13 +25,18 @@ from ._common import (
     JobRunner,
     add_or_update_image,
     add_or_update_labels,
+    ask_path,
     device_choice,
     error_message,
+    form,
+    header,
+    holder,
     layer_levels,
     notify_error,
     notify_info,
     qimage_icon,
     rgb_image_layers,
+    wrapped,
 )
 from ._viewer_state import viewer_state
 
@@ -112,7 +115,7 @@ class StainNormalizationWidget(Container):
             tooltip="Rectangles of a Shapes layer drawn on the template: their regions become "
             "the template",
         )
-        self.template_label = _label("no template chosen", wrap=True)
+        self.template_label = wrapped(Label(value="no template chosen"))
 
         # 2. Method and images
         self.method = ComboBox(label="Method", choices=list(METHOD_LABELS))
@@ -138,8 +141,10 @@ class StainNormalizationWidget(Container):
             tooltip="Apply the normalizer fitted or loaded last, e.g. a lab's saved template",
             enabled=False,
         )
-        self.legend = _label(
-            " ".join(f'<span style="color:{c}">■ {n}</span>' for n, c in CLASS_COLOURS.items())
+        self.legend = Label(
+            value=" ".join(
+                f'<span style="color:{c}">■ {n}</span>' for n, c in CLASS_COLOURS.items()
+            )
         )
         self.run_btn = PushButton(text="Fit && normalize")
         self.run_btn.changed.connect(self.run)
@@ -156,7 +161,7 @@ class StainNormalizationWidget(Container):
         self.which_table = QTableWidget(0, 0)
         self.which_table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.which_table.setVisible(False)
-        self._which_box = _holder(self.which_table)
+        self._which_box = holder(self.which_table)
         self._which_box.visible = False
         self.compare = CheckBox(text="before / after side by side (grid)")
         self.compare.changed.connect(self._toggle_compare)
@@ -165,26 +170,26 @@ class StainNormalizationWidget(Container):
         self.load_btn = PushButton(text="Load normalizer…")
         self.load_btn.changed.connect(self._load_dialog)
 
-        self.status = _label("ready", wrap=True)
+        self.status = wrapped(Label(value="ready"))
         self._on_method_changed(self.method.value)
         return [
-            _header("1. Template", "click a thumbnail"),
-            _holder(self.gallery),
+            header("1. Template", "click a thumbnail"),
+            holder(self.gallery),
             self.add_folder_btn,
-            _form(self.roi),
+            form([self.roi]),
             self.template_label,
-            _header("2. Method and images"),
-            _form(self.method, self.target, self.all_images, self.refit, self.steps, self.device),
-            _header("3. Preview and result"),
+            header("2. Method and images"),
+            form([self.method, self.target, self.all_images, self.refit, self.steps, self.device]),
+            header("3. Preview and result"),
             self.show_classes,
             self.show_probs,
             self.legend,
             self.reuse,
-            _row(self.run_btn, self.cancel_btn),
+            form([self.run_btn, self.cancel_btn], layout="horizontal", labels=False),
             self.which_btn,
             self._which_box,
             self.compare,
-            _row(self.save_btn, self.load_btn),
+            form([self.save_btn, self.load_btn], layout="horizontal", labels=False),
             self.status,
         ]
 
@@ -289,9 +294,7 @@ class StainNormalizationWidget(Container):
         return len(new)
 
     def _choose_folder(self) -> None:
-        folder = QFileDialog.getExistingDirectory(
-            self.native, "Folder with candidate template images"
-        )
+        folder = ask_path("d", "Folder with candidate template images", parent=self.native)
         if folder:
             self.add_folder(folder)
 
@@ -624,9 +627,10 @@ class StainNormalizationWidget(Container):
         )
 
     def _save_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(
-            self.native, "Save normalizer", "normalizer.json", "Normalizer (*.json *.safetensors)"
-        )
+        path = ask_path(
+            "w", "Save normalizer", "normalizer.json", "Normalizer (*.json *.safetensors)",
+            parent=self.native,
+        )  # fmt: skip
         if path:
             try:
                 self.save(path)
@@ -634,8 +638,8 @@ class StainNormalizationWidget(Container):
                 notify_error(error_message(exc))
 
     def _load_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(
-            self.native, "Load normalizer", "", "Normalizer (*.json *.safetensors)"
+        path = ask_path(
+            "r", "Load normalizer", None, "Normalizer (*.json *.safetensors)", parent=self.native
         )
         if path:
             try:
@@ -653,68 +657,6 @@ def _grid(viewer):
     """The viewer's grid settings (``viewer.canvas.grid`` since napari 0.9, ``viewer.grid`` before)."""
     canvas = getattr(viewer, "canvas", None)
     return canvas.grid if hasattr(canvas, "grid") else viewer.grid
-
-
-def _label(text: str, wrap: bool = False) -> Label:
-    """A magicgui Label (rich text where ``text`` has tags); ``wrap``: as wide as the form,
-    lines wrapped (magicgui's labels keep the width of their first text)."""
-    label = Label(value=text)
-    if wrap:
-        from qtpy.QtWidgets import QSizePolicy
-
-        label.native.setWordWrap(True)
-        label.native.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
-    return label
-
-
-def _header(title: str, hint: str = "") -> Label:
-    """A section's title line, a little space above it."""
-    label = _label(f"<b>{title}</b>" + (f" ({hint})" if hint else ""))
-    label.native.setContentsMargins(0, 6, 0, 0)
-    return label
-
-
-def _form(*widgets) -> Container:
-    """Labelled fields, their labels one width; flush with the widgets around it."""
-    box = Container(widgets=list(widgets))
-    box.margins = (0, 0, 0, 0)
-    _LabelAligner(box.native)
-    return box
-
-
-class _LabelAligner(QObject):
-    """Gives the field labels of a magicgui form one width, measured in the font they are drawn
-    with: magicgui measures them in the application font (and only for fields added after the
-    form was made), while napari's stylesheet draws them in another size."""
-
-    EVENTS = (QEvent.Type.Show, QEvent.Type.StyleChange, QEvent.Type.FontChange)
-
-    def __init__(self, form) -> None:
-        super().__init__(form)
-        form.installEventFilter(self)
-
-    def eventFilter(self, obj, event) -> bool:
-        if event.type() in self.EVENTS:
-            labels = obj.findChildren(QLabel)  # a form row: its label, then its field
-            widest = max((lab.sizeHint().width() for lab in labels), default=0)
-            for lab in labels:
-                lab.setMinimumWidth(widest)
-        return False
-
-
-def _row(*widgets) -> Container:
-    """Buttons side by side."""
-    box = Container(widgets=list(widgets), layout="horizontal", labels=False)
-    box.margins = (0, 0, 0, 0)
-    return box
-
-
-def _holder(qwidget) -> Container:
-    """An empty magicgui Container holding a Qt widget magicgui has no equivalent of."""
-    box = Container(labels=False)
-    box.margins = (0, 0, 0, 0)
-    box.native.layout().addWidget(qwidget)
-    return box
 
 
 def _job(method, templates, targets, fit_on, steps, device, class_maps, probabilities, pyramid_dir):

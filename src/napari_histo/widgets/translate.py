@@ -15,6 +15,7 @@ from ._common import (
     error_message,
     notify_error,
     rgb_image_layers,
+    wrapped,
 )
 
 if TYPE_CHECKING:
@@ -76,10 +77,8 @@ class TranslateWidget(Container):
         buttons = Container(
             widgets=[self.run_btn, self.cancel_btn], layout="horizontal", labels=False
         )
-        self.status_label = Label(value="")
-        self.metrics_label = Label(value="")
-        for lab in (self.status_label, self.metrics_label):
-            lab.native.setWordWrap(True)
+        self.status_label = wrapped(Label(value=""))
+        self.metrics_label = wrapped(Label(value=""))
         super().__init__(
             widgets=[
                 self.image,
