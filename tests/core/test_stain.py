@@ -405,6 +405,37 @@ def test_dcgmm_large_image_is_tiled_like_the_whole(dcgmm, monuseg, monkeypatch):
     assert np.abs(tiled - whole).max() < 0.02
 
 
+def test_dcgmm_network_tiles_see_all_the_context_they_need(dcgmm, monuseg, monkeypatch):
+    """In float32, logits tiled with NET_HALO of context equal the one-pass logits; a smaller
+    halo does not (so NET_HALO is no larger than the network's reach needs)."""
+    import torch
+
+    from napari_histo.core.stain.dcgmm import normalizer as mod
+
+    monkeypatch.setattr(dcgmm.model, "amp_dtype", None)
+    image = read_image(sorted((monuseg / "images").glob("*.png"))[3])[:480, :640]
+    rgb = torch.from_numpy(np.ascontiguousarray(image))
+    whole = dcgmm._low_logits(rgb)
+    monkeypatch.setattr(mod, "NET_TILE", 96)
+    assert float((dcgmm._low_logits(rgb) - whole).abs().max()) < 1e-3
+    monkeypatch.setattr(mod, "NET_HALO", mod.NET_HALO - 4)
+    assert float((dcgmm._low_logits(rgb) - whole).abs().max()) > 0.1
+
+
+def test_dcgmm_large_image_statistics_from_every_other_pixel(dcgmm, monuseg, monkeypatch):
+    """Above BAND_PIXELS the class statistics come from a strided quarter of the pixels: the
+    normalized image moves by at most one grey level."""
+    from napari_histo.core.stain.dcgmm import normalizer as mod
+
+    image = read_image(sorted((monuseg / "images").glob("*.png"))[3])[:720, :960]
+    monkeypatch.setattr(mod, "BAND_PIXELS", 200_000)  # this image counts as large
+    strided = dcgmm.transform(image).astype(int)
+    monkeypatch.setattr(mod, "STATS_STRIDE", 1)
+    full = dcgmm.transform(image).astype(int)
+    diff = np.abs(strided - full)
+    assert diff.any() and diff.max() <= 1
+
+
 def test_dcgmm_fit_lowers_the_loss_and_orders_classes(tiles):
     from napari_histo.core.progress import Progress
     from napari_histo.core.stain import fit_dcgmm
