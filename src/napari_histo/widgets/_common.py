@@ -490,14 +490,20 @@ def select_model(combo, ref: str | None) -> None:
         combo.value = str(ref)
 
 
-def device_combo():
-    """The device choice every widget offers: auto (CUDA when present), cpu, cuda."""
-    from qtpy.QtWidgets import QComboBox
+class FormJobMixin:
+    """For a magicgui form with ``run_btn``, ``cancel_btn``, a ``status`` Label and a
+    ``runner``: the ``on_busy`` / ``on_status`` callbacks a :class:`JobRunner` needs, and
+    ``cancel`` (stop the running job at its next progress event)."""
 
-    combo = QComboBox()
-    combo.addItems(["auto", "cpu", "cuda"])
-    combo.setToolTip("auto: the GPU when PyTorch sees one, else the CPU")
-    return combo
+    def _set_busy(self, busy: bool) -> None:
+        self.run_btn.enabled = not busy
+        self.cancel_btn.enabled = busy
+
+    def _set_status(self, text: str) -> None:
+        self.status.value = text
+
+    def cancel(self, *_) -> None:
+        self.runner.cancel()
 
 
 class RunCancelMixin:

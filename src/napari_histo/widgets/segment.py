@@ -24,6 +24,7 @@ from magicgui.widgets import (
 from qtpy.QtCore import QTimer
 
 from ._common import (
+    FormJobMixin,
     JobRunner,
     add_or_update_image,
     ask_path,
@@ -57,7 +58,7 @@ KEYS = {
 }
 
 
-class SegmentWidget(Container):
+class SegmentWidget(FormJobMixin, Container):
     """Segment nuclei into an editable Labels layer; correct; corrections autosave as training pairs.
 
     A magicgui form. The image and region choosers follow the layer list; the model chooser is the
@@ -86,7 +87,7 @@ class SegmentWidget(Container):
         self._save_timer.timeout.connect(self.save_now)
         self.image.changed.connect(self._on_image_changed)
         self.run_btn.changed.connect(lambda: self.run())
-        self.cancel_btn.changed.connect(lambda: self.runner.cancel())
+        self.cancel_btn.changed.connect(self.cancel)
         self.split_btn.changed.connect(lambda: self.split_last_line())
         self.restore_btn.changed.connect(lambda: self.restore_saved())
         self.export_btn.changed.connect(lambda: self._export_dialog())
@@ -193,13 +194,6 @@ class SegmentWidget(Container):
             self.export_btn,
             self.status,
         ]
-
-    def _set_busy(self, busy: bool) -> None:
-        self.run_btn.enabled = not busy
-        self.cancel_btn.enabled = busy
-
-    def _set_status(self, text: str) -> None:
-        self.status.value = text
 
     # ------------------------------------------------------------------ inputs
     def _image_choices(self, _widget=None) -> list[str]:

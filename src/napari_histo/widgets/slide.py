@@ -23,6 +23,7 @@ from magicgui.widgets import (
 )
 
 from ._common import (
+    FormJobMixin,
     JobRunner,
     ask_path,
     device_choice,
@@ -46,7 +47,7 @@ LOCAL_PROCESSES = "local processes"
 REMOTE = "dask scheduler at address"
 
 
-class SlideWidget(Container):
+class SlideWidget(FormJobMixin, Container):
     """Segment a whole slide tile by tile; open the labels pyramid; edit a region; export.
 
     A magicgui form: the slide chooser follows the layer list, the model chooser is the cached
@@ -64,7 +65,7 @@ class SlideWidget(Container):
         super().__init__(widgets=self._build(), labels=False)
         self.where.changed.connect(self._on_where)
         self.run_btn.changed.connect(lambda: self.run())
-        self.cancel_btn.changed.connect(lambda: self.runner.cancel())
+        self.cancel_btn.changed.connect(self.cancel)
         self.open_btn.changed.connect(lambda: self._open_dialog())
         self.edit_btn.changed.connect(lambda: self.pull_region())
         self.save_btn.changed.connect(lambda: self.push_region())
@@ -132,13 +133,6 @@ class SlideWidget(Container):
             self.export_btn,
             self.status,
         ]
-
-    def _set_busy(self, busy: bool) -> None:
-        self.run_btn.enabled = not busy
-        self.cancel_btn.enabled = busy
-
-    def _set_status(self, text: str) -> None:
-        self.status.value = text
 
     def refresh(self, event=None) -> None:
         """The slide chooser follows the layer list (the model list is cached, not re-read)."""

@@ -22,6 +22,7 @@ from qtpy.QtWidgets import (
 
 from ..core.stain import DEFAULT_METHOD, METHODS
 from ._common import (
+    FormJobMixin,
     JobRunner,
     add_or_update_image,
     add_or_update_labels,
@@ -62,7 +63,7 @@ class Candidate:
     path: Path | None = None
 
 
-class StainNormalizationWidget(Container):
+class StainNormalizationWidget(FormJobMixin, Container):
     """Pick a stain template by eye, fit a normalizer, preview class maps and normalized layers.
 
     A magicgui form: the layer choosers follow the layer list; every action runs in a worker
@@ -192,17 +193,6 @@ class StainNormalizationWidget(Container):
             form([self.save_btn, self.load_btn], layout="horizontal", labels=False),
             self.status,
         ]
-
-    def _set_busy(self, busy: bool) -> None:
-        self.run_btn.enabled = not busy
-        self.cancel_btn.enabled = busy
-
-    def _set_status(self, text: str) -> None:
-        self.status.value = text
-
-    def cancel(self, *_) -> None:
-        """Stop the running job at its next progress event."""
-        self.runner.cancel()
 
     # ------------------------------------------------------------------ candidates
     def _roi_choices(self, _widget=None) -> list[str]:
