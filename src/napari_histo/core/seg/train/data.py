@@ -170,9 +170,9 @@ class PatchSampler:
         Fraction of the patches drawn around a random focus pixel (the rest as usual).
     """
 
-    margin = 8
+    margin = 8  # context cut off after the targets are made (crop-border effects)
     #: Focus pixels kept per image to draw patch centres from (a uniform subsample).
-    focus_points = 20_000  # context cut off after the targets are made (crop-border effects)
+    focus_points = 20_000
 
     def __init__(
         self,
