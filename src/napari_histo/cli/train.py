@@ -63,8 +63,8 @@ def add_arguments(parser) -> None:
         default=None,
         metavar="S",
         help="training time budget: the learning rate decays over it and training stops when it "
-        "is spent (fine-tuning 5 corrected tiles: 80 s gives +0.10 AJI on 2 CPU cores, "
-        "bench/results/finetune.md)",
+        "is spent (fine-tuning the default on 5 corrected tiles: 80 s gives +0.05 AJI on 2 CPU "
+        "cores, bench/results/finetune.md)",
     )
     parser.add_argument(
         "--no-focus",
