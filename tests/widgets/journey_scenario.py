@@ -148,7 +148,7 @@ def _journey(out: Path, shots: Path | None, report: dict) -> None:
     assert not (np.asarray(lab.data) == b).any()
     data = np.asarray(lab.data)
     target, line = _split_line(data)
-    seg.viewer.layers["cut lines"].add_lines(np.array(line, float))
+    seg.cut_lines_layer().add_lines(np.array(line, float))
     before_split = len(np.unique(data)) - 1
     measure("split a nucleus", lambda: seg.split_last_line(), lambda: True)
     assert len(np.unique(np.asarray(lab.data))) - 1 > before_split

@@ -95,6 +95,22 @@ def test_edit_keys_and_autosave(viewer_and_widget, qtbot, tmp_path):
         not (after == c).any() and (after == b).sum() == counts[ids == b][0] + counts[ids == c][0]
     )
     assert widget.next_label() == int(after.max()) + 1
+    # Split: the 'cut lines' layer is made at the first split (not with every segmentation),
+    # selected for drawing; a line drawn across a nucleus then splits it.
+    assert "cut lines" not in viewer.layers
+    widget.split_last_line()
+    assert "cut lines" in viewer.layers and "draw a line" in widget.status.value
+    assert viewer.layers.selection.active is viewer.layers["cut lines"]
+    yy, xx = np.nonzero(after == b)
+    row = int(np.median(yy))
+    cols = xx[yy == row]
+    n_before = len(np.unique(after)) - 1
+    viewer.layers["cut lines"].add_lines(
+        np.array([[row, cols.min() - 3], [row, cols.max() + 3]], float)
+    )
+    widget.split_last_line()
+    after = np.asarray(layer.data)
+    assert len(np.unique(after)) - 1 > n_before
     # Autosave (debounced) writes the image + corrected labels pair into the project folder.
     qtbot.waitUntil(lambda: widget.last_saved is not None, timeout=10_000)
     saved = widget.project().find("tile")

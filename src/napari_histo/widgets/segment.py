@@ -49,12 +49,14 @@ REGION_VIEW = "current field of view"
 #: The Method chooser's first entry: the chosen model with the options of the form.
 OWN_SETTINGS = ""
 AUTOSAVE_DELAY_MS = 1500
+#: The Shapes layer a user draws split lines in.
+CUT_LAYER = "cut lines"
 
 KEYS = {
     "n": "next free label id (paint a new nucleus)",
     "x": "delete the nucleus under the cursor",
     "m": "merge: press on one nucleus, then on the other",
-    "s": "split the nucleus crossed by the last line drawn in 'cut lines'",
+    "s": "split the nucleus crossed by the last line drawn in 'cut lines' (made on first use)",
 }
 
 
@@ -207,7 +209,7 @@ class SegmentWidget(FormJobMixin, Container):
         return [REGION_WHOLE, REGION_VIEW] + [
             f"rectangles of '{lyr.name}'"
             for lyr in self.viewer.layers
-            if isinstance(lyr, Shapes) and lyr.name != "cut lines"
+            if isinstance(lyr, Shapes) and lyr.name != CUT_LAYER
         ]
 
     def refresh_inputs(self, event=None) -> None:
@@ -374,15 +376,20 @@ class SegmentWidget(FormJobMixin, Container):
             "m", lambda lyr: self.merge_at(self.viewer.cursor.position), overwrite=True
         )
         lab_layer.bind_key("s", lambda lyr: self.split_last_line(), overwrite=True)
-        if "cut lines" not in self.viewer.layers:
-            self.viewer.add_shapes(
-                name="cut lines",
-                edge_color="yellow",
-                edge_width=2,
-                face_color="transparent",
-                visible=True,
-            )
-            self.viewer.layers.selection.active = lab_layer
+
+    def cut_lines_layer(self, select: bool = False):
+        """The 'cut lines' Shapes layer, made on first use (not with every segmentation: napari
+        builds a Shapes layer's text overlay on the GUI thread, ~100 ms of the first click)."""
+        if CUT_LAYER in self.viewer.layers:
+            return self.viewer.layers[CUT_LAYER]
+        layer = self.viewer.add_shapes(
+            name=CUT_LAYER, edge_color="yellow", edge_width=2, face_color="transparent"
+        )
+        if select:
+            layer.mode = "add_path"
+        elif self.labels_layer is not None:
+            self.viewer.layers.selection.active = self.labels_layer
+        return layer
 
     def _label_at(self, position) -> int:
         value = self.labels_layer.get_value(position, world=True)
@@ -429,13 +436,13 @@ class SegmentWidget(FormJobMixin, Container):
         from ..core.labels.edit import split_label
 
         def do():
-            if "cut lines" not in self.viewer.layers or not len(
-                self.viewer.layers["cut lines"].data
-            ):
+            if CUT_LAYER not in self.viewer.layers or not len(self.viewer.layers[CUT_LAYER].data):
+                self.cut_lines_layer(select=True)
                 raise HistoError(
-                    "draw a line or path across the nucleus in the 'cut lines' layer first"
+                    f"draw a line or path across the nucleus in the '{CUT_LAYER}' layer (now "
+                    "selected), then split again"
                 )
-            cuts = self.viewer.layers["cut lines"]
+            cuts = self.viewer.layers[CUT_LAYER]
             line = np.array(
                 [self.labels_layer.world_to_data(cuts.data_to_world(p)) for p in cuts.data[-1]]
             )
