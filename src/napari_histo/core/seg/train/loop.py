@@ -20,6 +20,7 @@ changes and a small scale jitter. Early stopping watches the validation AJI.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -78,25 +79,32 @@ def _lr_at(step: int, total: int, lr: float, warmup: int, time_fraction: float =
     return lr * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t))))
 
 
+@contextlib.contextmanager
+def _in_eval(net: Any, spec: Any, device: Any, name: str):
+    """``net`` as a LoadedModel in eval mode for the block; its training mode comes back after."""
+    from ..registry import LoadedModel
+
+    was_training = net.training
+    net.eval()
+    try:
+        yield LoadedModel(net=net, spec=spec, card={}, device=device, name=name)
+    finally:
+        net.train(was_training)
+
+
 def _parent_disagreement(
     net: Any, spec: Any, device: Any, pairs: list[tuple[str, np.ndarray, np.ndarray]], tile: Any
 ) -> Generator[Progress, None, list[np.ndarray]]:
     """Where each pair's labels differ from ``net``'s own segmentation (the corrections)."""
     from ..inference import segment_iter
     from ..metrics import changed_regions
-    from ..registry import LoadedModel
 
-    was_training = net.training
-    net.eval()
-    model = LoadedModel(net=net, spec=spec, card={}, device=device, name="parent")
     masks = []
-    try:
+    with _in_eval(net, spec, device, "parent") as model:
         for k, (name, img, lab) in enumerate(pairs):
             yield Progress(k, len(pairs), stage="corrections", message=f"comparing {name}")
             pred = (yield from segment_iter(img, model, tta=False, tile=tile)).labels
             masks.append(changed_regions(lab, pred))
-    finally:
-        net.train(was_training)
     yield Progress(len(pairs), len(pairs), stage="corrections")
     return masks
 
@@ -111,13 +119,9 @@ def validate(
     """Segment every validation pair with ``net`` and score it (mean and per image)."""
     from ..inference import segment_iter
     from ..metrics import evaluate
-    from ..registry import LoadedModel
 
-    was_training = net.training
-    net.eval()
-    model = LoadedModel(net=net, spec=spec, card={}, device=device, name="training")
     per: dict[str, dict] = {}
-    try:
+    with _in_eval(net, spec, device, "training") as model:
         for name, img, lab in val:
             import warnings
 
@@ -126,8 +130,6 @@ def validate(
                 # No multiple inference: it would multiply the cost of every validation.
                 pred = drain(segment_iter(img, model, tta=False, tile=tile)).labels
             per[name] = {k: float(v) for k, v in evaluate(lab, pred).items()}
-    finally:
-        net.train(was_training)
     keys = next(iter(per.values())).keys() if per else ()
     mean = {k: float(np.mean([m[k] for m in per.values()])) for k in keys}
     return {**mean, "per_image": per}
