@@ -79,7 +79,10 @@ def add_arguments(parser) -> None:
         help=f"stain normalization method for --normalize (default: {DEFAULT_METHOD}, as normalize)",
     )
     parser.add_argument(
-        "--tile", type=int, default=None, help="tile size in pixels (default 256 CPU / 512 GPU)"
+        "--tile",
+        type=int,
+        default=None,
+        help="largest network tile in pixels (default 512; tiles are balanced to share ~32 px)",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--geojson", action="store_true", help="also write OUT/<stem>.geojson")

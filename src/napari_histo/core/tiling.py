@@ -49,11 +49,18 @@ class TileSpec:
         Pixels shared by neighbouring tiles (at most half a tile); blended with a cosine ramp.
     batch : int
         Tiles per forward pass.
+    balance : bool
+        Shrink the tiles along an axis to the smallest size (a multiple of the model's) that
+        covers it with as many tiles as ``tile`` would need, so neighbours share only about
+        ``overlap`` pixels instead of the last tile overlapping by up to a whole tile. Less work
+        for fully convolutional models; not for models whose output depends on the tile size
+        (the translator's instance normalization).
     """
 
     tile: int = 256
     overlap: int = 32
     batch: int = 4
+    balance: bool = False
 
     def __post_init__(self):
         if int(self.tile) < 8 or int(self.overlap) < 0 or int(self.batch) < 1:
@@ -74,6 +81,16 @@ def axis_starts(length: int, tile: int, stride: int) -> list[int]:
     starts = list(range(0, length - tile, max(1, stride)))
     starts.append(length - tile)
     return starts
+
+
+def balanced_tile(length: int, tile: int, overlap: int, multiple: int = 1) -> int:
+    """The smallest tile (a multiple of ``multiple``, at most ``tile``) that covers ``length``
+    with as many tiles, ``overlap`` apart, as ``tile`` itself needs."""
+    if length <= tile:
+        return length
+    n = -(-(length - overlap) // max(1, tile - overlap))
+    size = -(-(length + (n - 1) * overlap) // n)
+    return min(tile, _round_up(size, max(1, multiple)))
 
 
 def blend_ramp(tile: int, overlap: int) -> np.ndarray:
@@ -120,7 +137,8 @@ def plan_tiles(
         extra = full - n - 2 * margin
         pads.append((margin, margin + extra))
         sizes.append(full)
-    th, tw = min(tile, sizes[0]), min(tile, sizes[1])
+    th, tw = (balanced_tile(n, tile, int(spec.overlap), m) if spec.balance else min(tile, n)
+              for n in sizes)  # fmt: skip
     stride_y = max(1, th - int(spec.overlap))
     stride_x = max(1, tw - int(spec.overlap))
     ys = axis_starts(sizes[0], th, stride_y)
