@@ -237,6 +237,12 @@ def error_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+#: Pause between two :meth:`JobRunner.in_turns` steps (ms). A zero timer is a posted event,
+#: handled in the same batch as the repaint the previous step queued, so nothing else (input,
+#: timers) would run between them; a real timer lets the event loop go round first.
+TURN_MS = 10
+
+
 class JobRunner:
     """Runs one core progress generator at a time in a ``thread_worker``.
 
@@ -259,10 +265,41 @@ class JobRunner:
         self._cancelling = False
         self._on_busy = on_busy or (lambda busy: None)
         self._on_status = on_status or (lambda text: None)
+        self._turns: list[Callable[[], Any]] = []
 
     @property
     def running(self) -> bool:
-        return self.worker is not None
+        """A job runs, or the GUI steps it queued with :meth:`in_turns` are not all done."""
+        return self.worker is not None or bool(self._turns)
+
+    def in_turns(self, *steps: Callable[[], Any]) -> None:
+        """Run ``steps`` on the GUI thread, one per event-loop turn, in order.
+
+        napari builds a new layer's controls and visuals in 100-300 ms: adding several result
+        layers in one callback freezes the viewer for their sum; one per turn lets it repaint
+        and handle input between them. The job counts as running until the last step is done.
+        """
+        from qtpy.QtCore import QTimer
+
+        start = not self._turns
+        self._turns.extend(steps)
+        if start and self._turns:
+            QTimer.singleShot(TURN_MS, self._next_turn)
+
+    def _next_turn(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        if not self._turns:
+            return
+        step = self._turns.pop(0)
+        try:
+            step()
+        except Exception as exc:
+            notify_error(error_message(exc))
+        if self._turns:
+            QTimer.singleShot(TURN_MS, self._next_turn)
+        elif self.worker is None:
+            self._on_busy(False)
 
     def call(self, fn: Callable[..., Any], *args, stage: str = "", **kwargs):
         """Run ``fn(*args)`` in the worker (one indeterminate bar); same callbacks as :meth:`start`."""
@@ -283,7 +320,7 @@ class JobRunner:
         """Start ``gen_func(*args, **kwargs)`` in a worker; returns the worker."""
         from napari.qt.threading import create_worker
 
-        if self.worker is not None:
+        if self.running:
             raise RuntimeError("a job is already running")
         worker = create_worker(
             self._cancellable,
@@ -356,7 +393,8 @@ class JobRunner:
             for bar in bars.values():
                 bar.close()
             self.worker = None
-            self._on_busy(False)
+            if not self._turns:  # else the last queued GUI step ends the busy state
+                self._on_busy(False)
 
         worker.yielded.connect(yielded)
         worker.returned.connect(returned)

@@ -524,6 +524,7 @@ class StainNormalizationWidget(FormJobMixin, Container):
         self._set_status(f"done: {getattr(normalizer, 'name', 'normalizer')} applied")
 
     def _show_result(self, res) -> None:
+        """Add (or update) the result layers, one per event-loop turn (``JobRunner.in_turns``)."""
         source = self.viewer.layers[res.name] if res.name in self.viewer.layers else None  # noqa: SIM401
         kwargs = {}
         if source is not None:
@@ -531,40 +532,48 @@ class StainNormalizationWidget(FormJobMixin, Container):
         out_name = f"{res.name} normalized"
         self._made_layers.add(out_name)
         multiscale = isinstance(res.image, list)
-        add_or_update_image(
-            self.viewer, out_name, res.image, rgb=True, multiscale=multiscale, **kwargs
-        )
+        steps = [
+            lambda: add_or_update_image(
+                self.viewer, out_name, res.image, rgb=True, multiscale=multiscale, **kwargs
+            )
+        ]
         scale = np.asarray(kwargs.get("scale", (1.0, 1.0)))[-2:] * (2**res.class_level)
+        names = list(res.class_names or CLASS_COLOURS)
         if res.class_map is not None and self.show_classes.value:
-            names = list(res.class_names or CLASS_COLOURS)
             name = f"{res.name} classes"
             self._made_layers.add(name)
-            layer = add_or_update_labels(
-                self.viewer,
-                name,
-                res.class_map.astype(np.uint8) + 1,
-                colormap=_class_colormap(names),
-                opacity=0.45,
-                scale=scale,
-            )
-            layer.metadata["classes"] = {i + 1: n for i, n in enumerate(names)}
+
+            def classes(name=name):
+                layer = add_or_update_labels(
+                    self.viewer,
+                    name,
+                    res.class_map.astype(np.uint8) + 1,
+                    colormap=_class_colormap(names),
+                    opacity=0.45,
+                    scale=scale,
+                )
+                layer.metadata["classes"] = {i + 1: n for i, n in enumerate(names)}
+
+            steps.append(classes)
         if res.probabilities is not None:
-            names = list(res.class_names or CLASS_COLOURS)
             for k in range(res.probabilities.shape[-1]):
                 cname = names[k] if k < len(names) else f"class {k}"
                 name = f"{res.name} P({cname})"
                 self._made_layers.add(name)
-                add_or_update_image(
-                    self.viewer,
-                    name,
-                    res.probabilities[..., k],
-                    colormap="gray",
-                    contrast_limits=(0, 1),
-                    visible=False,
-                    scale=scale,
+                steps.append(
+                    lambda name=name, k=k: add_or_update_image(
+                        self.viewer,
+                        name,
+                        res.probabilities[..., k],
+                        colormap="gray",
+                        contrast_limits=(0, 1),
+                        visible=False,
+                        scale=scale,
+                    )
                 )
         for note in res.notes:
-            notify_info(note)
+            steps.append(lambda note=note: notify_info(note))
+        self.runner.in_turns(*steps)
 
     # ------------------------------------------------------------------ misc
     def _toggle_compare(self, on: bool) -> None:
