@@ -183,6 +183,12 @@ def test_maskrcnn(crops):
     # No resizing inside: the transform keeps a tile's pixel size.
     images, _ = model.transform([torch.zeros(3, CROP, CROP)])
     assert images.image_sizes == [(CROP, CROP)]
+    # detect() filters at the spec's threshold and leaves the shared model's own as it was.
+    own = model.roi_heads.score_thresh
+    assert own != arch.score_threshold
+    dets = arch.detect(model, spec.to_input(crops[0][:1]))
+    assert len(dets) == 1 and (dets[0].scores >= arch.score_threshold).all()
+    assert model.roi_heads.score_thresh == own
 
 
 def test_maskrcnn_targets_and_rasterize(crops):

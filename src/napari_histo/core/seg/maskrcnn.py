@@ -197,10 +197,15 @@ class MaskRCNNSpec(TernarySpec):
         """
         model.eval()
         heads = getattr(model, "roi_heads", None)
+        before = getattr(heads, "score_thresh", None)
         if heads is not None:
             heads.score_thresh = float(self.score_threshold)
-        with torch.no_grad():
-            dets = model(list(x))
+        try:
+            with torch.no_grad():
+                dets = model(list(x))
+        finally:  # the model is shared (predict, training): leave its own threshold as it was
+            if heads is not None:
+                heads.score_thresh = before
         return [
             Detections(d["masks"][:, 0].float().cpu().numpy(), d["scores"].float().cpu().numpy())
             for d in dets
