@@ -77,22 +77,14 @@ def main() -> int:
     ft = next(w for name, w in inner.items() if name.startswith("Fine-tune"))
     raise_dock(ft)
     ft.refresh()
-    for i in range(ft.pair_list.count()):
-        item = ft.pair_list.item(i)
-        from qtpy.QtCore import Qt
-
-        item.setCheckState(
-            Qt.CheckState.Checked
-            if item.text().endswith("tile top corrected")
-            else Qt.CheckState.Unchecked
-        )
+    ft.pairs.value = [n for n in ft.pairs.choices if n.endswith("tile top corrected")]
     ft.val_choice.value = "current layer: tile bottom corrected"
     ft.epochs.value = int(os.environ.get("SCREENSHOT_EPOCHS", "8"))
     ft.run()
     wait(ft.runner)
     save_window_screenshot(viewer, docs / "finetune.png")
     print(seg.status.value)
-    print(ft.status.text())
+    print(ft.status.value)
     viewer.close()
     return 0
 

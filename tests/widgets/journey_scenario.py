@@ -167,8 +167,8 @@ def _journey(out: Path, shots: Path | None, report: dict) -> None:
     # 7. Fine-tune on the corrected pair (1 epoch on the CPU).
     ft.refresh()
     ft.epochs.value = 1
-    measure("fine-tune (1 epoch)", lambda: ft.run_btn.click(), lambda: not ft.runner.running)
-    assert ft.result is not None, ft.status.text()
+    measure("fine-tune (1 epoch)", lambda: ft.run_btn.native.click(), lambda: not ft.runner.running)
+    assert ft.result is not None, ft.status.value
     new_ref = str(ft.result.model_dir)
     assert seg.model.value == new_ref, (seg.model.value, new_ref)
     step("fine-tune")

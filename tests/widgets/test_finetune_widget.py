@@ -38,14 +38,14 @@ def viewer_widgets(make_napari_viewer, monuseg, tmp_path, monkeypatch):
 def test_fine_tune_makes_a_selectable_version_with_before_after(viewer_widgets, qtbot):
     viewer, seg, ft, models = viewer_widgets
     ft.refresh()
-    items = [ft.pair_list.item(i).text() for i in range(ft.pair_list.count())]
-    assert items == ["current layer: tile0 nuclei", "current layer: tile1 nuclei"]
+    items = ["current layer: tile0 nuclei", "current layer: tile1 nuclei"]
+    assert list(ft.pairs.choices) == items and list(ft.pairs.value) == items  # all chosen
     ft.val_choice.value = "current layer: tile1 nuclei"
     pairs, val = ft.gather()
     assert [p[0] for p in pairs] == ["tile0"] and val[0] == "tile1"
     assert ft.run() is not None
     qtbot.waitUntil(lambda: not ft.runner.running, timeout=240_000)
-    assert ft.result is not None, ft.status.text()
+    assert ft.result is not None, ft.status.value
     new = ft.result.model_dir
     assert new.parent == models and (new / "card.json").is_file()
     assert ft.plot.loss, "the live loss plot got no points"
@@ -55,6 +55,20 @@ def test_fine_tune_makes_a_selectable_version_with_before_after(viewer_widgets, 
             assert 0.0 <= value <= 1.0
     # The new version is selectable (and selected) in Segment nuclei.
     assert seg.model.value == str(new)
+
+
+def test_pairs_left_out_stay_out(viewer_widgets):
+    viewer, seg, ft, models = viewer_widgets
+    ft.pairs.value = ["current layer: tile1 nuclei"]
+    viewer.add_labels(  # as the Segment widget adds it; the list follows the layer event
+        np.zeros((8, 8), np.uint32),
+        name="tile0 copy nuclei",
+        metadata={"napari_histo_image": "tile0"},
+    )
+    assert "current layer: tile0 copy nuclei" in ft.pairs.choices
+    assert list(ft.pairs.value) == ["current layer: tile1 nuclei"]
+    pairs, val = ft.gather()
+    assert [p[0] for p in pairs] == ["tile1"] and val is None
 
 
 def test_cancel_leaves_no_new_version(viewer_widgets, qtbot):
@@ -67,7 +81,7 @@ def test_cancel_leaves_no_new_version(viewer_widgets, qtbot):
     qtbot.waitUntil(lambda: not ft.runner.running, timeout=60_000)
     assert ft.result is None
     assert not models.exists() or not any(p.is_dir() for p in models.iterdir())
-    assert "cancel" in ft.status.text()
+    assert "cancel" in ft.status.value
 
 
 def test_no_pairs_is_a_clear_message(make_napari_viewer, tmp_path, monkeypatch):
@@ -77,4 +91,4 @@ def test_no_pairs_is_a_clear_message(make_napari_viewer, tmp_path, monkeypatch):
     viewer = make_napari_viewer()
     ft = FineTuneWidget(viewer)
     assert ft.run() is None
-    assert "no training pairs" in ft.status.text()
+    assert "no training pairs" in ft.status.value

@@ -542,30 +542,3 @@ class FormJobMixin:
 
     def cancel(self, *_) -> None:
         self.runner.cancel()
-
-
-class RunCancelMixin:
-    """A Run / Cancel button pair bound to ``self.run`` and ``self.runner``, plus the
-    ``on_busy`` / ``on_status`` callbacks a :class:`JobRunner` needs (status goes to
-    ``self.status``, a QLabel)."""
-
-    def run_cancel_row(self, text: str):
-        """Make ``self.run_btn`` and ``self.cancel_btn`` side by side; returns their layout."""
-        from qtpy.QtWidgets import QHBoxLayout, QPushButton
-
-        row = QHBoxLayout()
-        self.run_btn = QPushButton(text)
-        self.run_btn.clicked.connect(self.run)
-        self.cancel_btn = QPushButton("Cancel")
-        self.cancel_btn.setEnabled(False)
-        self.cancel_btn.clicked.connect(self.runner.cancel)
-        row.addWidget(self.run_btn)
-        row.addWidget(self.cancel_btn)
-        return row
-
-    def _set_busy(self, busy: bool) -> None:
-        self.run_btn.setEnabled(not busy)
-        self.cancel_btn.setEnabled(busy)
-
-    def _set_status(self, text: str) -> None:
-        self.status.setText(text)

@@ -12,30 +12,38 @@ import itertools
 from typing import TYPE_CHECKING
 
 import numpy as np
-from qtpy.QtCore import QPointF, Qt
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    Label,
+    PushButton,
+    Select,
+    SpinBox,
+)
+from qtpy.QtCore import QPointF
 from qtpy.QtGui import QColor, QPainter, QPen
 from qtpy.QtWidgets import (
-    QGroupBox,
-    QHBoxLayout,
-    QLabel,
-    QListWidget,
-    QListWidgetItem,
-    QPushButton,
+    QHeaderView,
+    QSizePolicy,
     QTableWidget,
     QTableWidgetItem,
-    QVBoxLayout,
     QWidget,
 )
 
 from ._common import (
+    FormJobMixin,
     JobRunner,
-    RunCancelMixin,
     device_choice,
     error_message,
+    form,
+    header,
+    holder,
     model_choice,
     notify_error,
     notify_info,
     select_model,
+    wrapped,
 )
 from ._viewer_state import MODELS, viewer_state
 
@@ -44,15 +52,19 @@ if TYPE_CHECKING:
 
 NO_VALIDATION = "(none: train on every pair)"
 CURRENT = "current layer: "
-#: Colours of the loss plot's series, one per quantity (others cycle through the last ones).
-SERIES_COLOURS = [(255, 170, 60), (90, 200, 255), (140, 230, 120), (230, 120, 230)]
+#: Colours of the loss plot's series, one per shown quantity.
+SERIES_COLOURS = [(255, 170, 60), (90, 200, 255), (140, 230, 120), (230, 120, 230), (240, 240, 240)]
 
 
 class LossPlot(QWidget):
     """A small live plot without matplotlib: one series per quantity (loss, val AJI...).
 
     Each series has its own scale (a loss and an AJI do not share an axis) and its own label.
+    Every number is kept; the plot draws the training loss and the validation scores a
+    pathologist compares (``SHOWN``), not the learning rate or the detection sub-scores.
     """
+
+    SHOWN = ("loss", "val_loss", "val_aji", "val_dice", "val_pq")
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -85,10 +97,11 @@ class LossPlot(QWidget):
         p = QPainter(self)
         p.fillRect(self.rect(), QColor(30, 30, 35))
         w, h = self.width(), self.height()
-        for k, (label, series) in enumerate(self.series.items()):
-            colour = QColor(*SERIES_COLOURS[min(k, len(SERIES_COLOURS) - 1)])
+        shown = [(key, self.series[key]) for key in self.SHOWN if self.series.get(key)]
+        for k, (label, series) in enumerate(shown):
+            colour = QColor(*SERIES_COLOURS[k % len(SERIES_COLOURS)])
             p.setPen(QPen(colour, 1.5))
-            p.drawText(6 + k * (w // max(1, len(self.series))), 12, f"{label} {series[-1]:.3g}")
+            p.drawText(6 + k * (w // max(1, len(shown))), 12, f"{label} {series[-1]:.3g}")
             if len(series) < 2:
                 continue
             lo, hi = min(series), max(series)
@@ -102,70 +115,76 @@ class LossPlot(QWidget):
         p.end()
 
 
-class FineTuneWidget(RunCancelMixin, QWidget):
+class FineTuneWidget(FormJobMixin, Container):
     """Fine-tune a segmentation model from corrected masks into a new model version.
 
-    The settings are a magicgui form (``self.form``); the pair list, the loss plot and the
-    before/after table are Qt (magicgui has none of them).
+    A magicgui form (training pairs, hold-back choice, settings, Run / Cancel); only the loss plot
+    and the before/after table are Qt widgets (magicgui has neither), each held by an empty
+    magicgui Container.
     """
 
-    def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None):
-        super().__init__(parent)
+    def __init__(self, napari_viewer: napari.Viewer):
         self.viewer = napari_viewer
         self.state = viewer_state(napari_viewer)
         self.runner = JobRunner(on_busy=self._set_busy, on_status=self._set_status)
         self.result = None
-        self._build()
+        self._names: list[str] = []  # the pair names last listed (the choosers' choices)
+        super().__init__(widgets=self._build(), labels=False)
         self.refresh()
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(self.refresh)
         self.state.connect("project", lambda _: self.refresh())
 
-    def _build(self) -> None:
-        from magicgui.widgets import ComboBox, Container, FloatSpinBox, SpinBox
-
-        layout = QVBoxLayout(self)
-        box = QGroupBox("Training pairs (corrected image + labels)")
-        v = QVBoxLayout(box)
-        self.pair_list = QListWidget()
-        self.pair_list.setMinimumHeight(90)
-        v.addWidget(self.pair_list)
-        row = QHBoxLayout()
-        refresh = QPushButton("Refresh")
-        refresh.clicked.connect(lambda: self.refresh(reread_models=True))
-        row.addWidget(refresh)
-        v.addLayout(row)
+    def _build(self) -> list:
+        # Choices are callables over the last listing: napari resets a magicgui dock widget's
+        # choices on every layer event, and a fixed list would be reset to the first one.
+        self.pairs = Select(
+            choices=lambda _w: list(self._names),
+            tooltip="The corrected pairs to train on (Ctrl- or Shift-click to choose several): "
+            "corrected Labels layers and the project folder's saved pairs",
+        )
+        self.pairs.native.setMinimumHeight(70)
+        self.pairs.native.setMaximumHeight(140)
+        self.refresh_btn = PushButton(text="Refresh")
+        self.refresh_btn.changed.connect(lambda: self.refresh(reread_models=True))
         self.val_choice = ComboBox(
             label="Hold back for validation",
-            choices=[NO_VALIDATION],
+            choices=lambda _w: [NO_VALIDATION, *self._names],
             tooltip="Hold one pair back to measure the model before and after",
         )
-        v.addWidget(Container(widgets=[self.val_choice]).native)
-        layout.addWidget(box)
-
-        box = QGroupBox("Settings")
-        v = QVBoxLayout(box)
         self.model_choice = model_choice("Start from")
         self.epochs = SpinBox(label="Epochs", value=10, min=1, max=10_000)
         self.lr = FloatSpinBox(label="Learning rate", value=2e-4, min=1e-5, max=1e-1, step=1e-4)
         self.lr.native.setDecimals(5)
         self.device = device_choice()
-        self.form = Container(widgets=[self.model_choice, self.epochs, self.lr, self.device])
-        v.addWidget(self.form.native)
-        layout.addWidget(box)
-
-        layout.addLayout(self.run_cancel_row("Fine-tune"))
+        self.run_btn = PushButton(text="Fine-tune")
+        self.run_btn.changed.connect(self.run)
+        self.cancel_btn = PushButton(text="Cancel", enabled=False)
+        self.cancel_btn.changed.connect(self.cancel)
         self.plot = LossPlot()
-        layout.addWidget(self.plot)
+        self.plot.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        plot_box = holder(self.plot)
+        plot_box.native.setMaximumHeight(160)
         self.table = QTableWidget(3, 2)
         self.table.setHorizontalHeaderLabels(["parent", "new version"])
         self.table.setVerticalHeaderLabels(["AJI", "Dice", "PQ"])
+        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.table.setMaximumHeight(120)
-        layout.addWidget(self.table)
-        self.status = QLabel("ready")
-        self.status.setWordWrap(True)
-        layout.addWidget(self.status)
-        layout.addStretch(1)
+        self.status = wrapped(Label(value="ready"))
+        self.form = form([self.model_choice, self.epochs, self.lr, self.device])
+        return [
+            header("Training pairs", "corrected image + labels"),
+            self.pairs,
+            self.refresh_btn,
+            form([self.val_choice]),
+            header("Settings"),
+            self.form,
+            form([self.run_btn, self.cancel_btn], layout="horizontal", labels=False),
+            plot_box,
+            holder(self.table),
+            self.status,
+        ]
 
     # ------------------------------------------------------------------ inputs
     def _project(self):
@@ -186,25 +205,21 @@ class FineTuneWidget(RunCancelMixin, QWidget):
         ]
 
     def refresh(self, event=None, reread_models: bool = False) -> None:
-        """List the corrected layers and the project's saved pairs (models: the cached list)."""
-        checked = {
-            self.pair_list.item(i).text()
-            for i in range(self.pair_list.count())
-            if self.pair_list.item(i).checkState() == Qt.CheckState.Checked
-        }
-        self.pair_list.clear()
+        """List the corrected layers and the project's saved pairs (models: the cached list).
+
+        A pair the user had chosen stays chosen; new pairs are chosen when all were (the
+        default), left out otherwise.
+        """
+        before, chosen = list(self.pairs.choices), set(self.pairs.value)
         names = [CURRENT + lyr.name for lyr in self._corrected_layers()]
         with contextlib.suppress(Exception):  # an unreadable project folder lists no saved pairs
             names += [p.stem for p in self._project().pairs()]
-        for n in names:
-            item = QListWidgetItem(n)
-            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            item.setCheckState(
-                Qt.CheckState.Checked if (n in checked or not checked) else Qt.CheckState.Unchecked
-            )
-            self.pair_list.addItem(item)
+        all_chosen = not before or chosen == set(before)
         keep = self.val_choice.value
-        self.val_choice.choices = [NO_VALIDATION, *names]
+        self._names = names
+        self.pairs.reset_choices()
+        self.pairs.value = [n for n in names if all_chosen or n in chosen]
+        self.val_choice.reset_choices()
         if keep in self.val_choice.choices:
             self.val_choice.value = keep
         if reread_models:
@@ -220,11 +235,7 @@ class FineTuneWidget(RunCancelMixin, QWidget):
         return ("saved", name, self._project(), None)
 
     def gather_specs(self):
-        chosen = [
-            self.pair_list.item(i).text()
-            for i in range(self.pair_list.count())
-            if self.pair_list.item(i).checkState() == Qt.CheckState.Checked
-        ]
+        chosen = [n for n in self.pairs.choices if n in set(self.pairs.value)]
         val_name = self.val_choice.value
         val = None if val_name in ("", None, NO_VALIDATION) else self._spec(val_name)
         train = [self._spec(n) for n in chosen if n != val_name]
