@@ -46,6 +46,19 @@ def test_split_by_line_keeps_every_pixel():
     assert (out == 2).sum() == (lab == 2).sum()
 
 
+def test_split_a_real_nucleus_touches_nothing_else(monuseg):
+    lab = read_labels(sorted((monuseg / "masks").glob("*.tif"))[0]).astype(np.int32)
+    ids, counts = np.unique(lab[lab > 0], return_counts=True)
+    target = int(ids[np.argmax(counts)])  # the largest nucleus of the tile
+    rows, cols = np.nonzero(lab == target)
+    mid = int(np.median(cols))
+    out, new = split_label(lab, [(rows.min() - 2, mid), (rows.max() + 2, mid)])
+    assert new == [int(lab.max()) + 1]
+    footprint = lab == target
+    assert np.array_equal(out[~footprint], lab[~footprint]), "another nucleus changed"
+    assert set(np.unique(out[footprint])) == {target, new[0]}, "a pixel of it was lost"
+
+
 def test_split_refusals():
     lab = _labels()
     with pytest.raises(HistoError, match="exactly one"):
