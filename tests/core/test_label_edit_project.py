@@ -9,7 +9,7 @@ from skimage.draw import disk, ellipse
 from napari_histo.core.errors import HistoError
 from napari_histo.core.io import read_image, read_labels
 from napari_histo.core.labels.edit import delete_label, merge_labels, next_free_label, split_label
-from napari_histo.core.labels.project import Project, default_project_dir
+from napari_histo.core.labels.project import Project, default_project_dir, open_project
 
 
 def _labels():
@@ -84,6 +84,24 @@ def test_project_roundtrip(monuseg, tmp_path):
     assert (tmp_path / "proj" / "masks" / "my_tile_crop.tif").exists()
     with pytest.raises(HistoError, match="do not match"):
         proj.save_pair("x", img, lab[:10])
+
+
+def test_project_listing_follows_the_folder(monuseg, tmp_path, monkeypatch):
+    name = "TCGA-A7-A13E-01Z-00-DX1"
+    img = read_image(monuseg / "images" / f"{name}.png")[:64, :64]
+    lab = read_labels(monuseg / "masks" / f"{name}.tif")[:64, :64]
+    widget_view = open_project(tmp_path / "proj")
+    assert open_project(str(tmp_path / "proj")) is widget_view  # one instance per folder
+    assert widget_view.pairs() == []
+    Project(tmp_path / "proj").save_pair("a", img, lab)  # another writer (the autosave worker)
+    assert [p.stem for p in widget_view.pairs()] == ["a"]
+    listed = []
+    real = Project._list_pairs
+    monkeypatch.setattr(Project, "_list_pairs", lambda self: listed.append(1) or real(self))
+    widget_view.pairs()
+    assert listed == [], "an unchanged folder is not listed again"
+    (tmp_path / "proj" / "masks" / "a.tif").unlink()
+    assert widget_view.pairs() == [] and listed == [1]
 
 
 def test_default_project_dir(tmp_path):

@@ -190,9 +190,9 @@ class FineTuneWidget(FormJobMixin, Container):
     def _project(self):
         if self.state.project is not None:
             return self.state.project
-        from ..core.labels.project import Project, default_project_dir
+        from ..core.labels.project import default_project_dir, open_project
 
-        return Project(default_project_dir(None))
+        return open_project(default_project_dir(None))
 
     def _corrected_layers(self) -> list:
         from napari.layers import Labels

@@ -627,16 +627,16 @@ class SegmentWidget(FormJobMixin, Container):
 
     def project_for(self, image_name: str):
         """The correction project of ``image_name`` (folder field, else beside that image)."""
-        from ..core.labels.project import Project, default_project_dir
+        from ..core.labels.project import default_project_dir, open_project
 
         text = (self.project_dir.line_edit.value or "").strip()
         if text:
-            return Project(text)
+            return open_project(text)
         path = None
         if image_name in self.viewer.layers:
             layer = self.viewer.layers[image_name]
             path = layer.source.path or layer.metadata.get("path")
-        return Project(default_project_dir(path))
+        return open_project(default_project_dir(path))
 
     def _on_image_changed(self, image_name: str | None = None) -> None:
         """Another image chosen: its pixel size from the file, its saved corrections offered."""

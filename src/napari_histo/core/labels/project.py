@@ -58,6 +58,7 @@ class Project:
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
+        self._listing: tuple[tuple, list[Pair]] | None = None  # (folder signature, pairs)
 
     @property
     def images_dir(self) -> Path:
@@ -92,10 +93,34 @@ class Project:
         index = self._index()
         index[stem] = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(pair).items()}
         atomic_write_text(self.folder / "pairs.json", json.dumps(index, indent=1))
+        self._listing = None  # even where the file system's clock is too coarse to tell
         return pair
 
+    def _signature(self) -> tuple:
+        """What changes when a pair is added, replaced or removed (three stats, no reads)."""
+        sig = []
+        for p in (self.images_dir, self.masks_dir, self.folder / "pairs.json"):
+            try:
+                st = p.stat()
+                sig.append((st.st_mtime_ns, st.st_size))
+            except OSError:
+                sig.append(None)
+        return tuple(sig)
+
     def pairs(self) -> list[Pair]:
-        """Saved pairs whose image and mask both exist, newest first."""
+        """Saved pairs whose image and mask both exist, newest first.
+
+        The listing is kept until the folder changes (the widgets ask on every layer event, on
+        napari's GUI thread: three stats instead of reading the index and every mask's stat).
+        """
+        sig = self._signature()
+        if self._listing is not None and self._listing[0] == sig:
+            return list(self._listing[1])
+        out = self._list_pairs()
+        self._listing = (sig, out)
+        return list(out)
+
+    def _list_pairs(self) -> list[Pair]:
         index = self._index()
         out = []
         if not self.masks_dir.is_dir():
@@ -127,3 +152,16 @@ class Project:
         if pair is None:
             raise HistoError(f"no saved corrections called {stem!r} in {self.folder}")
         return read_image(pair.image), read_labels(pair.mask).astype(np.uint32)
+
+
+_OPEN: dict[Path, Project] = {}
+
+
+def open_project(folder: str | os.PathLike) -> Project:
+    """The :class:`Project` of ``folder``: one instance per folder in this process, so that its
+    cached listing serves every widget that asks."""
+    key = Path(folder).expanduser().absolute()
+    project = _OPEN.get(key)
+    if project is None:
+        project = _OPEN[key] = Project(key)
+    return project
