@@ -32,6 +32,7 @@ def test_slide_segment_edit_export(make_napari_viewer, svs_path, tmp_path, qtbot
     name = "CMU-1-Small-Region nuclei"
     lab = viewer.layers[name]
     assert lab.multiscale and lab.data[0].shape == layers[0].data[0].shape[:2]
+    assert lab.visible  # built hidden, shown in the next event-loop turn, before the job ends
     n_nuclei = int(widget.status.value.split()[0])
     assert n_nuclei > 500  # a real slide region full of nuclei
 

@@ -32,6 +32,29 @@ def add_or_update_image(viewer: napari.Viewer, name: str, data, **kwargs):
     return viewer.add_image(data, name=name, **kwargs)
 
 
+def built_then_shown(add: Callable[..., Any], viewer, name: str, data, **kwargs):
+    """A :meth:`JobRunner.in_turns` step adding or updating a layer with ``add`` (e.g.
+    :func:`add_or_update_image`): a new layer is built hidden in one turn and shown in the next.
+
+    napari builds a layer (controls, visual) and draws it for the first time (slicing, texture
+    upload) in two separate costs of about the same size; one turn each halves the longest
+    stall. ``on_layer(layer)`` in ``kwargs`` runs on the layer once built.
+    """
+    on_layer = kwargs.pop("on_layer", None)
+    visible = kwargs.pop("visible", True)
+
+    def step():
+        new = name not in viewer.layers
+        layer = add(viewer, name, data, visible=visible and not new, **kwargs)
+        if on_layer is not None:
+            on_layer(layer)
+        if new and visible:
+            return lambda: setattr(layer, "visible", True)
+        return None
+
+    return step
+
+
 def add_or_update_labels(viewer: napari.Viewer, name: str, data, **kwargs):
     """Replace the data of our labels layer called ``name`` or add a new one."""
     if name in viewer.layers:
@@ -293,7 +316,9 @@ class JobRunner:
             return
         step = self._turns.pop(0)
         try:
-            step()
+            follow = step()
+            if callable(follow):  # the step's second half, in the next turn
+                self._turns.insert(0, follow)
         except Exception as exc:
             notify_error(error_message(exc))
         if self._turns:

@@ -232,12 +232,15 @@ class SlideWidget(FormJobMixin, Container):
             opacity, selected = old.opacity, old.selected_label
             index = self.viewer.layers.index(old)
             self.viewer.layers.remove(old)
+        # Built hidden, shown one event-loop turn later: napari's building of the layer and its
+        # first draw are two stalls of the GUI thread instead of one twice as long.
         layer = self.viewer.add_labels(
-            data, name=name, multiscale=len(levels) > 1, opacity=opacity, **kwargs
+            data, name=name, multiscale=len(levels) > 1, opacity=opacity, visible=False, **kwargs
         )
         if index is not None:
             self.viewer.layers.move(self.viewer.layers.index(layer), index)
             layer.selected_label = selected
+        self.runner.in_turns(lambda: setattr(layer, "visible", True))
         self.zarr_path = path
         return layer
 

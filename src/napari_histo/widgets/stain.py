@@ -27,6 +27,7 @@ from ._common import (
     add_or_update_image,
     add_or_update_labels,
     ask_path,
+    built_then_shown,
     device_choice,
     error_message,
     form,
@@ -533,8 +534,14 @@ class StainNormalizationWidget(FormJobMixin, Container):
         self._made_layers.add(out_name)
         multiscale = isinstance(res.image, list)
         steps = [
-            lambda: add_or_update_image(
-                self.viewer, out_name, res.image, rgb=True, multiscale=multiscale, **kwargs
+            built_then_shown(
+                add_or_update_image,
+                self.viewer,
+                out_name,
+                res.image,
+                rgb=True,
+                multiscale=multiscale,
+                **kwargs,
             )
         ]
         scale = np.asarray(kwargs.get("scale", (1.0, 1.0)))[-2:] * (2**res.class_level)
@@ -542,26 +549,27 @@ class StainNormalizationWidget(FormJobMixin, Container):
         if res.class_map is not None and self.show_classes.value:
             name = f"{res.name} classes"
             self._made_layers.add(name)
-
-            def classes(name=name):
-                layer = add_or_update_labels(
+            classes = {i + 1: n for i, n in enumerate(names)}
+            steps.append(
+                built_then_shown(
+                    add_or_update_labels,
                     self.viewer,
                     name,
                     res.class_map.astype(np.uint8) + 1,
                     colormap=_class_colormap(names),
                     opacity=0.45,
                     scale=scale,
+                    on_layer=lambda layer: layer.metadata.update(classes=classes),
                 )
-                layer.metadata["classes"] = {i + 1: n for i, n in enumerate(names)}
-
-            steps.append(classes)
+            )
         if res.probabilities is not None:
             for k in range(res.probabilities.shape[-1]):
                 cname = names[k] if k < len(names) else f"class {k}"
                 name = f"{res.name} P({cname})"
                 self._made_layers.add(name)
                 steps.append(
-                    lambda name=name, k=k: add_or_update_image(
+                    built_then_shown(
+                        add_or_update_image,
                         self.viewer,
                         name,
                         res.probabilities[..., k],
