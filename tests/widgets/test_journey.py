@@ -21,14 +21,16 @@ pytestmark = [pytest.mark.gui, pytest.mark.slow]
 
 SCENARIO = Path(__file__).with_name("journey_scenario.py")
 #: The issue's aim: the GUI thread stalls at most this much longer than the same viewer idle (ms).
-#: Not met everywhere yet: on a loaded 2-core machine, napari adding and drawing result layers
-#: (software OpenGL) measured 200-330 ms for DCGMM normalize and whole-slide segment.
+#: Not met everywhere yet (bench/results/gui.md): opening the docks (building three forms while
+#: torch's C extension starts, GIL held), making the 'cut lines' Shapes layer and the slide's
+#: labels layer measured 200-460 ms on 2 quiet cores under software OpenGL.
 AIM_MS = 100
 #: What the test asserts: no return of the multi-second freezes (6.3 s and 1.6 s before the
 #: work moved to threads), with room for a loaded CI machine.
 GUARD_MS = 600
 #: Actions whose stall the issue bounds (the edit keys' own work is napari redrawing the layer).
 BOUNDED = (
+    "open the plugin docks",
     "pick template thumbnail",
     "fit & normalize (DCGMM)",
     "segment (first click)",
@@ -36,6 +38,8 @@ BOUNDED = (
     "fine-tune (1 epoch)",
     "segment (new version)",
     "export CSV + GeoJSON",
+    "open the Whole slide dock",
+    "slide segment",
     "slide export",
 )
 

@@ -43,6 +43,7 @@ from ._common import (
     notify_error,
     notify_info,
     select_model,
+    warm_up_torch,
     wrapped,
 )
 from ._viewer_state import MODELS, viewer_state
@@ -127,6 +128,7 @@ class FineTuneWidget(FormJobMixin, Container):
         self.viewer = napari_viewer
         self.state = viewer_state(napari_viewer)
         self.runner = JobRunner(on_busy=self._set_busy, on_status=self._set_status)
+        warm_up_torch()  # every action here needs torch: import it while the form is read
         self.result = None
         self._names: list[str] = []  # the pair names last listed (the choosers' choices)
         super().__init__(widgets=self._build(), labels=False)

@@ -37,6 +37,7 @@ from ._common import (
     notify_info,
     rgb_image_layers,
     select_model,
+    warm_up_torch,
     wrapped,
 )
 from ._viewer_state import viewer_state
@@ -72,6 +73,7 @@ class SegmentWidget(FormJobMixin, Container):
         self.viewer = napari_viewer
         self.state = viewer_state(napari_viewer)
         self.runner = JobRunner(on_busy=self._set_busy, on_status=self._set_status)
+        warm_up_torch()  # every action here needs torch: import it while the form is read
         self.labels_layer = None
         self._image_name = ""
         self._merge_first: int | None = None

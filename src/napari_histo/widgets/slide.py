@@ -35,6 +35,7 @@ from ._common import (
     notify_info,
     rgb_image_layers,
     select_model,
+    warm_up_torch,
     wrapped,
 )
 from ._viewer_state import viewer_state
@@ -57,6 +58,7 @@ class SlideWidget(FormJobMixin, Container):
     def __init__(self, napari_viewer: napari.Viewer):
         self.viewer = napari_viewer
         self.runner = JobRunner(on_busy=self._set_busy, on_status=self._set_status)
+        warm_up_torch()  # every action here needs torch: import it while the form is read
         self.zarr_path: Path | None = None
         self.edit_region: tuple[slice, slice] | None = None
         self.state = viewer_state(napari_viewer)

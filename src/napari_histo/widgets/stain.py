@@ -38,6 +38,7 @@ from ._common import (
     notify_info,
     qimage_icon,
     rgb_image_layers,
+    warm_up_torch,
     wrapped,
 )
 from ._viewer_state import viewer_state
@@ -656,6 +657,8 @@ class StainNormalizationWidget(FormJobMixin, Container):
 
     def _on_method_changed(self, text: str) -> None:
         dcgmm = METHOD_LABELS.get(text) == "dcgmm"
+        if dcgmm:
+            warm_up_torch()  # DCGMM's network needs torch: import it while the form is read
         for w in (self.refit, self.steps, self.show_classes, self.show_probs, self.legend):
             w.enabled = dcgmm
 

@@ -15,6 +15,7 @@ from ._common import (
     error_message,
     notify_error,
     rgb_image_layers,
+    warm_up_torch,
     wrapped,
 )
 
@@ -59,6 +60,7 @@ class TranslateWidget(Container):
     def __init__(self, napari_viewer: napari.Viewer):
         self.viewer = napari_viewer
         self.runner = JobRunner(on_busy=self._set_busy, on_status=self._set_status)
+        warm_up_torch()  # every action here needs torch: import it while the form is read
         self._input_layer = None
         self.image = ComboBox(label="image", choices=self._image_choices)
         self.model = FileEdit(
