@@ -33,3 +33,38 @@ def test_in_turns_lets_the_event_loop_run_between_steps(qtbot):
     # A failing step is reported and the later steps still run.
     assert log == ["first", "event loop", "broken", "last"]
     assert busy == [False]  # the busy state ends once, after the last step
+
+
+WARM_UP_CODE = """
+import sys, threading, time
+from qtpy.QtWidgets import QApplication
+app = QApplication([])
+from napari_histo.widgets._common import warm_up_torch
+assert "torch" not in sys.modules
+warm_up_torch(delay_ms=0)
+end = time.time() + {seconds}
+while time.time() < end:
+    app.processEvents()
+    busy = any(t.name == "napari-histo torch warm-up" for t in threading.enumerate())
+    if "torchvision" in sys.modules and not busy:
+        break
+    time.sleep(0.05)
+print("torch" in sys.modules, "torchvision" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("off", [False, True])
+def test_widgets_warm_up_torch_in_the_background(off):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "NAPARI_HISTO_NO_WARM_UP"}
+    if off:
+        env["NAPARI_HISTO_NO_WARM_UP"] = "1"
+    code = WARM_UP_CODE.format(seconds=2 if off else 120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == (["False", "False"] if off else ["True", "True"])
