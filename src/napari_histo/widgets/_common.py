@@ -135,13 +135,14 @@ NO_WARM_UP_ENV = "NAPARI_HISTO_NO_WARM_UP"
 _warm_up_started = False
 
 
-def warm_up_torch(delay_ms: int = 300) -> None:
+def warm_up_torch(delay_ms: int = 1000) -> None:
     """Import PyTorch in a background thread, once per process, shortly after a widget opens.
 
     However it is imported, torch's C extension starts with the GIL held (about 250 ms on 2
     cores): the GUI thread stalls once. Here that happens while the user reads the new form
     rather than right after their first click (which is also 1-2 s quicker then). ``delay_ms``
-    lets the dock draw first. Off with the environment variable ``NAPARI_HISTO_NO_WARM_UP``.
+    lets the docks being opened build and draw first (its stall and theirs would add up in one
+    gap otherwise). Off with the environment variable ``NAPARI_HISTO_NO_WARM_UP``.
     """
     import os
     import sys
