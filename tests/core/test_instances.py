@@ -111,3 +111,13 @@ def test_card_inference_settings_apply_to_that_model_only(tmp_path):
     assert get_arch("maskrcnn").score_threshold == 0.5  # the architecture's default is untouched
     shipped = registry.load_model("maskrcnn_jung80", "cpu")
     assert shipped.spec.min_votes == shipped.card["inference"]["min_votes"]
+
+
+def test_a_card_sets_the_unet_post_processing():
+    from napari_histo.core.seg.registry import with_inference_settings
+    from napari_histo.core.seg.spec import get_arch
+
+    unet = get_arch("unet")
+    tuned = with_inference_settings(unet, {"min_size": 30, "relative_min_size": None})
+    assert (tuned.min_size, tuned.relative_min_size) == (30, None)
+    assert (unet.min_size, unet.relative_min_size) == (10, 0.3)  # the default is untouched

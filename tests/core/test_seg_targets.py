@@ -322,3 +322,43 @@ class TestLosses:
         smooth = torch.nn.functional.avg_pool2d(hv, 5, stride=1, padding=2)
         mse_only = float(hv_loss(smooth, hv, focus, msge_weight=0.0))
         assert float(hv_loss(smooth, hv, focus)) > mse_only > 0
+
+
+def test_relative_min_size_follows_the_magnification(tile_labels):
+    """Debris under 0.3 x the median nucleus goes; at half the scale (a 20x scan) the smaller
+    nuclei stay, where a fixed size chosen at 40x would drop them."""
+    from skimage.transform import rescale
+
+    lab = np.asarray(tile_labels).astype(np.int32)
+    debris = np.zeros_like(lab)
+    free = [
+        (y, x)
+        for y in range(5, 995, 50)
+        for x in range(5, 995, 50)
+        if not lab[y - 3 : y + 5, x - 3 : x + 5].any()
+    ]
+    for y, x in free[:20]:
+        debris[y : y + 3, x : x + 4] = 1  # 12 px specks, far from any nucleus
+    probs = one_hot(
+        targets.ternary_labels(lab + (debris > 0) * (lab.max() + 1 + ndi.label(debris)[0]))
+    )
+    median = np.median(np.bincount(lab.ravel())[1:][np.bincount(lab.ravel())[1:] > 0])
+    assert 0.3 * median > 12  # the specks are debris for the relative rule
+    fixed, _ = postprocess.instances_from_ternary(probs, min_size=10)
+    rel, _ = postprocess.instances_from_ternary(probs, min_size=10, relative_min_size=0.3)
+    specks = ndi.label(debris)[0]
+    assert len(free) >= 10 and specks.max() == min(20, len(free))
+    kept = fixed[debris > 0]
+    assert kept.all() and np.unique(kept).size == specks.max()  # a fixed 10 px keeps them
+    assert not rel[debris > 0].any()  # the relative rule drops every speck
+    n_true = len(np.unique(lab)) - 1
+    assert rel.max() >= 0.97 * n_true  # and at most a few true nuclei (cut by the tile edge)
+
+    half = rescale(lab, 0.5, order=0, anti_aliasing=False, preserve_range=True).astype(np.int32)
+    probs = one_hot(targets.ternary_labels(half))
+    at20_fixed, _ = postprocess.instances_from_ternary(probs, min_size=60)
+    at20_rel, _ = postprocess.instances_from_ternary(probs, min_size=10, relative_min_size=0.3)
+    assert (
+        metrics.aggregated_jaccard_index(half, at20_rel)
+        > metrics.aggregated_jaccard_index(half, at20_fixed) + 0.02
+    )

@@ -280,8 +280,18 @@ def build_from_state(
 
 
 #: Inference settings a model card may set (chosen on its validation split), per architecture
-#: attribute: detector thresholds and the merging of multiple inference.
-INFERENCE_SETTINGS = ("score_threshold", "mask_threshold", "merge_iou", "min_votes")
+#: attribute: detector thresholds, the merging of multiple inference, the instances' sizes and
+#: seeds.
+INFERENCE_SETTINGS = (
+    "score_threshold",
+    "mask_threshold",
+    "merge_iou",
+    "min_votes",
+    "min_size",
+    "relative_min_size",
+    "seed_threshold",
+    "grow",
+)
 
 
 def with_inference_settings(spec: ArchSpec, settings: dict) -> ArchSpec:

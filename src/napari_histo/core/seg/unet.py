@@ -31,10 +31,12 @@ class TernarySpec:
     #: Post-processing settings (see :func:`.postprocess.instances_from_ternary`). Seeds where
     #: p(inside) - p(boundary) > 0.4 split touching nuclei better than the argmax, and objects
     #: under 30 px (about a 6 px disc at 40x) are debris: chosen on the shipped model's held-out
-    #: tiles (AJI 0.376 -> 0.428 with unet_monuseg), see bench/results/seg.md.
+    #: tiles (AJI 0.376 -> 0.428 with unet_monuseg), see bench/results/seg.md. Architectures
+    #: may also drop objects under a fraction of the median object (``relative_min_size``).
     min_size = 30
     grow: int | str | None = "half"
     seed_threshold: float | None = 0.4
+    relative_min_size: float | None = None
     #: Multiple inference when the caller leaves it to the architecture (off: 8x the time).
     tta: bool | int = False
 
@@ -78,6 +80,7 @@ class TernarySpec:
             min_size=self.min_size,
             grow=self.grow,
             seed_threshold=self.seed_threshold,
+            relative_min_size=self.relative_min_size,
         )
 
 
@@ -164,6 +167,12 @@ class UNetSpec(TernarySpec):
     #: (bench/bf16_agreement.py, bench/results/infer_backends.md).
     cpu_autocast = True
     cpu_float32_modules = ("encoder.levels.0",)
+    #: Objects under 10 px, then under 0.3 x the median object area (clipped to 10-60 px), are
+    #: debris: with unet_histo80_v2 on the validation tiles PQ 0.530 -> 0.546 at 40x, AJI
+    #: unchanged (0.589), 20x unchanged; a fixed 45-60 px gains the same PQ at 40x but loses
+    #: 0.02-0.04 AJI at 20x (bench/postprocess_search.py, bench/results/postprocess.md).
+    min_size = 10
+    relative_min_size: float | None = 0.3
 
     def build(self, base: int = 16, **kwargs: Any) -> nn.Module:
         """A fresh :class:`UNet` (``base`` = width of the first level)."""
