@@ -16,3 +16,11 @@ def train_script():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def split_with_20x(sets: str = "all80"):
+    """(train, validation) pairs, the validation tiles followed by their 2x-downsampled copies
+    (``name@0.5x``: how a 20x scanner shows the same tissue)."""
+    script = train_script()
+    train, val = script.load_split(sets)
+    return train, val + script.rescale_pairs(val, 0.5)

@@ -79,14 +79,12 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, default=ROOT / "bench/results/postprocess_search.json")
     args = p.parse_args(argv)
     import torch
-    from _split import train_script
+    from _split import split_with_20x
 
     from napari_histo.core.seg.registry import load_model
 
     torch.set_num_threads(args.threads)
-    script = train_script()
-    _, val = script.load_split("all80")
-    val = val + script.rescale_pairs(val, 0.5)
+    _, val = split_with_20x()
     model = load_model(args.model, "cpu")
     spec = model.spec
     current = {

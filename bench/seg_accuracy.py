@@ -30,12 +30,6 @@ RESULTS = ROOT / "bench" / "results"
 KEYS = ("dice", "aji", "f1", "pq", "dq", "sq")
 
 
-def _train_script():
-    from _split import train_script  # bench/ is on the path when run as a script
-
-    return train_script()
-
-
 def classical_baseline(
     rgb: np.ndarray, min_size: int = 30, min_distance: int = 6, smooth: float = 2.0
 ) -> np.ndarray:
@@ -231,13 +225,12 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, default=RESULTS / "seg_accuracy.json")
     args = p.parse_args(argv)
     import torch
+    from _split import split_with_20x  # bench/ is on the path when run as a script
 
     from napari_histo.core.seg.registry import list_models
 
     torch.set_num_threads(args.threads)
-    script = _train_script()
-    train, val = script.load_split("all80")
-    val = val + script.rescale_pairs(val, 0.5)
+    train, val = split_with_20x()
     if args.tune_baseline:
         print(tune_baseline(train[::3]))
         return 0
