@@ -66,6 +66,7 @@ def main() -> int:
         help="draw half of the patches where the corrections changed the parent's labels",
     )  # fmt: skip
     ap.add_argument("--loss-patience", type=int, help="stop when the training loss is flat")
+    ap.add_argument("--seed", type=int, default=0, help="training seed (patch draws, order)")
     ap.add_argument("--json")
     args = ap.parse_args()
     from napari_histo.core.progress import drain
@@ -81,7 +82,7 @@ def main() -> int:
     drain(
         train_iter(
             [(img, lab) for _, img, lab in train], out=out, init="default", epochs=1000,
-            lr=2e-4, device=args.device, seed=0, max_seconds=args.seconds, patience=None,
+            lr=2e-4, device=args.device, seed=args.seed, max_seconds=args.seconds, patience=None,
             keep="last", steps_per_epoch=20, val_pairs=None, val_fraction=0.0,
             focus=args.focus, loss_patience=args.loss_patience,
         )
@@ -90,7 +91,7 @@ def main() -> int:
     after = score(str(out), test, args.device)
     card = json.loads((out / "card.json").read_text())
     result = {"train_tiles": len(train), "test_tiles": len(test), "seconds": round(seconds, 1),
-              "focus": args.focus, "loss_patience": args.loss_patience,
+              "focus": args.focus, "seed": args.seed, "loss_patience": args.loss_patience,
               "budget_s": args.seconds, "training": card.get("training"),
               "load_average_1min": round(os.getloadavg()[0], 2),
               "before": before, "after": after}  # fmt: skip
