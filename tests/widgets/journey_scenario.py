@@ -244,8 +244,11 @@ def _after(seconds: float):
 
 
 def _torch_warm() -> bool:
+    """The warm-up import is done (at once where NAPARI_HISTO_NO_WARM_UP turns it off)."""
     import threading
 
+    if os.environ.get("NAPARI_HISTO_NO_WARM_UP"):
+        return True
     warming = any(t.name == "napari-histo torch warm-up" for t in threading.enumerate())
     return "torchvision" in sys.modules and not warming
 
