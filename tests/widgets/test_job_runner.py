@@ -68,3 +68,11 @@ def test_widgets_warm_up_torch_in_the_background(off):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == (["False", "False"] if off else ["True", "True"])
+
+
+def test_torch_libraries_are_read_before_the_import():
+    from napari_histo.widgets._common import _read_torch_libraries
+
+    first = _read_torch_libraries(limit=0)  # stops after the first library
+    assert first > 1 << 20  # torch's libraries are megabytes each
+    assert _read_torch_libraries(limit=first) > first
