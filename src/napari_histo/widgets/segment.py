@@ -434,16 +434,20 @@ class SegmentWidget(FormJobMixin, Container):
         )
 
     def split_last_line(self) -> None:
-        from ..core.errors import HistoError
         from ..core.labels.edit import split_label
 
         def do():
             if CUT_LAYER not in self.viewer.layers or not len(self.viewer.layers[CUT_LAYER].data):
+                # A step of the tool, not an error: the hint goes to the status lines, not to an
+                # error toast.
                 self.cut_lines_layer(select=True)
-                raise HistoError(
+                hint = (
                     f"draw a line or path across the nucleus in the '{CUT_LAYER}' layer (now "
-                    "selected), then split again"
+                    "selected), then split again (S)"
                 )
+                self._set_status(hint)
+                self.viewer.status = hint
+                return
             cuts = self.viewer.layers[CUT_LAYER]
             line = np.array(
                 [self.labels_layer.world_to_data(cuts.data_to_world(p)) for p in cuts.data[-1]]
