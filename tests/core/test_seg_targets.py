@@ -205,6 +205,20 @@ def test_hover_targets_recover_tile(tile_labels):
     assert inst.dtype == np.uint32 and conf.shape == tile_labels.shape
     scores = metrics.evaluate(tile_labels, inst)
     assert scores["aji"] > 0.98 and scores["pq"] > 0.98
+    # Specks of 49 px far from any nucleus (the smallest squares HoVer-Net's markers keep): a
+    # fixed 10 px keeps them, 0.3 x the median nucleus (254 px here) drops them.
+    lab = np.asarray(tile_labels).astype(np.int32)
+    specks = np.zeros_like(lab)
+    spots = [(y, x) for y in range(8, 990, 60) for x in range(8, 990, 60)]
+    spots = [(y, x) for y, x in spots if not lab[y - 4 : y + 11, x - 4 : x + 11].any()][:10]
+    for k, (y, x) in enumerate(spots, start=1):
+        specks[y : y + 7, x : x + 7] = lab.max() + k
+    with_specks = np.where(specks > 0, specks, lab)
+    prob, hv = (with_specks > 0).astype(np.float32), targets.hv_maps(with_specks)
+    fixed, _ = postprocess.instances_from_hover(prob, hv)
+    rel, _ = postprocess.instances_from_hover(prob, hv, relative_min_size=0.3)
+    assert len(spots) >= 5 and fixed[specks > 0].all() and not rel[specks > 0].any()
+    assert rel.max() >= 0.95 * (len(np.unique(lab)) - 1)  # the small true nuclei mostly stay
 
 
 def test_ternary_postprocess_on_noisy_probabilities(tile_labels):

@@ -51,6 +51,20 @@ def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     return relabel_sequential(labels.astype(np.uint32, copy=False))[0].astype(np.uint32)
 
 
+def remove_relatively_small(
+    labels: np.ndarray, fraction: float | None, size_range: tuple[int, int] = (10, 60)
+) -> np.ndarray:
+    """Drop instances under ``fraction`` of the median instance area, the threshold clipped to
+    ``size_range`` pixels (debris scales with the nuclei: at 20x it stays under the small nuclei
+    a fixed 40x threshold would remove). ``fraction`` None or 0 leaves ``labels`` as they are."""
+    if not fraction or not labels.any():
+        return labels
+    areas = np.bincount(np.asarray(labels).ravel())[1:]
+    median = float(np.median(areas[areas > 0]))
+    lo, hi = size_range
+    return remove_small(labels, int(np.clip(fraction * median, lo, hi)))
+
+
 def _confidence(labels: np.ndarray, on: np.ndarray, off: np.ndarray) -> np.ndarray:
     return np.clip(np.where(labels > 0, on, off), 0.0, 1.0).astype(np.float32)
 
@@ -92,8 +106,7 @@ def instances_from_ternary(
     holes : fill holes inside instances.
     seed_threshold : None for argmax seeds, else the margin of inside over boundary probability.
     relative_min_size : then also drop instances under this fraction of the median instance
-        area, the threshold clipped to ``min_size_range``: debris scales with the nuclei, so at
-        20x it stays under the small nuclei a fixed 40x threshold would remove.
+        area (:func:`remove_relatively_small`, clipped to ``min_size_range``).
 
     Returns
     -------
@@ -123,10 +136,7 @@ def instances_from_ternary(
         if holes:
             fill_holes(labels)
         labels = remove_small(labels, min_size)
-        if relative_min_size and labels.any():
-            median = float(np.median(np.bincount(labels.ravel())[1:]))
-            lo, hi = min_size_range
-            labels = remove_small(labels, int(np.clip(relative_min_size * median, lo, hi)))
+        labels = remove_relatively_small(labels, relative_min_size, min_size_range)
     return labels, _confidence(labels, 1.0 - probs[BACKGROUND], 1.0 - probs[INSIDE])
 
 
@@ -176,6 +186,7 @@ def instances_from_hover(
     min_size: int = 10,
     marker_threshold: float = 0.4,
     sigma: float = 2.0,
+    relative_min_size: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Instances from HoVer-Net outputs by marker-controlled watershed (Graham et al. 2019).
 
@@ -194,6 +205,8 @@ def instances_from_hover(
     min_size : smallest instance (and marker) kept, in pixels.
     marker_threshold : energy above which a foreground pixel is not a marker.
     sigma : width of the derivative filters, in pixels.
+    relative_min_size : then also drop instances under this fraction of the median instance
+        (:func:`remove_relatively_small`).
 
     Returns
     -------
@@ -220,6 +233,7 @@ def instances_from_hover(
     markers = remove_small(markers, min_size)
     labels = watershed(dist, markers=markers, mask=blb).astype(np.int64)
     labels = remove_small(labels, min_size)
+    labels = remove_relatively_small(labels, relative_min_size)
     return labels, _confidence(labels, prob, 1.0 - prob)
 
 
