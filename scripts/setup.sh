@@ -23,3 +23,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$VENV/bin/python" -m pip install -q -e ".[$EXTRAS]"
   echo "$want" > "$stamp"
 fi
+# An editable install leaves our modules uncompiled (a wheel's install compiles them), and where
+# PYTHONDONTWRITEBYTECODE is set every process compiles them again: compile them now, as pip
+# would (the four widget modules: 25 ms of compiling at a dock's first opening, 4 ms with the
+# bytecode). Quick when nothing changed.
+"$VENV/bin/python" -m compileall -q src/napari_histo >/dev/null
