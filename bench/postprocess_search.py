@@ -37,7 +37,8 @@ RELATIVE = (0.15, 0.2, 0.25, 0.3, 0.35)
 
 
 def maps_of(model, pairs) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(name, ternary probabilities, truth) per pair, from the model's own inference path."""
+    """(name, ternary probabilities, truth, shipped labels) per pair, from the model's own
+    inference path (the labels check that the search reproduces it)."""
     from napari_histo.core.progress import drain
     from napari_histo.core.seg.inference import segment_iter
 
@@ -57,7 +58,7 @@ def score(maps, settings: dict) -> dict:
         labels, _ = instances_from_ternary(probs, **settings)
         per[name] = {
             **evaluate(truth, labels),
-            "n_pred": len(np.unique(labels)) - 1,
+            "n_pred": int(labels.max()),  # numbered 1..N
             "n_true": len(np.unique(truth)) - 1,
         }
     at40 = [m for n, m in per.items() if "@" not in n]

@@ -237,8 +237,8 @@ def _after(seconds: float):
     first: list[float] = []
 
     def done() -> bool:
-        first.append(time.perf_counter())
-        return first[-1] - first[0] >= seconds
+        first[:] = first or [time.perf_counter()]
+        return time.perf_counter() - first[0] >= seconds
 
     return done
 
@@ -247,9 +247,11 @@ def _torch_warm() -> bool:
     """The warm-up import is done (at once where NAPARI_HISTO_NO_WARM_UP turns it off)."""
     import threading
 
-    if os.environ.get("NAPARI_HISTO_NO_WARM_UP"):
+    from napari_histo.widgets._common import NO_WARM_UP_ENV, WARM_UP_THREAD
+
+    if os.environ.get(NO_WARM_UP_ENV):
         return True
-    warming = any(t.name == "napari-histo torch warm-up" for t in threading.enumerate())
+    warming = any(t.name == WARM_UP_THREAD for t in threading.enumerate())
     return "torchvision" in sys.modules and not warming
 
 

@@ -39,13 +39,13 @@ WARM_UP_CODE = """
 import sys, threading, time
 from qtpy.QtWidgets import QApplication
 app = QApplication([])
-from napari_histo.widgets._common import warm_up_torch
+from napari_histo.widgets._common import WARM_UP_THREAD, warm_up_torch
 assert "torch" not in sys.modules
 warm_up_torch(delay_ms=0)
 end = time.time() + {seconds}
 while time.time() < end:
     app.processEvents()
-    busy = any(t.name == "napari-histo torch warm-up" for t in threading.enumerate())
+    busy = any(t.name == WARM_UP_THREAD for t in threading.enumerate())
     if "torchvision" in sys.modules and not busy:
         break
     time.sleep(0.05)
@@ -59,9 +59,11 @@ def test_widgets_warm_up_torch_in_the_background(off):
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k != "NAPARI_HISTO_NO_WARM_UP"}
+    from napari_histo.widgets._common import NO_WARM_UP_ENV
+
+    env = {k: v for k, v in os.environ.items() if k != NO_WARM_UP_ENV}
     if off:
-        env["NAPARI_HISTO_NO_WARM_UP"] = "1"
+        env[NO_WARM_UP_ENV] = "1"
     code = WARM_UP_CODE.format(seconds=2 if off else 120)
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300

@@ -133,6 +133,8 @@ def ensure_torch(with_piq: bool = False) -> None:
 
 #: Set (to anything) to keep PyTorch out of the process until the first action that needs it.
 NO_WARM_UP_ENV = "NAPARI_HISTO_NO_WARM_UP"
+#: The warm-up thread's name (a test waits for it to end).
+WARM_UP_THREAD = "napari-histo torch warm-up"
 _warm_up_started = False
 
 
@@ -167,7 +169,7 @@ def _start_warm_up() -> None:
             _read_torch_libraries()
             ensure_torch()
 
-    threading.Thread(target=warm, name="napari-histo torch warm-up", daemon=True).start()
+    threading.Thread(target=warm, name=WARM_UP_THREAD, daemon=True).start()
 
 
 def _read_torch_libraries(limit: int = 3 << 30) -> int:

@@ -237,7 +237,8 @@ class FineTuneWidget(FormJobMixin, Container):
         return ("saved", name, self._project(), None)
 
     def gather_specs(self):
-        chosen = [n for n in self.pairs.choices if n in set(self.pairs.value)]
+        picked = set(self.pairs.value)
+        chosen = [n for n in self.pairs.choices if n in picked]
         val_name = self.val_choice.value
         val = None if val_name in ("", None, NO_VALIDATION) else self._spec(val_name)
         train = [self._spec(n) for n in chosen if n != val_name]

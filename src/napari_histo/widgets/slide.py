@@ -234,8 +234,8 @@ class SlideWidget(FormJobMixin, Container):
             opacity, selected = old.opacity, old.selected_label
             index = self.viewer.layers.index(old)
             self.viewer.layers.remove(old)
-        # Built hidden, shown one event-loop turn later: napari's building of the layer and its
-        # first draw are two stalls of the GUI thread instead of one twice as long.
+        # Built hidden, shown one event-loop turn later (as ``built_then_shown`` does): napari's
+        # building of the layer and its first draw become two shorter GUI stalls instead of one.
         layer = self.viewer.add_labels(
             data, name=name, multiscale=len(levels) > 1, opacity=opacity, visible=False, **kwargs
         )

@@ -76,7 +76,6 @@ def instances_from_ternary(
     holes: bool = True,
     seed_threshold: float | None = None,
     relative_min_size: float | None = None,
-    min_size_range: tuple[int, int] = (10, 60),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Instances from ternary probabilities (background, inside, boundary).
 
@@ -106,7 +105,7 @@ def instances_from_ternary(
     holes : fill holes inside instances.
     seed_threshold : None for argmax seeds, else the margin of inside over boundary probability.
     relative_min_size : then also drop instances under this fraction of the median instance
-        area (:func:`remove_relatively_small`, clipped to ``min_size_range``).
+        (:func:`remove_relatively_small`).
 
     Returns
     -------
@@ -136,7 +135,7 @@ def instances_from_ternary(
         if holes:
             fill_holes(labels)
         labels = remove_small(labels, min_size)
-        labels = remove_relatively_small(labels, relative_min_size, min_size_range)
+        labels = remove_relatively_small(labels, relative_min_size)
     return labels, _confidence(labels, 1.0 - probs[BACKGROUND], 1.0 - probs[INSIDE])
 
 
