@@ -1,0 +1,119 @@
+"""What the translator's SSIM aim (4x-downsampled gray, vs the neighbouring H&E section) rewards.
+
+Usage::
+
+    OMP_WAIT_POLICY=PASSIVE PYTHONPATH=src .venv/bin/python bench/translate_ssim_check.py \
+        [--json bench/results/translate_ssim_check.json]
+
+On BCI sources (held out from the translator, and the five it trained on unpaired), it scores
+beside the raw IHC and the shipped model: references no translator can beat on fidelity (the
+real H&E itself, shifted by 8 or 16 px, as a perfect translation with that much misalignment
+would be), and the shipped output with its contrast scaled towards its mean. For each: Lab W1,
+SSIM gray 4x (the aim's measure), the global Pearson r of the 4x gray images, and the mean
+local r in SSIM's 7x7 windows (SSIM's structure term without its contrast and luminance terms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import train_translator_default as tt  # noqa: E402
+
+
+def full_image(tiles: dict[str, Path], src: str) -> np.ndarray:
+    """A 1024x1024 BCI image reassembled from its 16 tiles of 256 px."""
+    from napari_histo.core.io import read_image
+
+    img = np.zeros((1024, 1024, 3), np.uint8)
+    for r in range(4):
+        for c in range(4):
+            img[r * 256 : (r + 1) * 256, c * 256 : (c + 1) * 256] = read_image(
+                tiles[f"{src}_r{r}c{c}"]
+            )
+    return img
+
+
+def correlations(test: np.ndarray, ref: np.ndarray, window: int = 7) -> tuple[float, float]:
+    """Global and mean local (``window``-px) Pearson r of the 4x-downsampled gray images."""
+    from scipy.ndimage import uniform_filter
+    from skimage.color import rgb2gray
+    from skimage.transform import downscale_local_mean
+
+    x = downscale_local_mean(rgb2gray(test), (4, 4))
+    y = downscale_local_mean(rgb2gray(ref), (4, 4))
+    mx, my = uniform_filter(x, window), uniform_filter(y, window)
+    vx = uniform_filter(x * x, window) - mx * mx
+    vy = uniform_filter(y * y, window) - my * my
+    cxy = uniform_filter(x * y, window) - mx * my
+    ok = (vx > 1e-5) & (vy > 1e-5)
+    local = float(np.mean(cxy[ok] / np.sqrt(vx[ok] * vy[ok])))
+    return float(np.corrcoef(x.ravel(), y.ravel())[0, 1]), local
+
+
+def outputs(ihc: np.ndarray, he: np.ndarray, translator) -> dict[str, np.ndarray]:
+    from napari_histo.core.translate import translate
+
+    gen = translate(ihc, translator, tile=256, overlap=32)
+    out = {"raw_ihc": ihc, "shipped": gen}
+    g = gen.astype(np.float64)
+    mean = g.reshape(-1, 3).mean(0)
+    for f in (0.75, 0.5, 0.25):
+        out[f"shipped_contrast_x{f}"] = np.clip(mean + f * (g - mean), 0, 255).astype(np.uint8)
+    for px in (8, 16):
+        out[f"real_he_shifted_{px}px"] = np.roll(he, (px, px), (0, 1))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    from napari_histo.core.translate import load_translator
+
+    root = tt.data_root()
+    ihc_tiles = tt.list_images(root / tt.BCI / "ihc")
+    he_tiles = tt.list_images(root / tt.BCI / "he")
+    sources = sorted({tt.bci_source(k) for k in ihc_tiles})
+    translator = load_translator("ihc2he_default", "ihc2he", device="cpu")
+    result: dict = {"model": "ihc2he_default", "sets": {}}
+    for name, group in (
+        ("held_out", [s for s in sources if s in tt.HOLDOUT]),
+        ("trained_unpaired", [s for s in sources if s not in tt.HOLDOUT]),
+    ):
+        rows: dict[str, list[list[float]]] = {}
+        for src in group:
+            ihc, he = full_image(ihc_tiles, src), full_image(he_tiles, src)
+            rng = np.random.default_rng(0)
+            for key, img in outputs(ihc, he, translator).items():
+                s = tt.extra_scores(img, he, rng)
+                rows.setdefault(key, []).append(
+                    [s["lab_w1"], s["ssim_gray_4x"], *correlations(img, he)]
+                )
+        cols = ("lab_w1", "ssim_gray_4x", "r_global_4x", "r_local_7x7")
+        result["sets"][name] = {
+            "sources": group,
+            "mean": {
+                k: dict(zip(cols, np.round(np.mean(v, 0), 4).tolist(), strict=True))
+                for k, v in rows.items()
+            },
+        }
+        print(f"## {name}: {', '.join(group)}")
+        print("| output | " + " | ".join(cols) + " |")
+        print("|---" * (len(cols) + 1) + "|")
+        for k, m in result["sets"][name]["mean"].items():
+            print(f"| {k} | " + " | ".join(f"{m[c]:.3f}" for c in cols) + " |")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
