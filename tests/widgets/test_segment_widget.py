@@ -101,6 +101,9 @@ def test_edit_keys_and_autosave(viewer_and_widget, qtbot, tmp_path):
     widget.split_last_line()
     assert "cut lines" in viewer.layers and "draw a line" in widget.status.value
     assert viewer.layers.selection.active is viewer.layers["cut lines"]
+    # built hidden, then shown and put in path mode in the next event-loop turns
+    cuts = viewer.layers["cut lines"]
+    qtbot.waitUntil(lambda: cuts.visible and cuts.mode == "add_path", timeout=2000)
     yy, xx = np.nonzero(after == b)
     row = int(np.median(yy))
     cols = xx[yy == row]

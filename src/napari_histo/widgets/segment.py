@@ -24,6 +24,7 @@ from magicgui.widgets import (
 from qtpy.QtCore import QTimer
 
 from ._common import (
+    TURN_MS,
     FormJobMixin,
     JobRunner,
     add_or_update_image,
@@ -381,16 +382,30 @@ class SegmentWidget(FormJobMixin, Container):
 
     def cut_lines_layer(self, select: bool = False):
         """The 'cut lines' Shapes layer, made on first use (not with every segmentation: napari
-        builds a Shapes layer's text overlay on the GUI thread, ~100 ms of the first click)."""
+        builds a Shapes layer's text overlay on the GUI thread, ~100 ms of the first click).
+
+        A new layer is built hidden and shown (then put in path mode) in later event-loop turns:
+        building it and drawing it for the first time are two separate stalls of about the same
+        size, which one callback would add up.
+        """
         if CUT_LAYER in self.viewer.layers:
             return self.viewer.layers[CUT_LAYER]
         layer = self.viewer.add_shapes(
-            name=CUT_LAYER, edge_color="yellow", edge_width=2, face_color="transparent"
+            name=CUT_LAYER,
+            edge_color="yellow",
+            edge_width=2,
+            face_color="transparent",
+            visible=False,
         )
-        if select:
-            layer.mode = "add_path"
-        elif self.labels_layer is not None:
+        if not select and self.labels_layer is not None:
             self.viewer.layers.selection.active = self.labels_layer
+
+        def show():
+            layer.visible = True
+            if select:
+                QTimer.singleShot(TURN_MS, lambda: setattr(layer, "mode", "add_path"))
+
+        QTimer.singleShot(TURN_MS, show)
         return layer
 
     def _label_at(self, position) -> int:
