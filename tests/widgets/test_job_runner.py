@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from napari_histo.widgets._common import JobRunner
@@ -78,3 +80,26 @@ def test_torch_libraries_are_read_before_the_import():
     first = _read_torch_libraries(limit=0)  # stops after the first library
     assert first > 1 << 20  # torch's libraries are megabytes each
     assert _read_torch_libraries(limit=first) > first
+
+
+LOAD_LIBS_CODE = """
+import sys
+from napari_histo.widgets._common import _load_torch_libraries
+assert _load_torch_libraries()
+maps = open("/proc/self/maps").read()
+print("torch" in sys.modules, "libtorch_cpu.so" in maps)
+import torch
+print(float(torch.ones(3).sum()))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="dlopen preload is Linux only")
+def test_torch_libraries_load_before_the_import():
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-c", LOAD_LIBS_CODE], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    # loaded into the process without importing torch; the import then works as usual
+    assert out.stdout.split() == ["False", "True", "3.0"]

@@ -142,8 +142,9 @@ def warm_up_torch(delay_ms: int = 1000) -> None:
     """Import PyTorch in a background thread, once per process, shortly after a widget opens.
 
     However it is imported, torch's C extension starts with the GIL held (about 250 ms on 2
-    cores): the GUI thread stalls once. Here that happens while the user reads the new form
-    rather than right after their first click (which is also 1-2 s quicker then). ``delay_ms``
+    cores; about 60 ms once :func:`_load_torch_libraries` has loaded its libraries without it):
+    the GUI thread stalls once. Here that happens while the user reads the new form rather than
+    right after their first click (which is also 1-2 s quicker then). ``delay_ms``
     lets the docks being opened build and draw first (its stall and theirs would add up in one
     gap otherwise). Off with the environment variable ``NAPARI_HISTO_NO_WARM_UP``.
     """
@@ -167,6 +168,7 @@ def _start_warm_up() -> None:
         # On failure the first real job imports torch again and reports what went wrong.
         with contextlib.suppress(Exception):
             _read_torch_libraries()
+            _load_torch_libraries()
             ensure_torch()
 
     threading.Thread(target=warm, name=WARM_UP_THREAD, daemon=True).start()
@@ -193,6 +195,37 @@ def _read_torch_libraries(limit: int = 3 << 30) -> int:
             while chunk := f.read(8 << 20):
                 done += len(chunk)
     return done
+
+
+def _load_torch_libraries() -> bool:
+    """Load torch's C++ libraries (``libtorch_python`` and what it links) before importing torch.
+
+    ``import torch`` loads them with the GIL held (about 230 ms of a 2-core machine's GUI stall,
+    mostly ``libtorch_cpu``'s static initialisers); ``dlopen`` called through ctypes as a foreign
+    function releases the GIL. Loaded ``RTLD_LOCAL``, as the import itself loads them: the
+    import then finds them resident and stalls the GUI about 60 ms. Linux only; True when loaded.
+    """
+    import ctypes
+    import importlib.util
+    import os
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("torch")
+    if not sys.platform.startswith("linux") or spec is None or spec.origin is None:
+        return False
+    lib = Path(spec.origin).parent / "lib" / "libtorch_python.so"
+    if not lib.is_file():
+        return False
+    for provider in (None, "libdl.so.2"):  # dlopen lives in libc since glibc 2.34
+        try:
+            dlopen = ctypes.CDLL(provider).dlopen
+        except (OSError, AttributeError):
+            continue
+        dlopen.restype = ctypes.c_void_p
+        dlopen.argtypes = [ctypes.c_char_p, ctypes.c_int]
+        return bool(dlopen(os.fsencode(lib), os.RTLD_NOW | os.RTLD_LOCAL))
+    return False
 
 
 def import_torch_safely(with_piq: bool = False) -> None:
