@@ -142,8 +142,8 @@ def warm_up_torch(delay_ms: int = 1000) -> None:
     """Import PyTorch in a background thread, once per process, shortly after a widget opens.
 
     However it is imported, torch's C extension starts with the GIL held (about 250 ms on 2
-    cores; about 60 ms once :func:`_load_torch_libraries` has loaded its libraries without it):
-    the GUI thread stalls once. Here that happens while the user reads the new form rather than
+    cores beside a napari viewer; 140-170 ms once :func:`_load_torch_libraries` has loaded its
+    libraries without it, then torchvision's import about 200 ms): the GUI thread stalls. Here that happens while the user reads the new form rather than
     right after their first click (which is also 1-2 s quicker then). ``delay_ms``
     lets the docks being opened build and draw first (its stall and theirs would add up in one
     gap otherwise). Off with the environment variable ``NAPARI_HISTO_NO_WARM_UP``.
@@ -203,7 +203,9 @@ def _load_torch_libraries() -> bool:
     ``import torch`` loads them with the GIL held (about 230 ms of a 2-core machine's GUI stall,
     mostly ``libtorch_cpu``'s static initialisers); ``dlopen`` called through ctypes as a foreign
     function releases the GIL. Loaded ``RTLD_LOCAL``, as the import itself loads them: the
-    import then finds them resident and stalls the GUI about 60 ms. Linux only; True when loaded.
+    import then finds them resident (its longest GIL hold measured 46-74 ms against a thread
+    ticking every 5 ms, 140-170 ms beside a napari viewer, 242-264 without this; gui.md).
+    Linux only; True when loaded.
     """
     import ctypes
     import importlib.util
