@@ -103,3 +103,20 @@ def test_torch_libraries_load_before_the_import():
     assert out.returncode == 0, out.stderr[-2000:]
     # loaded into the process without importing torch; the import then works as usual
     assert out.stdout.split() == ["False", "True", "3.0"]
+
+
+def test_collector_paused_for_one_turn_then_frozen(qtbot):
+    import gc
+
+    from napari_histo.widgets._collector import pause_collector_for_this_turn
+
+    assert gc.isenabled()
+    frozen = gc.get_freeze_count()
+    try:
+        assert pause_collector_for_this_turn()
+        assert not gc.isenabled()  # off while this callback (a dock being built) runs
+        qtbot.waitUntil(gc.isenabled, timeout=2000)  # back on at the event loop's next turn
+        assert gc.get_freeze_count() > frozen  # what was alive is out of later collections
+    finally:
+        gc.enable()
+        gc.unfreeze()

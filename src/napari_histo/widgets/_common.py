@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
@@ -161,12 +162,13 @@ def warm_up_torch(delay_ms: int = 1000) -> None:
 
 
 def _start_warm_up() -> None:
-    import contextlib
     import threading
+
+    from ._collector import collector_paused
 
     def warm() -> None:
         # On failure the first real job imports torch again and reports what went wrong.
-        with contextlib.suppress(Exception):
+        with collector_paused(), contextlib.suppress(Exception):
             _read_torch_libraries()
             _load_torch_libraries()
             ensure_torch()
