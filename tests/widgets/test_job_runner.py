@@ -108,14 +108,27 @@ def test_torch_libraries_load_before_the_import():
 def test_collector_paused_for_one_turn_then_frozen(qtbot):
     import gc
 
+    from qtpy.QtCore import QEventLoop, QTimer
+
     from napari_histo.widgets._collector import pause_collector_for_this_turn
 
     assert gc.isenabled()
+    # outside a running event loop (a script) nothing would turn it back on: not paused
+    assert not pause_collector_for_this_turn()
+    assert gc.isenabled()
     frozen = gc.get_freeze_count()
+    seen = []
+    loop = QEventLoop()
+
+    def inside_the_loop():  # as napari's menu callback that builds a dock
+        seen.append((pause_collector_for_this_turn(), gc.isenabled()))
+        QTimer.singleShot(50, loop.quit)
+
     try:
-        assert pause_collector_for_this_turn()
-        assert not gc.isenabled()  # off while this callback (a dock being built) runs
-        qtbot.waitUntil(gc.isenabled, timeout=2000)  # back on at the event loop's next turn
+        QTimer.singleShot(0, inside_the_loop)
+        loop.exec_() if hasattr(loop, "exec_") else loop.exec()
+        assert seen == [(True, False)]  # off while the callback runs
+        assert gc.isenabled()  # back on at the event loop's next turn
         assert gc.get_freeze_count() > frozen  # what was alive is out of later collections
     finally:
         gc.enable()

@@ -32,13 +32,17 @@ def pause_collector_for_this_turn() -> bool:
     """Pause the collector until the Qt event loop's next turn (on the GUI thread only).
 
     napari imports a widget module and builds its dock in one callback: the collector stays off
-    through both. True when paused.
+    through both. Only inside a running event loop (napari's), so that the turn that turns it
+    back on comes; a script that never runs one keeps its collector. True when paused.
     """
     from qtpy.QtCore import QThread, QTimer
     from qtpy.QtWidgets import QApplication
 
     app = QApplication.instance()
-    if app is None or QThread.currentThread() is not app.thread() or not gc.isenabled():
+    thread = QThread.currentThread()
+    if app is None or thread is not app.thread() or thread.loopLevel() < 1:
+        return False
+    if not gc.isenabled():
         return False
     paused = collector_paused()
     paused.__enter__()
