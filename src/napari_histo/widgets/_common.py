@@ -168,10 +168,11 @@ def _start_warm_up() -> None:
 
     def warm() -> None:
         # On failure the first real job imports torch again and reports what went wrong.
-        with collector_paused(), contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):
             _read_torch_libraries()
             _load_torch_libraries()
-            ensure_torch()
+            with collector_paused():  # only the import: the reads above take seconds when cold
+                ensure_torch()
 
     threading.Thread(target=warm, name=WARM_UP_THREAD, daemon=True).start()
 
@@ -207,7 +208,11 @@ def _load_torch_libraries() -> bool:
     function releases the GIL. Loaded ``RTLD_LOCAL``, as the import itself loads them: the
     import then finds them resident (its longest GIL hold measured 46-74 ms against a thread
     ticking every 5 ms, 140-170 ms beside a napari viewer, 242-264 without this; gui.md).
-    Linux only; True when loaded.
+
+    Linux only, and not where the loader could pick other CUDA libraries than torch's import
+    would: torch preloads the NVIDIA wheels' libraries itself so that they win the soname lookup,
+    so a CUDA build is loaded early only when those wheels sit beside torch (on its libraries'
+    RPATH) and ``LD_LIBRARY_PATH`` is unset. True when loaded.
     """
     import ctypes
     import importlib.util
@@ -218,9 +223,14 @@ def _load_torch_libraries() -> bool:
     spec = importlib.util.find_spec("torch")
     if not sys.platform.startswith("linux") or spec is None or spec.origin is None:
         return False
-    lib = Path(spec.origin).parent / "lib" / "libtorch_python.so"
-    if not lib.is_file():
+    torch_dir = Path(spec.origin).parent
+    lib = torch_dir / "lib" / "libtorch_python.so"
+    if not lib.is_file() or os.environ.get("LD_LIBRARY_PATH"):
         return False
+    if (torch_dir / "lib" / "libtorch_cuda.so").is_file():
+        nvidia = torch_dir.parent / "nvidia"
+        if not all(any(nvidia.glob(f"*/lib/{name}.so*")) for name in ("libcudart", "libcupti")):
+            return False
     for provider in (None, "libdl.so.2"):  # dlopen lives in libc since glibc 2.34
         try:
             dlopen = ctypes.CDLL(provider).dlopen

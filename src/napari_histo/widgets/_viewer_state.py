@@ -92,7 +92,10 @@ def viewer_state(viewer) -> ViewerState:
     """The :class:`ViewerState` of ``viewer`` (made on first use)."""
     state = _STATES.get(viewer)
     if state is None:
+        from ._collector import release_on_layer_removal
+
         state = _STATES[viewer] = ViewerState()
+        release_on_layer_removal(viewer)
     return state
 
 

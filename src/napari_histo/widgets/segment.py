@@ -45,6 +45,7 @@ from ._viewer_state import viewer_state
 
 if TYPE_CHECKING:
     import napari
+    from napari.layers import Shapes
 
 REGION_WHOLE = "whole image"
 REGION_VIEW = "current field of view"
@@ -380,7 +381,7 @@ class SegmentWidget(FormJobMixin, Container):
         )
         lab_layer.bind_key("s", lambda lyr: self.split_last_line(), overwrite=True)
 
-    def cut_lines_layer(self, select: bool = False):
+    def cut_lines_layer(self, select: bool = False) -> Shapes:
         """The 'cut lines' Shapes layer, made on first use (not with every segmentation: napari
         builds a Shapes layer's text overlay on the GUI thread, ~100 ms of the first click).
 
@@ -400,10 +401,17 @@ class SegmentWidget(FormJobMixin, Container):
         if not select and self.labels_layer is not None:
             self.viewer.layers.selection.active = self.labels_layer
 
-        def show():
+        def show() -> None:
             layer.visible = True
             if select:
-                QTimer.singleShot(TURN_MS, lambda: setattr(layer, "mode", "add_path"))
+                QTimer.singleShot(TURN_MS, draw_mode)
+
+        def draw_mode() -> None:
+            # unless the user has moved on meanwhile (another layer, another mode, layer gone);
+            # by name: a plugin's viewer is a proxy, whose layers are new proxies at each access
+            active = self.viewer.layers.selection.active
+            if active is not None and active.name == CUT_LAYER and active.mode == "pan_zoom":
+                active.mode = "add_path"
 
         QTimer.singleShot(TURN_MS, show)
         return layer
