@@ -9,8 +9,10 @@ On BCI sources (held out from the translator, and the five it trained on unpaire
 beside the raw IHC and the shipped model: references no translator can beat on fidelity (the
 real H&E itself, shifted by 8 or 16 px, as a perfect translation with that much misalignment
 would be), and the shipped output with its contrast scaled towards its mean. For each: Lab W1,
-SSIM gray 4x (the aim's measure), the global Pearson r of the 4x gray images, and the mean
-local r in SSIM's 7x7 windows (SSIM's structure term without its contrast and luminance terms).
+SSIM gray 4x (the aim's measure), the global Pearson r of the 4x gray images, the mean local r in
+SSIM's 7x7 windows (SSIM's structure term without its contrast and luminance terms), and the
+median local standard deviation of the 4x gray (what SSIM's contrast term compares; the row
+``real_he`` gives the H&E's own).
 """
 
 from __future__ import annotations
@@ -58,17 +60,33 @@ def correlations(test: np.ndarray, ref: np.ndarray, window: int = 7) -> tuple[fl
     return float(np.corrcoef(x.ravel(), y.ravel())[0, 1]), local
 
 
-def outputs(ihc: np.ndarray, he: np.ndarray, translator) -> dict[str, np.ndarray]:
+def local_std(img: np.ndarray, window: int = 7) -> float:
+    """Median local standard deviation of the 4x-downsampled gray image (SSIM's windows)."""
+    from scipy.ndimage import uniform_filter
+    from skimage.color import rgb2gray
+    from skimage.transform import downscale_local_mean
+
+    g = downscale_local_mean(rgb2gray(img), (4, 4))
+    m = uniform_filter(g, window)
+    return float(np.median(np.sqrt(np.clip(uniform_filter(g * g, window) - m * m, 0, None))))
+
+
+def outputs(
+    ihc: np.ndarray, he: np.ndarray, translator
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``name -> (output, the H&E it is compared with)``."""
     from napari_histo.core.translate import translate
 
     gen = translate(ihc, translator, tile=256, overlap=32)
-    out = {"raw_ihc": ihc, "shipped": gen}
+    out = {"raw_ihc": (ihc, he), "shipped": (gen, he)}
     g = gen.astype(np.float64)
     mean = g.reshape(-1, 3).mean(0)
     for f in (0.75, 0.5, 0.25):
-        out[f"shipped_contrast_x{f}"] = np.clip(mean + f * (g - mean), 0, 255).astype(np.uint8)
+        squeezed = np.clip(mean + f * (g - mean), 0, 255).astype(np.uint8)
+        out[f"shipped_contrast_x{f}"] = (squeezed, he)
     for px in (8, 16):
-        out[f"real_he_shifted_{px}px"] = np.roll(he, (px, px), (0, 1))
+        # the H&E against itself moved by px down and right (no wrap-around: both cropped)
+        out[f"real_he_shifted_{px}px"] = (he[:-px, :-px], he[px:, px:])
     return out
 
 
@@ -91,13 +109,14 @@ def main(argv: list[str] | None = None) -> int:
         rows: dict[str, list[list[float]]] = {}
         for src in group:
             ihc, he = full_image(ihc_tiles, src), full_image(he_tiles, src)
-            rng = np.random.default_rng(0)
-            for key, img in outputs(ihc, he, translator).items():
-                s = tt.extra_scores(img, he, rng)
+            rows.setdefault("real_he", []).append([0.0, 1.0, 1.0, 1.0, local_std(he)])
+            for key, (img, ref) in outputs(ihc, he, translator).items():
+                # the same pixel samples for every row: W1 differences are not sampling noise
+                s = tt.extra_scores(img, ref, np.random.default_rng(0))
                 rows.setdefault(key, []).append(
-                    [s["lab_w1"], s["ssim_gray_4x"], *correlations(img, he)]
+                    [s["lab_w1"], s["ssim_gray_4x"], *correlations(img, ref), local_std(img)]
                 )
-        cols = ("lab_w1", "ssim_gray_4x", "r_global_4x", "r_local_7x7")
+        cols = ("lab_w1", "ssim_gray_4x", "r_global_4x", "r_local_7x7", "local_std_4x")
         result["sets"][name] = {
             "sources": group,
             "mean": {
