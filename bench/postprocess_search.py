@@ -36,7 +36,7 @@ GROWS = ("half", 1, 2, 3)
 RELATIVE = (0.15, 0.2, 0.25, 0.3, 0.35)
 
 
-def maps_of(model, pairs) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def maps_of(model, pairs) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
     """(name, ternary probabilities, truth, shipped labels) per pair, from the model's own
     inference path (the labels check that the search reproduces it)."""
     from napari_histo.core.progress import drain

@@ -30,27 +30,18 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import train_translator_default as tt  # noqa: E402
 
 
-def full_image(tiles: dict[str, Path], src: str) -> np.ndarray:
-    """A 1024x1024 BCI image reassembled from its 16 tiles of 256 px."""
-    from napari_histo.core.io import read_image
-
-    img = np.zeros((1024, 1024, 3), np.uint8)
-    for r in range(4):
-        for c in range(4):
-            img[r * 256 : (r + 1) * 256, c * 256 : (c + 1) * 256] = read_image(
-                tiles[f"{src}_r{r}c{c}"]
-            )
-    return img
-
-
-def correlations(test: np.ndarray, ref: np.ndarray, window: int = 7) -> tuple[float, float]:
-    """Global and mean local (``window``-px) Pearson r of the 4x-downsampled gray images."""
-    from scipy.ndimage import uniform_filter
+def gray_4x(img: np.ndarray) -> np.ndarray:
+    """The 4x-downsampled grayscale image the aim's SSIM is computed on."""
     from skimage.color import rgb2gray
     from skimage.transform import downscale_local_mean
 
-    x = downscale_local_mean(rgb2gray(test), (4, 4))
-    y = downscale_local_mean(rgb2gray(ref), (4, 4))
+    return downscale_local_mean(rgb2gray(img), (4, 4))
+
+
+def correlations(x: np.ndarray, y: np.ndarray, window: int = 7) -> tuple[float, float]:
+    """Global and mean local (``window``-px) Pearson r of two 4x gray images."""
+    from scipy.ndimage import uniform_filter
+
     mx, my = uniform_filter(x, window), uniform_filter(y, window)
     vx = uniform_filter(x * x, window) - mx * mx
     vy = uniform_filter(y * y, window) - my * my
@@ -60,13 +51,10 @@ def correlations(test: np.ndarray, ref: np.ndarray, window: int = 7) -> tuple[fl
     return float(np.corrcoef(x.ravel(), y.ravel())[0, 1]), local
 
 
-def local_std(img: np.ndarray, window: int = 7) -> float:
-    """Median local standard deviation of the 4x-downsampled gray image (SSIM's windows)."""
+def local_std(g: np.ndarray, window: int = 7) -> float:
+    """Median local standard deviation of a 4x gray image (in SSIM's windows)."""
     from scipy.ndimage import uniform_filter
-    from skimage.color import rgb2gray
-    from skimage.transform import downscale_local_mean
 
-    g = downscale_local_mean(rgb2gray(img), (4, 4))
     m = uniform_filter(g, window)
     return float(np.median(np.sqrt(np.clip(uniform_filter(g * g, window) - m * m, 0, None))))
 
@@ -108,13 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     ):
         rows: dict[str, list[list[float]]] = {}
         for src in group:
-            ihc, he = full_image(ihc_tiles, src), full_image(he_tiles, src)
-            rows.setdefault("real_he", []).append([0.0, 1.0, 1.0, 1.0, local_std(he)])
+            ihc, he = tt.reassemble(ihc_tiles, src), tt.reassemble(he_tiles, src)
+            rows.setdefault("real_he", []).append([0.0, 1.0, 1.0, 1.0, local_std(gray_4x(he))])
             for key, (img, ref) in outputs(ihc, he, translator).items():
                 # the same pixel samples for every row: W1 differences are not sampling noise
                 s = tt.extra_scores(img, ref, np.random.default_rng(0))
+                g = gray_4x(img)
                 rows.setdefault(key, []).append(
-                    [s["lab_w1"], s["ssim_gray_4x"], *correlations(img, ref), local_std(img)]
+                    [s["lab_w1"], s["ssim_gray_4x"], *correlations(g, gray_4x(ref)), local_std(g)]
                 )
         cols = ("lab_w1", "ssim_gray_4x", "r_global_4x", "r_local_7x7", "local_std_4x")
         result["sets"][name] = {

@@ -243,23 +243,23 @@ def train(args: argparse.Namespace, t_start: float) -> None:
     )
 
 
-def holdout_pairs(root: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(source, IHC, H&E) full 1024x1024 images reassembled from the held-out 256 tiles."""
+def reassemble(tiles: dict[str, Path], src: str) -> np.ndarray:
+    """A 1024x1024 BCI image from its 16 tiles of 256 px (``<src>_r<row>c<col>``)."""
     from napari_histo.core.io import read_image
 
+    img = np.zeros((1024, 1024, 3), np.uint8)
+    for r in range(4):
+        for c in range(4):
+            img[r * 256 : (r + 1) * 256, c * 256 : (c + 1) * 256] = read_image(
+                tiles[f"{src}_r{r}c{c}"]
+            )
+    return img
+
+
+def holdout_pairs(root: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(source, IHC, H&E) full 1024x1024 images reassembled from the held-out 256 tiles."""
     ihc, he = list_images(root / BCI / "ihc"), list_images(root / BCI / "he")
-    pairs = []
-    for src in HOLDOUT:
-        full = []
-        for tiles in (ihc, he):
-            img = np.zeros((1024, 1024, 3), np.uint8)
-            for r in range(4):
-                for c in range(4):
-                    t = read_image(tiles[f"{src}_r{r}c{c}"])
-                    img[r * 256 : (r + 1) * 256, c * 256 : (c + 1) * 256] = t
-            full.append(img)
-        pairs.append((src, full[0], full[1]))
-    return pairs
+    return [(src, reassemble(ihc, src), reassemble(he, src)) for src in HOLDOUT]
 
 
 def extra_scores(test: np.ndarray, ref: np.ndarray, rng: np.random.Generator) -> dict[str, float]:

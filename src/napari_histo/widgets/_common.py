@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import napari
 
 
@@ -179,6 +181,15 @@ def _start_warm_up() -> None:
     threading.Thread(target=warm, name=WARM_UP_THREAD, daemon=True).start()
 
 
+def _torch_dir() -> Path | None:
+    """torch's package folder, found without importing it (None where torch is missing)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("torch")
+    return None if spec is None or spec.origin is None else Path(spec.origin).parent
+
+
 def _read_torch_libraries(limit: int = 3 << 30) -> int:
     """Read torch's shared libraries once (into the OS page cache) before importing torch.
 
@@ -186,14 +197,11 @@ def _read_torch_libraries(limit: int = 3 << 30) -> int:
     this halves the import's GUI stall (440-494 ms -> 222-264 ms measured, the warm figure), at
     the price of about 1 GB read from disk once. Returns the bytes read.
     """
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.find_spec("torch")
-    if spec is None or spec.origin is None:
+    torch_dir = _torch_dir()
+    if torch_dir is None:
         return 0
     done = 0
-    for path in sorted((Path(spec.origin).parent / "lib").glob("*.so*")):
+    for path in sorted((torch_dir / "lib").glob("*.so*")):
         if done > limit:
             break
         with open(path, "rb", buffering=0) as f:
@@ -217,15 +225,12 @@ def _load_torch_libraries() -> bool:
     RPATH) and ``LD_LIBRARY_PATH`` is unset. True when loaded.
     """
     import ctypes
-    import importlib.util
     import os
     import sys
-    from pathlib import Path
 
-    spec = importlib.util.find_spec("torch")
-    if not sys.platform.startswith("linux") or spec is None or spec.origin is None:
+    torch_dir = _torch_dir()
+    if not sys.platform.startswith("linux") or torch_dir is None:
         return False
-    torch_dir = Path(spec.origin).parent
     lib = torch_dir / "lib" / "libtorch_python.so"
     if not lib.is_file() or os.environ.get("LD_LIBRARY_PATH"):
         return False

@@ -24,7 +24,6 @@ from magicgui.widgets import (
 from qtpy.QtCore import QTimer
 
 from ._common import (
-    TURN_MS,
     FormJobMixin,
     JobRunner,
     add_or_update_image,
@@ -401,11 +400,6 @@ class SegmentWidget(FormJobMixin, Container):
         if not select and self.labels_layer is not None:
             self.viewer.layers.selection.active = self.labels_layer
 
-        def show() -> None:
-            layer.visible = True
-            if select:
-                QTimer.singleShot(TURN_MS, draw_mode)
-
         def draw_mode() -> None:
             # unless the user has moved on meanwhile (another layer, another mode, layer gone);
             # by name: a plugin's viewer is a proxy, whose layers are new proxies at each access
@@ -413,7 +407,8 @@ class SegmentWidget(FormJobMixin, Container):
             if active is not None and active.name == CUT_LAYER and active.mode == "pan_zoom":
                 active.mode = "add_path"
 
-        QTimer.singleShot(TURN_MS, show)
+        steps = [lambda: setattr(layer, "visible", True)] + ([draw_mode] if select else [])
+        self.runner.in_turns(*steps)
         return layer
 
     def _label_at(self, position) -> int:

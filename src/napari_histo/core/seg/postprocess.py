@@ -40,29 +40,32 @@ def fill_holes(labels: np.ndarray) -> np.ndarray:
     return labels
 
 
-def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Drop instances smaller than ``min_size`` pixels and renumber ``1..N`` (uint32)."""
+def remove_small(
+    labels: np.ndarray,
+    min_size: int,
+    relative: float | None = None,
+    relative_range: tuple[int, int] = (10, 60),
+) -> np.ndarray:
+    """Drop instances smaller than ``min_size`` pixels and renumber ``1..N`` (uint32).
+
+    ``relative``: also drop those under this fraction of the median area of the instances kept
+    by ``min_size``, the threshold clipped to ``relative_range`` pixels (debris scales with the
+    nuclei: at 20x it stays under the small nuclei a fixed 40x threshold would remove).
+    """
     labels = np.asarray(labels)
-    if min_size > 1 and labels.any():
+    if labels.any() and (min_size > 1 or relative):
         sizes = np.bincount(labels.ravel())
-        small = sizes < min_size
+        threshold = min_size
+        if relative:
+            areas = sizes[1:]
+            kept = areas[areas >= max(min_size, 1)]
+            if kept.size:
+                lo, hi = relative_range
+                threshold = max(min_size, int(np.clip(relative * np.median(kept), lo, hi)))
+        small = sizes < threshold
         small[0] = False
         labels = np.where(small[labels], 0, labels)
     return relabel_sequential(labels.astype(np.uint32, copy=False))[0].astype(np.uint32)
-
-
-def remove_relatively_small(
-    labels: np.ndarray, fraction: float | None, size_range: tuple[int, int] = (10, 60)
-) -> np.ndarray:
-    """Drop instances under ``fraction`` of the median instance area, the threshold clipped to
-    ``size_range`` pixels (debris scales with the nuclei: at 20x it stays under the small nuclei
-    a fixed 40x threshold would remove). ``fraction`` None or 0 leaves ``labels`` as they are."""
-    if not fraction or not labels.any():
-        return labels
-    areas = np.bincount(np.asarray(labels).ravel())[1:]
-    median = float(np.median(areas[areas > 0]))
-    lo, hi = size_range
-    return remove_small(labels, int(np.clip(fraction * median, lo, hi)))
 
 
 def _confidence(labels: np.ndarray, on: np.ndarray, off: np.ndarray) -> np.ndarray:
@@ -105,7 +108,7 @@ def instances_from_ternary(
     holes : fill holes inside instances.
     seed_threshold : None for argmax seeds, else the margin of inside over boundary probability.
     relative_min_size : then also drop instances under this fraction of the median instance
-        (:func:`remove_relatively_small`).
+        (:func:`remove_small`).
 
     Returns
     -------
@@ -134,8 +137,7 @@ def instances_from_ternary(
         labels = watershed(-probs[INSIDE], markers=seeds, mask=mask).astype(np.int64)
         if holes:
             fill_holes(labels)
-        labels = remove_small(labels, min_size)
-        labels = remove_relatively_small(labels, relative_min_size)
+        labels = remove_small(labels, min_size, relative_min_size)
     return labels, _confidence(labels, 1.0 - probs[BACKGROUND], 1.0 - probs[INSIDE])
 
 
@@ -205,7 +207,7 @@ def instances_from_hover(
     marker_threshold : energy above which a foreground pixel is not a marker.
     sigma : width of the derivative filters, in pixels.
     relative_min_size : then also drop instances under this fraction of the median instance
-        (:func:`remove_relatively_small`).
+        (:func:`remove_small`).
 
     Returns
     -------
@@ -231,8 +233,7 @@ def instances_from_hover(
     markers, _ = ndi.label(marker)
     markers = remove_small(markers, min_size)
     labels = watershed(dist, markers=markers, mask=blb).astype(np.int64)
-    labels = remove_small(labels, min_size)
-    labels = remove_relatively_small(labels, relative_min_size)
+    labels = remove_small(labels, min_size, relative_min_size)
     return labels, _confidence(labels, prob, 1.0 - prob)
 
 
