@@ -21,13 +21,15 @@ pytestmark = [pytest.mark.gui, pytest.mark.slow]
 
 SCENARIO = Path(__file__).with_name("journey_scenario.py")
 #: The issue's aim: the GUI thread stalls at most this much longer than the same viewer idle (ms).
-#: Not met everywhere yet (bench/results/gui.md), on 2 quiet cores under software OpenGL: DCGMM's
-#: two result layers (112-162 ms), the cut-lines layer (88-167), the slide's labels layer (84-194),
-#: the first Segment click (62-106): napari and vispy building and first-drawing layers.
+#: Not met where an action ends by adding a layer (bench/results/gui.md): on 2 quiet cores under
+#: software OpenGL, DCGMM 112-263 ms, the cut-lines layer 88-370, slide segment 84-527, the first
+#: Segment click 62-255 (two machines); napari alone adds one layer in 118-317 ms there
+#: (bench/gui_floor.py).
 AIM_MS = 100
 #: What the test asserts: no return of the multi-second freezes (6.3 s and 1.6 s before the
-#: work moved to threads), with room for a loaded CI machine.
-GUARD_MS = 600
+#: work moved to threads). napari alone took 809 ms to add a first Labels layer on a slow
+#: 2-core software-GL machine (bench/results/gui_floor_docks.json), where slide segment took 458-527.
+GUARD_MS = 1000
 #: Actions whose stall the issue bounds (the edit keys' own work is napari redrawing the layer).
 BOUNDED = (
     "open the Stain normalization dock",
