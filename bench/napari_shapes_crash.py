@@ -7,7 +7,10 @@ the same way do not crash; a Shapes layer never shown does not either. The segfa
 vertex attribute array before each frame does not prevent it (tried). napari's issue 8471 reports
 the same call failing ("access violation reading 0x28") on Windows after Shapes/Labels work.
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" python bench/napari_shapes_crash.py [--hidden]
+    xvfb-run -a -s "-screen 0 1600x1000x24" python bench/napari_shapes_crash.py [--hidden | --plugin]
+
+``--plugin`` makes the layer with the Segment widget (``cut_lines_layer``), whose guard
+(``widgets/_shapes_crash.py``) holds the meshes: it survives.
 
 Exit status 0 and 'survived' when it does not crash.
 """
@@ -37,7 +40,18 @@ def main(argv=None) -> int:
     rgb = np.full((512, 512, 3), 200, np.uint8)
     viewer.add_image(rgb, name="tile", rgb=True)
     pump(1.0)
-    viewer.add_shapes(name="cut lines", visible="--hidden" not in argv)
+    if "--plugin" in argv:  # the Segment widget's own 'cut lines' layer, with its guard
+        from napari_histo.widgets.segment import SegmentWidget
+
+        widget = SegmentWidget(viewer)
+        viewer.window.add_dock_widget(widget)
+        pump(0.5)
+        layer = widget.cut_lines_layer(select=True)
+        pump(0.5)
+        assert layer.visible, "the cut-lines layer was never shown"
+    else:
+        layer = viewer.add_shapes(name="cut lines", visible="--hidden" not in argv)
+    layer.add_paths([np.array([[100.0, 100.0], [300.0, 300.0]])])
     pump(0.5)
     print("removing the Shapes layer", flush=True)
     viewer.layers.remove("cut lines")
