@@ -8,7 +8,7 @@ from that viewer, the layers it added removed), the same
 heartbeat as the journey test around napari's own ``add_labels`` / ``add_image`` /
 ``add_shapes``: the floor under any plugin that shows such a result.
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" python bench/gui_floor.py --json bench/results/gui_floor.json
+    xvfb-run -a -s "-screen 0 1600x1000x24" python bench/gui_floor.py --repeats 4 --json bench/results/gui_floor.json
 
 ``--docks`` opens our four docks first (their layer-list callbacks then run on every insert).
 """
