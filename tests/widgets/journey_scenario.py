@@ -62,9 +62,20 @@ def _journey(out: Path, shots: Path | None, report: dict) -> None:
             shots.mkdir(parents=True, exist_ok=True)
             viewer.screenshot(str(shots / f"journey_{name}.png"), canvas_only=False, flash=False)
 
+    profiled = os.environ.get("JOURNEY_PROFILE")  # a beat's name: cProfile of the GUI thread
+
     def measure(name, action, done, idle_ms=None, timeout=900):
         hb.stalls.append(f"=== {name}")
+        prof = None
+        if name == profiled:
+            import cProfile
+
+            prof = cProfile.Profile()
+            prof.enable()
         beat = hb.measure(name, action, done, timeout=timeout, idle_ms=idle_ms)
+        if prof is not None:
+            prof.disable()
+            prof.dump_stats(str(out / "profile.pstats"))
         beats.append(beat.as_dict())
         return beat
 
