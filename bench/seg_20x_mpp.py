@@ -3,8 +3,8 @@
 The validation's 20x copies (each 40x tile downsampled 2x) have been scored as if their pixel
 size were unknown: the network sees nuclei half the size it was trained on. ``segment`` reads the
 pixel size from the file (or ``--mpp``) and resamples the image to the model's training pixel size
-(``core.seg.workflow.segment_array_iter``). This scores both, through that same function, for each
-model given.
+(``core.seg.workflow.segment_array_iter``). This scores both (``train_seg_default.evaluate_model``,
+through that same function when the pixel size is given), for each model given.
 
     PYTHONPATH=src python bench/seg_20x_mpp.py --json bench/results/seg_20x_mpp.json
 """
@@ -14,35 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("unet_histo80_v2", "unet_histo80", "hovernet_histo80")
-
-
-def score(model, pairs, mpp: float | None) -> dict:
-    """Mean Dice / AJI / PQ of ``pairs`` segmented with ``mpp`` as the images' pixel size."""
-    from napari_histo.core.progress import drain
-    from napari_histo.core.seg.metrics import evaluate
-    from napari_histo.core.seg.workflow import segment_array_iter
-
-    per = {}
-    t = time.perf_counter()
-    for name, img, lab in pairs:
-        pred = drain(segment_array_iter(img, model, device="cpu", mpp=mpp)).labels
-        per[name] = {k: float(v) for k, v in evaluate(lab, pred.astype(np.int32)).items()}
-    mean = {
-        k: round(float(np.mean([m[k] for m in per.values()])), 4) for k in ("dice", "aji", "pq")
-    }
-    return {
-        **mean,
-        "seconds": round(time.perf_counter() - t, 1),
-        "per_image_aji": {n: round(m["aji"], 4) for n, m in per.items()},
-    }
 
 
 def main(argv=None) -> int:
@@ -66,13 +42,13 @@ def main(argv=None) -> int:
     print("| model | 20x AJI, pixel size unknown | 20x AJI, 0.5 um/px given | Dice | PQ |")
     print("|---|---|---|---|---|")
     for name in args.models:
-        model = load_model(ROOT / "resources" / "seg" / name, "cpu")
-        trained = model_mpp(model.card)
+        folder = ROOT / "resources" / "seg" / name
+        trained = model_mpp(load_model(folder, "cpu").card)  # cached for evaluate_model
         if trained is None:
             print(f"| {name} | card records no pixel size | | | |")
             continue
-        unknown = score(model, val20, None)
-        given = score(model, val20, 2 * trained)
+        unknown = script.evaluate_model(folder, val20)
+        given = script.evaluate_model(folder, val20, mpp=2 * trained)
         rows[name] = {"model_mpp": trained, "unknown": unknown, "given": given}
         print(
             f"| {name} | {unknown['aji']:.3f} | **{given['aji']:.3f}** | "
