@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton
 
-from ._collector import release_on_layer_removal
 from ._common import (
     JobRunner,
     add_or_update_image,
@@ -19,6 +18,7 @@ from ._common import (
     warm_up_torch,
     wrapped,
 )
+from ._viewer_state import viewer_state
 
 if TYPE_CHECKING:
     import napari
@@ -62,7 +62,7 @@ class TranslateWidget(Container):
         self.viewer = napari_viewer
         self.runner = JobRunner(on_busy=self._set_busy, on_status=self._set_status)
         warm_up_torch()  # every action here needs torch: import it while the form is read
-        release_on_layer_removal(napari_viewer)
+        viewer_state(napari_viewer)  # once per viewer: a removed layer unfreezes the collector
         self._input_layer = None
         self.image = ComboBox(label="image", choices=self._image_choices)
         self.model = FileEdit(
