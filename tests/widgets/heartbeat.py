@@ -24,6 +24,9 @@ class Beat:
     idle_max_gap_ms: float
     seconds: float
     ticks: int
+    #: CPU cores that software OpenGL's threads (Mesa llvmpipe) kept busy drawing the window
+    #: during the action, on average: cores the action's own work did not get. 0 on hardware GL.
+    render_cores: float = 0.0
 
     @property
     def beyond_idle_ms(self) -> float:
@@ -130,16 +133,40 @@ class Heartbeat:
         from qtpy.QtCore import QTimer
 
         t0 = time.perf_counter()
+        render0 = render_cpu_seconds()
         started = []
         # The click happens inside the event loop, as a user's click does.
         QTimer.singleShot(0, lambda: started.append(action() or True))
         stamps = self._run_until(lambda: bool(started) and done(), timeout)
         seconds = time.perf_counter() - t0
+        render = (render_cpu_seconds() - render0) / max(seconds, 1e-3)
         gap = _max_gap(stamps)
         idle = self.idle(min(max(seconds, 1.0), idle_cap)) if idle_ms is None else idle_ms
-        beat = Beat(name, round(gap, 1), round(idle, 1), round(seconds, 2), len(stamps))
+        beat = Beat(
+            name, round(gap, 1), round(idle, 1), round(seconds, 2), len(stamps), round(render, 2)
+        )
         self.results.append(beat)
         return beat
+
+
+def render_cpu_seconds() -> float:
+    """CPU seconds used so far by this process's software-OpenGL threads (Linux; else 0)."""
+    total = 0
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return 0.0
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:  # the thread ended
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        if name.startswith("llvmpipe"):
+            fields = stat[stat.rindex(")") + 2 :].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _max_gap(stamps: list[float]) -> float:

@@ -388,10 +388,17 @@ TURN_MS = 10
 class JobRunner:
     """Runs one core progress generator at a time in a ``thread_worker``.
 
-    Drives napari progress bars from the generator's :class:`Progress` events, one bar per stage
-    (fit steps, epochs, tiles... each with its own total, so they never fight over one total),
-    forwards the events to ``on_event`` on the main thread (where layers may be touched), and
-    cancels with ``cancel()`` (the core generator is closed in the worker between two events).
+    Shows the generator's :class:`Progress` events in :attr:`bar` (a progress bar the widget puts
+    in its dock: the current stage's step of its total, hidden while the total is unknown) and
+    the status line, forwards the events to ``on_event`` on the main thread (where layers may be
+    touched), and cancels with ``cancel()`` (the core generator is closed in the worker between
+    two events).
+
+    Not napari's ``progress``: while one is open, napari's status bar plays an animated GIF, and
+    under software OpenGL (Mesa llvmpipe: machines without a GPU, remote desktops, CI) every
+    frame recomposes the whole window: about one CPU core of two, for as long as the job runs,
+    taken from the job (``bench/results/gui.md``). Nothing here animates: the bar and the status
+    line change a few times a second at most.
 
     ``torch=True`` imports PyTorch in the worker first (:func:`ensure_torch`), never on the GUI
     thread. :meth:`call` runs a plain function the same way (files, exports, model loading).
@@ -402,8 +409,11 @@ class JobRunner:
         on_busy: Callable[[bool], Any] | None = None,
         on_status: Callable[[str], Any] | None = None,
     ):
+        from magicgui.widgets import ProgressBar
+
         self.worker = None
-        self._bars: dict[str, Any] = {}
+        #: The running job's progress, for the widget to place under its Run / Cancel buttons.
+        self.bar = ProgressBar(value=0, min=0, max=1, visible=False)
         self._cancelling = False
         self._on_busy = on_busy or (lambda busy: None)
         self._on_status = on_status or (lambda text: None)
@@ -477,8 +487,8 @@ class JobRunner:
         )
         self._cancelling = False
         self.worker = worker
-        self._last_draw: dict[str, float] = {}
-        self._stage_totals: dict[str, int] = {}
+        self.bar.tooltip = description or None
+        self._shown = {"bar": 0.0, "bar_stage": None, "status": 0.0, "status_stage": None}
 
         state = {"returned": False}
 
@@ -487,32 +497,13 @@ class JobRunner:
 
             if self._cancelling or self.worker is not worker or state["returned"]:
                 return  # queued before a cancel or the end: the final status stays
-            # Status and callback first: napari's Qt progress bar calls processEvents() when it
-            # is updated, so ``returned`` (the final status, the result layers) can run inside
-            # the bar update below and must not be overwritten by this older event afterwards.
-            if isinstance(event, Progress):
-                self._on_status(str(event))
+            progress = event if isinstance(event, Progress) else None
+            if progress is not None:
+                self._show_status(progress)  # before the callback, which may say more
             if on_event is not None:
                 on_event(event)
-            if isinstance(event, Progress) and self.worker is worker:
-                # A napari bar is a widget in the activity dock: made once per stage, redrawn at
-                # most 5 times a second (each redraw is GUI-thread work), the last step always.
-                import time
-
-                now = time.perf_counter()
-                last = event.total is not None and event.step >= event.total
-                if not last and now - self._last_draw.get(event.stage, 0.0) < 0.2:
-                    return
-                self._last_draw[event.stage] = now
-                if event.total:
-                    self._stage_totals[event.stage] = event.total
-                pbar = self._bar(event.stage, description)
-                if event.total and pbar.total != event.total:
-                    pbar.total = event.total
-                pbar.n = event.step
-                if event.metrics:
-                    pbar.set_postfix({k: f"{v:.4g}" for k, v in event.metrics.items()})
-                pbar.refresh()
+            if progress is not None and self.worker is worker:
+                self._show_bar(progress)
 
         def returned(result):
             state["returned"] = True
@@ -533,9 +524,7 @@ class JobRunner:
                 on_cancelled()
 
         def finished():
-            bars, self._bars = self._bars, {}
-            for bar in bars.values():
-                bar.close()
+            self.bar.visible = False
             self.worker = None
             if not self._turns:  # else the last queued GUI step ends the busy state
                 self._on_busy(False)
@@ -549,23 +538,37 @@ class JobRunner:
         worker.start()
         return worker
 
-    def _bar(self, stage: str, description: str):
-        """The job's progress bar, showing ``stage`` with that stage's own total.
+    def _show_status(self, event) -> None:
+        """The event on the status line: at once for a new stage or a stage's last step, else at
+        most once a second (a line whose length changes relayouts the dock)."""
+        import time
 
-        One napari bar per job (each new bar is a widget built in the activity dock on the GUI
-        thread); each stage keeps its own total and step, restored when its events come, so fit
-        steps, epochs and tiles never fight over one total.
-        """
-        from napari.utils import progress
+        if not (event.step or event.total or event.message or event.metrics):
+            return  # "started": the widget's own line ("segmenting…") says more
+        now, shown = time.perf_counter(), self._shown
+        if event.stage != shown["status_stage"] or _last(event) or now - shown["status"] >= 1.0:
+            shown["status"], shown["status_stage"] = now, event.stage
+            self._on_status(str(event))
 
-        bar = self._bars.get("")
-        if bar is None:
-            bar = self._bars[""] = progress(total=0, desc=description)
-        if getattr(bar, "_histo_stage", None) != stage:
-            bar._histo_stage = stage
-            bar.total = self._stage_totals.get(stage, 0)
-            bar.set_description(f"{description} {stage}".strip())
-        return bar
+    def _show_bar(self, event) -> None:
+        """The event on :attr:`bar`: at most 5 redraws a second, a new stage and a stage's last
+        step at once; hidden while the total is unknown (a busy bar would animate)."""
+        import time
+
+        now, shown, bar = time.perf_counter(), self._shown, self.bar
+        if not event.total:
+            if bar.visible:
+                bar.visible = False
+            return
+        new_stage = event.stage != shown["bar_stage"]
+        if new_stage or _last(event) or now - shown["bar"] >= 0.2:
+            shown["bar"], shown["bar_stage"] = now, event.stage
+            if new_stage or bar.max != event.total:
+                bar.native.setFormat(f"{event.stage} %v/%m".strip())
+                bar.max = event.total
+            bar.value = min(event.step, event.total)
+            if not bar.visible:
+                bar.visible = True
 
     def cancel(self) -> None:
         """Ask the running job to stop at its next progress event."""
@@ -586,6 +589,7 @@ class JobRunner:
         """
         from ..core.progress import Progress
 
+        _background_priority()
         _install_triton_blocker()
         if torch:
             import sys
@@ -613,6 +617,39 @@ class JobRunner:
         finally:
             with _TRITON:
                 gen.close()
+
+
+#: Niceness of the worker threads (and the PyTorch threads they start): the GUI thread comes
+#: first when the job keeps every core busy (bench/results/gui.md).
+WORKER_NICE = 10
+
+
+def _background_priority() -> None:
+    """Lower the calling worker thread's CPU priority, on Linux (where a thread has its own).
+
+    With PyTorch on every core, napari's GUI thread otherwise waits its turn for 100-300 ms at a
+    time. Threads inherit it, so PyTorch's threads started by this one are lowered too; a thread
+    cannot raise it back without privileges, so a pool thread stays lowered (it only runs
+    background work).
+    """
+    import sys
+    import threading
+
+    if not sys.platform.startswith("linux"):
+        return  # elsewhere a thread id is not a process id: setpriority would hit a process
+    import os
+
+    tid = threading.get_native_id()
+    try:
+        if os.getpriority(os.PRIO_PROCESS, tid) < WORKER_NICE:
+            os.setpriority(os.PRIO_PROCESS, tid, WORKER_NICE)
+    except OSError:
+        pass
+
+
+def _last(event) -> bool:
+    """The event is its stage's last step."""
+    return bool(event.total) and event.step >= event.total
 
 
 def _call_job(fn: Callable[..., Any], args: tuple, stage: str):

@@ -183,6 +183,7 @@ class FineTuneWidget(FormJobMixin, Container):
             header("Settings"),
             self.form,
             form([self.run_btn, self.cancel_btn], layout="horizontal", labels=False),
+            self.runner.bar,
             plot_box,
             holder(self.table),
             self.status,

@@ -191,6 +191,7 @@ class SegmentWidget(FormJobMixin, Container):
                 ]
             ),
             form([self.run_btn, self.cancel_btn], layout="horizontal", labels=False),
+            self.runner.bar,
             wrapped(Label(value="<b>Correct</b>: napari's paint / fill / erase tools, plus keys")),
             wrapped(Label(value=keys)),
             self.split_btn,

@@ -130,6 +130,7 @@ class SlideWidget(FormJobMixin, Container):
                 ]
             ),
             form([self.run_btn, self.cancel_btn], layout="horizontal", labels=False),
+            self.runner.bar,
             Label(value="<b>Results</b>"),
             form([self.open_btn, self.edit_btn, self.save_btn], layout="horizontal", labels=False),
             self.export_btn,

@@ -189,6 +189,7 @@ class StainNormalizationWidget(FormJobMixin, Container):
             self.legend,
             self.reuse,
             form([self.run_btn, self.cancel_btn], layout="horizontal", labels=False),
+            self.runner.bar,
             self.which_btn,
             self._which_box,
             self.compare,

@@ -91,6 +91,7 @@ class TranslateWidget(Container):
                 self.device,
                 self.quality,
                 buttons,
+                self.runner.bar,
                 self.status_label,
                 self.metrics_label,
             ]
