@@ -9,8 +9,9 @@ the same call failing ("access violation reading 0x28") on Windows after Shapes/
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python bench/napari_shapes_crash.py [--hidden | --plugin]
 
-``--plugin`` makes the layer with the Segment widget (``cut_lines_layer``), whose guard
-(``widgets/_shapes_crash.py``) holds the meshes: it survives.
+``--plugin`` opens the Segment widget and makes the layer with it (``cut_lines_layer``), and a
+user's own Shapes layer ('regions', as drawn for the stain template) next to it; both are removed.
+The plugin's guard (``widgets/_shapes_crash.py``) holds their visuals: it survives.
 
 Exit status 0 and 'survived' when it does not crash.
 """
@@ -52,10 +53,16 @@ def main(argv=None) -> int:
     else:
         layer = viewer.add_shapes(name="cut lines", visible="--hidden" not in argv)
     layer.add_paths([np.array([[100.0, 100.0], [300.0, 300.0]])])
+    names = ["cut lines"]
+    if "--plugin" in argv:  # a user's own Shapes layer, added while the widget is open
+        regions = viewer.add_shapes(name="regions")
+        regions.add_rectangles([np.array([[50.0, 50.0], [200.0, 200.0]])])
+        names.insert(0, "regions")
     pump(0.5)
-    print("removing the Shapes layer", flush=True)
-    viewer.layers.remove("cut lines")
-    pump(0.5)
+    for name in names:
+        print(f"removing the Shapes layer {name!r}", flush=True)
+        viewer.layers.remove(name)
+        pump(0.5)
     print("adding an image layer", flush=True)
     viewer.add_image(rgb[..., 0], name="gray")
     pump(1.0)

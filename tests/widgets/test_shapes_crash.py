@@ -1,5 +1,6 @@
 """napari 0.9 under software OpenGL segfaults when a drawn Shapes layer is removed and a layer is
-added next (bench/napari_shapes_crash.py). The 'cut lines' layer must not take napari down."""
+added next (bench/napari_shapes_crash.py). Neither the 'cut lines' layer nor a user's own Shapes
+layer (the stain template's regions) may take napari down while our widgets are open."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ pytestmark = [pytest.mark.gui]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_cut_lines_layer_meshes_are_held_until_the_canvas_closes(make_napari_viewer, qtbot):
+def test_shapes_visuals_are_held_until_the_canvas_closes(make_napari_viewer, qtbot):
     from napari_histo.widgets import _shapes_crash
     from napari_histo.widgets.segment import SegmentWidget
 
@@ -27,6 +28,9 @@ def test_the_cut_lines_layer_meshes_are_held_until_the_canvas_closes(make_napari
     widget.cut_lines_layer()
     # the guard found the canvas and the new Shapes visual (vispy/napari internals it relies on)
     assert _shapes_crash.held_count() == before + 1
+    # a user's own Shapes layer, added while a widget is open: held a turn later
+    viewer.add_shapes(name="regions")
+    qtbot.waitUntil(lambda: _shapes_crash.held_count() == before + 2, timeout=5000)
     viewer.close()
     # nothing kept once no canvas can draw (napari deletes the canvas widget later)
     qtbot.waitUntil(lambda: _shapes_crash.held_count() == 0, timeout=5000)

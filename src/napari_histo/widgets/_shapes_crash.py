@@ -3,17 +3,20 @@
 With napari 0.9.2, vispy 0.17.0 and Mesa's software OpenGL (llvmpipe: CI machines, many remote
 desktops), removing a Shapes layer that has been drawn and then adding any layer kills the process
 in ``glDrawArrays`` (``bench/napari_shapes_crash.py`` reproduces it in bare napari). Holding the
-two Mesh visuals (faces, highlights) of the removed Shapes visual prevents it: their OpenGL objects
-are then not deleted. Holding only one of them, or the lines, markers or text, does not.
+removed Shapes visual prevents it: its OpenGL objects are then not deleted. Holding only its two
+Mesh sub-visuals (faces, highlights) was enough for one removed layer, not for two (a user's
+'regions' layer and the cut lines); holding only one mesh, the lines, markers or text never was.
 
-Our 'cut lines' layer is a Shapes layer that users will delete, so when it is made, the meshes of
-every Shapes visual on the open canvases are held until that canvas closes (no drawing after it).
-A handful of cut lines is a few kilobytes; a user's own large Shapes layer present at that moment
-is held too (its vertex buffers), which is the price of not crashing when it is removed.
+Our 'cut lines' layer is a Shapes layer that users will delete, and so are the rectangles users
+draw for the stain template's regions; our results then add layers. So when the cut-lines layer
+is made, and whenever a Shapes layer is added to a viewer where one of our widgets is open
+(:func:`hold_shapes_of`), every Shapes visual on the open canvases is held until that canvas
+closes (no drawing after it). A handful of cut lines is a few kilobytes; a user's own large Shapes
+layer is held too (its vertex buffers), the price of not crashing when it is removed.
 
 It relies on vispy's and napari's internals (the Qt canvas widget's ``_vispy_canvas``, napari's
-``ShapesVisual`` and its ``shape_faces`` / ``shape_highlights``): :func:`keep_shapes_meshes` returns
-how many Shapes visuals are held, and the tests check that the cut-lines layer's is.
+``ShapesVisual`` in its scene): :func:`keep_shapes_visuals` returns how many Shapes visuals are
+held, and the tests check that the cut-lines layer's and a user's Shapes layer's are.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-#: Per canvas (by id): the held meshes of its Shapes visuals, by the faces mesh's id. Module-level
-#: because the crash is per OpenGL context, whatever viewer or widget made the layer.
-_HELD: dict[int, dict[int, tuple[Any, Any]]] = {}
+#: Per canvas (by id): its held Shapes visuals, by id. Module-level because the crash is per
+#: OpenGL context, whatever viewer or widget made the layer.
+_HELD: dict[int, dict[int, Any]] = {}
 
 
 def _gl_canvases() -> list[tuple[Any, Any]]:
@@ -53,9 +56,9 @@ def _walk(node: Any) -> Iterator[Any]:
         yield from _walk(child)
 
 
-def keep_shapes_meshes() -> int:
-    """Hold the Mesh visuals of every Shapes visual now on an open canvas (until the canvas
-    closes); the number of Shapes visuals held in all."""
+def keep_shapes_visuals() -> int:
+    """Hold every Shapes visual now on an open canvas (until the canvas closes); the number of
+    Shapes visuals held in all."""
     for widget, canvas in _gl_canvases():
         key = id(canvas)
         if key not in _HELD:
@@ -64,16 +67,27 @@ def keep_shapes_meshes() -> int:
             widget.destroyed.connect(lambda *_, key=key: _HELD.pop(key, None))
         held = _HELD[key]
         for node in _walk(canvas.scene):
-            if type(node).__name__ != "ShapesVisual":
-                continue
-            faces = getattr(node, "shape_faces", None)
-            highlights = getattr(node, "shape_highlights", None)
-            # keyed by the held faces mesh: its id cannot be reused while it is held
-            if faces is not None and highlights is not None and id(faces) not in held:
-                held[id(faces)] = (faces, highlights)
+            # keyed by id: it cannot be reused while the visual is held
+            if type(node).__name__ == "ShapesVisual" and id(node) not in held:
+                held[id(node)] = node
     return held_count()
 
 
 def held_count() -> int:
-    """How many Shapes visuals have their meshes held now."""
+    """How many Shapes visuals are held now."""
     return sum(len(held) for held in _HELD.values())
+
+
+def hold_shapes_of(viewer) -> None:
+    """From now on, hold the visual of every Shapes layer added to ``viewer`` (a turn later,
+    once napari has made its visual)."""
+
+    def inserted(event) -> None:
+        if type(event.value).__name__ == "Shapes":
+            from qtpy.QtCore import QTimer
+
+            QTimer.singleShot(0, keep_shapes_visuals)
+
+    viewer.layers.events.inserted.connect(inserted)
+    if any(type(layer).__name__ == "Shapes" for layer in viewer.layers):
+        keep_shapes_visuals()  # those drawn before the first widget opened

@@ -93,9 +93,11 @@ def viewer_state(viewer) -> ViewerState:
     state = _STATES.get(viewer)
     if state is None:
         from ._collector import release_on_layer_removal
+        from ._shapes_crash import hold_shapes_of
 
         state = _STATES[viewer] = ViewerState()
         release_on_layer_removal(viewer)
+        hold_shapes_of(viewer)  # a removed Shapes layer must not crash napari (_shapes_crash.py)
     return state
 
 
