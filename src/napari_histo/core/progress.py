@@ -49,7 +49,10 @@ class Progress:
         return min(1.0, self.step / self.total)
 
     def __str__(self) -> str:
-        head = f"{self.stage} {self.step}" + (f"/{self.total}" if self.total else "")
+        if self.total:
+            head = f"{self.stage} {self.step}/{self.total}"
+        else:  # a step count without a total; nothing for "started" (step 0)
+            head = f"{self.stage} {self.step}" if self.step else self.stage
         nums = " ".join(f"{k}={v:.4g}" for k, v in self.metrics.items())
         return " ".join(s for s in (head.strip(), nums, self.message) if s)
 

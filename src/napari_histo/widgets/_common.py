@@ -412,6 +412,7 @@ class JobRunner:
         from magicgui.widgets import ProgressBar
 
         self.worker = None
+        self._display: _ProgressDisplay | None = None
         #: The running job's progress, for the widget to place under its Run / Cancel buttons.
         self.bar = ProgressBar(value=0, min=0, max=1, visible=False)
         self._cancelling = False
@@ -456,7 +457,8 @@ class JobRunner:
             self._on_busy(False)
 
     def call(self, fn: Callable[..., Any], *args, stage: str = "", **kwargs):
-        """Run ``fn(*args)`` in the worker (one indeterminate bar); same callbacks as :meth:`start`."""
+        """Run ``fn(*args)`` in the worker (the status line says ``stage…``; no bar, its length
+        unknown); same callbacks as :meth:`start`."""
         return self.start(_call_job, fn, args, stage, **kwargs)
 
     def start(
@@ -488,29 +490,29 @@ class JobRunner:
         self._cancelling = False
         self.worker = worker
         self.bar.tooltip = description or None
-        self._shown = {"bar": 0.0, "bar_stage": None, "status": 0.0, "status_stage": None}
-
-        state = {"returned": False}
+        display = self._display = _ProgressDisplay(self.bar, self._on_status)
 
         def yielded(event):
             from ..core.progress import Progress
 
-            if self._cancelling or self.worker is not worker or state["returned"]:
+            if self._cancelling or self.worker is not worker or display.stopped:
                 return  # queued before a cancel or the end: the final status stays
             progress = event if isinstance(event, Progress) else None
             if progress is not None:
-                self._show_status(progress)  # before the callback, which may say more
+                display.status(progress)  # before the callback, which may say more
             if on_event is not None:
                 on_event(event)
-            if progress is not None and self.worker is worker:
-                self._show_bar(progress)
+            if progress is not None and self.worker is worker and not display.stopped:
+                display.progress(progress)
 
         def returned(result):
-            state["returned"] = True
+            display.stop()
             if on_done is not None:
                 on_done(result)
 
         def errored(exc):
+            display.stop()
+            exc = getattr(exc, "original", exc)  # a RuntimeError, wrapped by _cancellable
             msg = error_message(exc)
             self._on_status(f"failed: {msg}")
             if on_error is not None:
@@ -519,11 +521,13 @@ class JobRunner:
                 notify_error(msg)
 
         def aborted():
+            display.stop()
             self._on_status("cancelled")
             if on_cancelled is not None:
                 on_cancelled()
 
         def finished():
+            display.stop()
             self.bar.visible = False
             self.worker = None
             if not self._turns:  # else the last queued GUI step ends the busy state
@@ -538,47 +542,26 @@ class JobRunner:
         worker.start()
         return worker
 
-    def _show_status(self, event) -> None:
-        """The event on the status line: at once for a new stage or a stage's last step, else at
-        most once a second (a line whose length changes relayouts the dock)."""
-        import time
-
-        if not (event.step or event.total or event.message or event.metrics):
-            return  # "started": the widget's own line ("segmenting…") says more
-        now, shown = time.perf_counter(), self._shown
-        if event.stage != shown["status_stage"] or _last(event) or now - shown["status"] >= 1.0:
-            shown["status"], shown["status_stage"] = now, event.stage
-            self._on_status(str(event))
-
-    def _show_bar(self, event) -> None:
-        """The event on :attr:`bar`: at most 5 redraws a second, a new stage and a stage's last
-        step at once; hidden while the total is unknown (a busy bar would animate)."""
-        import time
-
-        now, shown, bar = time.perf_counter(), self._shown, self.bar
-        if not event.total:
-            if bar.visible:
-                bar.visible = False
-            return
-        new_stage = event.stage != shown["bar_stage"]
-        if new_stage or _last(event) or now - shown["bar"] >= 0.2:
-            shown["bar"], shown["bar_stage"] = now, event.stage
-            if new_stage or bar.max != event.total:
-                bar.native.setFormat(f"{event.stage} %v/%m".strip())
-                bar.max = event.total
-            bar.value = min(event.step, event.total)
-            if not bar.visible:
-                bar.visible = True
-
     def cancel(self) -> None:
         """Ask the running job to stop at its next progress event."""
         if self.worker is not None:
             self._cancelling = True
+            self._display.stop()
             self._on_status("cancelling…")
 
     def _cancellable(
         self, gen_func: Callable[..., Generator], args: tuple, kwargs: dict, torch: bool
     ):
+        """:meth:`_steps`, its RuntimeErrors wrapped: superqt's generator worker takes a
+        RuntimeError for its own Qt object deleted, and then never reports the job's end (no
+        ``errored``, no ``finished``: Run would stay disabled). PyTorch raises RuntimeErrors
+        (out of memory, weights that do not fit the model)."""
+        try:
+            return (yield from self._steps(gen_func, args, kwargs, torch))
+        except RuntimeError as exc:
+            raise JobFailed(exc) from exc
+
+    def _steps(self, gen_func: Callable[..., Generator], args: tuple, kwargs: dict, torch: bool):
         """Run ``gen_func`` in the worker thread; on cancel, close it there, then abort.
 
         A napari worker that is quit simply stops resuming its generator, so the core's cleanup
@@ -628,9 +611,10 @@ def _background_priority() -> None:
     """Lower the calling worker thread's CPU priority, on Linux (where a thread has its own).
 
     With PyTorch on every core, napari's GUI thread otherwise waits its turn for 100-300 ms at a
-    time. Threads inherit it, so PyTorch's threads started by this one are lowered too; a thread
-    cannot raise it back without privileges, so a pool thread stays lowered (it only runs
-    background work).
+    time. Threads inherit it, so PyTorch's threads started by this one are lowered too. A thread
+    cannot raise it back without privileges: the Qt pool thread stays lowered until Qt retires it
+    (30 s idle), and background work of napari's or other plugins' that Qt gives it meanwhile runs
+    lowered too.
     """
     import sys
     import threading
@@ -645,6 +629,87 @@ def _background_priority() -> None:
             os.setpriority(os.PRIO_PROCESS, tid, WORKER_NICE)
     except OSError:
         pass
+
+
+class JobFailed(Exception):
+    """A job's RuntimeError (``original``), carried past superqt (see ``JobRunner._cancellable``)."""
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
+class _ProgressDisplay:
+    """One job's progress events on the status line and the bar, redrawn at most a few times a
+    second; an event held back by that limit is shown when the limit allows, unless a newer one
+    came first or the job ended (:meth:`stop`)."""
+
+    #: Least seconds between two redraws: the status line (a line whose length changes
+    #: relayouts the dock), the bar.
+    STATUS_EVERY, BAR_EVERY = 1.0, 0.2
+
+    def __init__(self, bar, on_status: Callable[[str], Any]) -> None:
+        self._bar, self._on_status = bar, on_status
+        self.stopped = False
+        # per channel: time shown, last event shown, the event held back
+        self._shown = {"status": [0.0, None, None], "bar": [0.0, None, None]}
+
+    def stop(self) -> None:
+        """The job ended or is being cancelled: nothing more is shown."""
+        self.stopped = True
+
+    def status(self, event) -> None:
+        if not (event.step or event.total or event.message or event.metrics or event.stage):
+            return  # a bare "started": the widget's own line ("segmenting…") says more
+        self._offer("status", event, self.STATUS_EVERY)
+
+    def progress(self, event) -> None:
+        if not event.total:  # unknown length: no bar (a busy bar animates)
+            self._shown["bar"][2] = None
+            if not self._bar.native.isHidden():
+                self._bar.visible = False
+            return
+        self._offer("bar", event, self.BAR_EVERY)
+
+    def _offer(self, channel: str, event, every: float) -> None:
+        import time
+
+        from qtpy.QtCore import QTimer
+
+        entry = self._shown[channel]
+        when, last, pending = entry
+        now = time.perf_counter()
+        news = last is None or event.stage != last.stage or event.message != last.message
+        if news or _last(event) or now - when >= every:
+            entry[:] = [now, event, None]
+            self._draw(channel, event, last)
+            return
+        entry[2] = event
+        if pending is None:  # no flush scheduled yet
+            QTimer.singleShot(int((when + every - now) * 1000) + 1, lambda: self._flush(channel))
+
+    def _flush(self, channel: str) -> None:
+        import time
+
+        entry = self._shown[channel]
+        if self.stopped or entry[2] is None:
+            return
+        event, last = entry[2], entry[1]
+        entry[:] = [time.perf_counter(), event, None]
+        self._draw(channel, event, last)
+
+    def _draw(self, channel: str, event, last) -> None:
+        if channel == "status":
+            bare = not (event.step or event.total or event.message or event.metrics)
+            self._on_status(f"{event.stage}…" if bare else str(event))
+            return
+        bar = self._bar
+        if last is None or event.stage != last.stage or bar.max != event.total:
+            bar.native.setFormat(f"{event.stage} %v/%m".strip())
+            bar.max = event.total
+        bar.value = min(event.step, event.total)
+        if bar.native.isHidden():
+            bar.visible = True
 
 
 def _last(event) -> bool:

@@ -613,7 +613,7 @@ class SegmentWidget(FormJobMixin, Container):
             image,
             None if csv is None else Path(csv),
             None if geojson is None else Path(geojson),
-            stage="export",
+            stage="exporting",
             description="Export nuclei",
             on_done=self._exported,
         )
@@ -698,7 +698,7 @@ class SegmentWidget(FormJobMixin, Container):
             project,
             name,
             shape,
-            stage="open",
+            stage="opening the saved corrections",
             description="Open corrections",
             on_done=lambda labels: self._show_restored(name, labels),
             on_error=lambda exc: notify_error(

@@ -209,7 +209,7 @@ class SlideWidget(FormJobMixin, Container):
         return self.runner.call(
             _open_labels_job,
             Path(path),
-            stage="open",
+            stage="opening",
             description="Open labels",
             on_done=self._show_labels,
         )
@@ -286,7 +286,7 @@ class SlideWidget(FormJobMixin, Container):
             self.zarr_path,
             rows,
             cols,
-            stage="read region",
+            stage="reading the region",
             description="Edit region",
             on_done=lambda data: self._show_region(rows, cols, data),
         )
@@ -341,7 +341,7 @@ class SlideWidget(FormJobMixin, Container):
             rows,
             cols,
             data,
-            stage="write region",
+            stage="saving the region",
             description="Save region",
             on_done=done,
         )

@@ -603,7 +603,7 @@ class StainNormalizationWidget(FormJobMixin, Container):
         return self.runner.call(
             self.normalizer.save,
             path,
-            stage="save",
+            stage="saving",
             description="Save normalizer",
             on_done=lambda _: self._set_status(f"saved to {path}"),
         )
@@ -629,7 +629,7 @@ class StainNormalizationWidget(FormJobMixin, Container):
         return self.runner.call(
             load_normalizer,
             path,
-            stage="load",
+            stage="loading",
             description="Load normalizer",
             on_done=loaded,
             torch=True,

@@ -45,7 +45,7 @@ def _translate_job(
 
         other = "he2ihc" if direction == "ihc2he" else "ihc2he"
         back_model = load_translator(tr.path, other, device)
-        yield Progress(0, None, stage="cycle")
+        yield Progress(0, None, stage="cycle", message="translating back, to score the round trip")
         back = yield from translate_iter(result, back_model, tile=tile)
         scores = quality_scores(back, image, names=("round trip", "input"))
     return result, scores
