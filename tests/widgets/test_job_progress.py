@@ -21,7 +21,7 @@ pytestmark = pytest.mark.gui
 def _tiles(n: int, pause: float):
     for i in range(1, n + 1):
         time.sleep(pause)
-        yield Progress(i, n, stage="tile")
+        yield Progress(i, n, stage="tile", message=f"row {i}")  # a message new each time
     yield Progress(0, None, stage="saving")  # a step of unknown length
     time.sleep(0.3)
     return "done"
@@ -60,7 +60,7 @@ def test_progress_in_the_dock_bar_throttled(qtbot):
     assert values[-1] == 60 and bar.max == 60
     # The status line: about once a second, the stage's last step, then the next stage.
     assert 3 <= len(statuses) <= elapsed + 4, statuses
-    assert statuses[-2:] == ["tile 60/60", "saving…"]
+    assert statuses[-2:] == ["tile 60/60 row 60", "saving…"]
     # Shown while the total is known, hidden for the step without one (a busy bar animates).
     assert any(shown[5:]) and hidden_at_end == [True] and bar.native.isHidden()
 

@@ -205,7 +205,7 @@ def predict_tiled_iter(
         for y, x in chunk:
             wsum[y : y + th, x : x + tw] += weight
         done += len(chunk)
-        yield Progress(step=done, total=total, stage="tile", message=f"tile {done}/{total}")
+        yield Progress(step=done, total=total, stage="tile")
     norm = 1.0 / np.maximum(wsum, 1e-12)
     return {
         name: np.ascontiguousarray((a * norm)[:, top : top + h, left : left + w])

@@ -679,7 +679,7 @@ class _ProgressDisplay:
         entry = self._shown[channel]
         when, last, pending = entry
         now = time.perf_counter()
-        news = last is None or event.stage != last.stage or event.message != last.message
+        news = last is None or event.stage != last.stage  # a new message waits its turn
         if news or _last(event) or now - when >= every:
             entry[:] = [now, event, None]
             self._draw(channel, event, last)
