@@ -8,9 +8,9 @@ Mesh sub-visuals (faces, highlights) was enough for one removed layer, not for t
 'regions' layer and the cut lines); holding only one mesh, the lines, markers or text never was.
 
 Our 'cut lines' layer is a Shapes layer that users will delete, and so are the rectangles users
-draw for the stain template's regions; our results then add layers. So when the cut-lines layer
-is made, and whenever a Shapes layer is added to a viewer where one of our widgets is open
-(:func:`hold_shapes_of`), every Shapes visual on the open canvases is held until that canvas
+draw for the stain template's regions; our results then add layers. So whenever a Shapes layer is
+added to a viewer where one of our widgets is open (:func:`hold_shapes_of`, the cut-lines layer
+included), every Shapes visual on the open canvases is held until that canvas
 closes (no drawing after it). A handful of cut lines is a few kilobytes; a user's own large Shapes
 layer is held too (its vertex buffers), the price of not crashing when it is removed.
 
@@ -79,14 +79,15 @@ def held_count() -> int:
 
 
 def hold_shapes_of(viewer) -> None:
-    """From now on, hold the visual of every Shapes layer added to ``viewer`` (a turn later,
-    once napari has made its visual)."""
+    """From now on, hold the visual of every Shapes layer added to ``viewer``.
+
+    Called once a widget opens, so after napari's own canvas connected to the same event: by the
+    time this handler runs, napari has made the new layer's visual.
+    """
 
     def inserted(event) -> None:
         if type(event.value).__name__ == "Shapes":
-            from qtpy.QtCore import QTimer
-
-            QTimer.singleShot(0, keep_shapes_visuals)
+            keep_shapes_visuals()
 
     viewer.layers.events.inserted.connect(inserted)
     if any(type(layer).__name__ == "Shapes" for layer in viewer.layers):

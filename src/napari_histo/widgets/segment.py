@@ -40,7 +40,6 @@ from ._common import (
     warm_up_torch,
     wrapped,
 )
-from ._shapes_crash import keep_shapes_visuals
 from ._viewer_state import viewer_state
 
 if TYPE_CHECKING:
@@ -399,7 +398,6 @@ class SegmentWidget(FormJobMixin, Container):
             face_color="transparent",
             visible=False,
         )
-        keep_shapes_visuals()  # removing it later must not crash napari (_shapes_crash.py)
         if not select and self.labels_layer is not None:
             self.viewer.layers.selection.active = self.labels_layer
 

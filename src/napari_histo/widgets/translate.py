@@ -62,7 +62,7 @@ class TranslateWidget(Container):
         self.viewer = napari_viewer
         self.runner = JobRunner(on_busy=self._set_busy, on_status=self._set_status)
         warm_up_torch()  # every action here needs torch: import it while the form is read
-        viewer_state(napari_viewer)  # once per viewer: a removed layer unfreezes the collector
+        viewer_state(napari_viewer)  # once per viewer: the collector and Shapes-crash guards
         self._input_layer = None
         self.image = ComboBox(label="image", choices=self._image_choices)
         self.model = FileEdit(
