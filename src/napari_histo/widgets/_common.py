@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -639,69 +640,72 @@ class JobFailed(Exception):
         self.original = original
 
 
+@dataclass
+class _Channel:
+    """What one display channel (status line or bar) last drew, and the event it holds back."""
+
+    every: float  # least seconds between two redraws
+    drawn_at: float = 0.0
+    last: Any = None
+    held: Any = None
+
+
 class _ProgressDisplay:
     """One job's progress events on the status line and the bar, redrawn at most a few times a
     second; an event held back by that limit is shown when the limit allows, unless a newer one
     came first or the job ended (:meth:`stop`)."""
 
-    #: Least seconds between two redraws: the status line (a line whose length changes
-    #: relayouts the dock), the bar.
-    STATUS_EVERY, BAR_EVERY = 1.0, 0.2
-
     def __init__(self, bar, on_status: Callable[[str], Any]) -> None:
         self._bar, self._on_status = bar, on_status
         self.stopped = False
-        # per channel: time shown, last event shown, the event held back
-        self._shown = {"status": [0.0, None, None], "bar": [0.0, None, None]}
+        # the status line at most once a second (a line whose length changes relayouts the dock)
+        self._status, self._progress = _Channel(every=1.0), _Channel(every=0.2)
 
     def stop(self) -> None:
         """The job ended or is being cancelled: nothing more is shown."""
         self.stopped = True
 
     def status(self, event) -> None:
-        if not (event.step or event.total or event.message or event.metrics or event.stage):
+        if _bare(event) and not event.stage:
             return  # a bare "started": the widget's own line ("segmenting…") says more
-        self._offer("status", event, self.STATUS_EVERY)
+        self._offer(self._status, event)
 
     def progress(self, event) -> None:
         if not event.total:  # unknown length: no bar (a busy bar animates)
-            self._shown["bar"][2] = None
+            self._progress.held = None
             if not self._bar.native.isHidden():
                 self._bar.visible = False
             return
-        self._offer("bar", event, self.BAR_EVERY)
+        self._offer(self._progress, event)
 
-    def _offer(self, channel: str, event, every: float) -> None:
+    def _offer(self, channel: _Channel, event) -> None:
         import time
 
         from qtpy.QtCore import QTimer
 
-        entry = self._shown[channel]
-        when, last, pending = entry
         now = time.perf_counter()
+        last = channel.last
         news = last is None or event.stage != last.stage  # a new message waits its turn
-        if news or _last(event) or now - when >= every:
-            entry[:] = [now, event, None]
-            self._draw(channel, event, last)
+        if news or _last(event) or now - channel.drawn_at >= channel.every:
+            channel.held = None
+            self._draw(channel, event)
             return
-        entry[2] = event
-        if pending is None:  # no flush scheduled yet
-            QTimer.singleShot(int((when + every - now) * 1000) + 1, lambda: self._flush(channel))
+        if channel.held is None:  # no flush scheduled yet
+            wait_ms = int((channel.drawn_at + channel.every - now) * 1000) + 1
+            QTimer.singleShot(wait_ms, lambda: self._flush(channel))
+        channel.held = event
 
-    def _flush(self, channel: str) -> None:
+    def _flush(self, channel: _Channel) -> None:
+        if not self.stopped and channel.held is not None:
+            event, channel.held = channel.held, None
+            self._draw(channel, event)
+
+    def _draw(self, channel: _Channel, event) -> None:
         import time
 
-        entry = self._shown[channel]
-        if self.stopped or entry[2] is None:
-            return
-        event, last = entry[2], entry[1]
-        entry[:] = [time.perf_counter(), event, None]
-        self._draw(channel, event, last)
-
-    def _draw(self, channel: str, event, last) -> None:
-        if channel == "status":
-            bare = not (event.step or event.total or event.message or event.metrics)
-            self._on_status(f"{event.stage}…" if bare else str(event))
+        last, channel.last, channel.drawn_at = channel.last, event, time.perf_counter()
+        if channel is self._status:
+            self._on_status(f"{event.stage}…" if _bare(event) else str(event))
             return
         bar = self._bar
         if last is None or event.stage != last.stage or bar.max != event.total:
@@ -710,6 +714,11 @@ class _ProgressDisplay:
         bar.value = min(event.step, event.total)
         if bar.native.isHidden():
             bar.visible = True
+
+
+def _bare(event) -> bool:
+    """The event only says that its stage started (no step, total, message or numbers)."""
+    return not (event.step or event.total or event.message or event.metrics)
 
 
 def _last(event) -> bool:
