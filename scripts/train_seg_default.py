@@ -137,7 +137,9 @@ def evaluate_model(folder: Path, val, tta: bool = False, mpp: float | None = Non
         per[name] = {k: round(float(v), 4) for k, v in evaluate(lab, pred).items()}
         per[name]["n_pred"] = int(len(np.unique(pred)) - 1)
         per[name]["n_true"] = int(len(np.unique(lab)) - 1)
-    keys = ("dice", "aji", "f1", "pq", "dq", "sq")
+    # precision and recall too: the card's mean line must not keep the training loop's values
+    # (there the mean runs over the 40x and the 20x copies).
+    keys = ("dice", "aji", "f1", "precision", "recall", "pq", "dq", "sq")
     return {
         **{k: round(float(np.mean([m[k] for m in per.values()])), 4) for k in keys},
         "per_image": per,
