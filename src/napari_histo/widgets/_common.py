@@ -496,7 +496,7 @@ class JobRunner:
         def yielded(event):
             from ..core.progress import Progress
 
-            if self._cancelling or self.worker is not worker or display.stopped:
+            if self.worker is not worker or display.stopped:  # cancel() stops the display too
                 return  # queued before a cancel or the end: the final status stays
             progress = event if isinstance(event, Progress) else None
             if progress is not None:
