@@ -8,7 +8,7 @@ and TNBC patients 10 and 11). Every epoch is scored on them at 40x and downsampl
 20x scanner shows the same tissue); ``--keep best`` keeps the epoch with the best mean AJI.
 
 Augmentation: dihedral, HED stain jitter, brightness/contrast, scale 0.5-1.5 (so 20x tissue
-segments too), Gaussian blur. Runs write to the gitignored ``runs/seg/NAME`` (checkpointed each
+segments too), Gaussian blur, elastic deformation (``--elastic P``). Runs write to the gitignored ``runs/seg/NAME`` (checkpointed each
 epoch; ``--resume`` continues an interrupted run); ``--ship`` copies weights + card into
 ``resources/seg/NAME``. Each shipped model's card.md records its exact command, seed and minutes.
 
@@ -264,6 +264,9 @@ def main(argv=None) -> int:
         help="resize patches by a factor in [LO, HI] (0.5 = how a 20x scan shows 40x tissue)",
     )  # fmt: skip
     ap.add_argument("--blur", type=float, default=0.2, help="probability of a blur augmentation")
+    ap.add_argument(
+        "--elastic", type=float, default=0.0, help="probability of an elastic deformation"
+    )
     ap.add_argument("--keep", choices=("best", "last"), default="best")
     ap.add_argument(
         "--normalize-to", metavar="TEMPLATE", type=Path,
@@ -399,6 +402,7 @@ def main(argv=None) -> int:
         color_jitter=args.color_jitter,
         scale_range=tuple(args.scale_range),
         blur=args.blur,
+        elastic=args.elastic,
         workers=args.workers,
     )
     folder = drain(gen, log)

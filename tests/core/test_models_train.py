@@ -193,6 +193,49 @@ def test_patch_sampler_gives_consistent_targets(pairs):
     assert small.sample(rng)[0].shape == (64, 64, 3)
 
 
+def test_elastic_deformation_moves_labels_with_their_nuclei(pairs, monkeypatch):
+    """The warp bends nuclei (labels change) but the labels stay on the pixels they label."""
+    from scipy import ndimage as ndi
+
+    from napari_histo.core.seg.train.data import elastic_deform, elastic_field
+
+    _, img, lab = pairs[0]
+    rng = np.random.default_rng(1)
+    field = elastic_field(lab.shape, rng)
+    assert field.shape == (2, *lab.shape)
+    assert np.abs(field).max() == pytest.approx(6.0, rel=1e-4)
+    # A picture drawn from the labels (nuclei bright, everything else dark) warped beside them.
+    drawn = np.repeat(np.where(lab > 0, 220, 30).astype(np.uint8)[..., None], 3, axis=-1)
+    warped, wlab = elastic_deform(drawn, lab, field)
+    assert wlab.dtype == lab.dtype and set(np.unique(wlab)) <= set(np.unique(lab))
+    assert (wlab != lab).mean() > 0.02  # it did deform
+    agree = ((warped[..., 0] > 125) == (wlab > 0)).mean()
+    assert agree > 0.99, agree
+    # No nucleus is cut in two: each id keeps one connected piece (or vanishes off the edge).
+    pieces = [ndi.label(wlab == i)[1] for i in np.unique(wlab)[1:]]
+    assert max(pieces) == 1
+    # The sampler warps each patch with probability ``elastic``, before making the targets.
+    from napari_histo.core.seg.train import data
+
+    calls = []
+
+    def spy(image, labels, field):
+        calls.append(image.shape)
+        return elastic_deform(image, labels, field)
+
+    monkeypatch.setattr(data, "elastic_deform", spy)
+    spec = get_arch("unet")
+    rng = np.random.default_rng(3)
+    for p, expected in ((0.0, 0), (1.0, 6)):
+        calls.clear()
+        sampler = PatchSampler(pairs[:1], spec, 64, elastic=p)
+        for _ in range(6):
+            img_t, targets = sampler.sample(rng)
+            assert img_t.shape == (64, 64, 3) and targets["ternary"].shape == (64, 64)
+        assert len(calls) == expected
+    assert calls[0] == (64 + 2 * PatchSampler.margin,) * 2 + (3,)
+
+
 def test_patch_sampler_draws_around_the_focus(pairs):
     """With a focus mask (the corrections), patches are drawn around it; without, anywhere."""
     spec = get_arch("unet")

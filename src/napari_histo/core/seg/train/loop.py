@@ -180,6 +180,7 @@ def train_iter(
     amp: bool | None = None,
     scale_range: tuple[float, float] | None = None,
     blur: float = 0.0,
+    elastic: float = 0.0,
     workers: int = 0,
     focus: bool = False,
     loss_patience: int | None = None,
@@ -238,6 +239,8 @@ def train_iter(
         ``(0.5, 1.5)`` teaches a 40x-trained model 20x tissue.
     blur : float
         Probability of a Gaussian blur augmentation per patch.
+    elastic : float
+        Probability of an elastic deformation per patch (smooth displacements up to 6 px).
     workers : int
         Background processes that make the augmented batches (0: the training loop makes
         them). On a GPU, 2-4 keep it busy; the batches are then seeded per worker, not per epoch.
@@ -344,6 +347,7 @@ def train_iter(
         hed_sigma=color_jitter,
         scale_range=scale_range,
         blur=blur,
+        elastic=elastic,
         focus=focus_masks,
     )
     if steps_per_epoch is None:
@@ -385,6 +389,7 @@ def train_iter(
             f"dihedral, HED jitter {color_jitter:g}, brightness/contrast, scale "
             f"{sampler.scale_range[0]:.2f}-{sampler.scale_range[1]:.2f}"
             + (f", blur p={blur:g}" if blur > 0 else "")
+            + (f", elastic p={elastic:g}" if elastic > 0 else "")
             if augment
             else "none"
         ),
