@@ -150,8 +150,8 @@ def elastic_field(
     """(2, H, W) displacements in pixels: white noise smoothed by a Gaussian of ``smooth`` px and
     scaled so the largest shift is ``amplitude`` px (Simard et al. 2003).
 
-    With the defaults the field's gradient stays well under 1, so the warp folds nothing: a
-    nucleus is bent, never cut in two or merged with its neighbour.
+    With the defaults the field's gradient stays well under 1 (about 0.3), so the warp does not
+    fold: nuclei are bent, not torn apart or pushed into their neighbours.
     """
     from scipy.ndimage import gaussian_filter
 
