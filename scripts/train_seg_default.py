@@ -10,7 +10,8 @@ and TNBC patients 10 and 11). Every epoch is scored on them at 40x and downsampl
 Augmentation: dihedral, HED stain jitter, brightness/contrast, scale 0.5-1.5 (so 20x tissue
 segments too), Gaussian blur, elastic deformation (``--elastic P``, off unless given). Runs write
 to the gitignored ``runs/seg/NAME`` (checkpointed each epoch; ``--resume`` continues an interrupted
-run); ``--ship`` copies weights + card into ``resources/seg/NAME``. Each shipped model's card.md records its exact command, seed and minutes.
+run); ``--ship`` copies weights + card into ``resources/seg/NAME``. Each shipped model's card.md
+records its exact command, seed and minutes.
 
 ``--eval-only`` scores a trained model folder (runs/ or resources/) on the validation split;
 ``--make-default NAME`` (without training) only points ``"default"`` at a shipped model.
