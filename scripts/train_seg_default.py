@@ -369,6 +369,18 @@ def main(argv=None) -> int:
         )
         card["parent_command"] = parent_card.get("command", "")
         card["parent_training"] = parent_card.get("training", {})
+        # Older generations too: a retired grandparent's card leaves the repository.
+        older = list(parent_card.get("ancestors", []))
+        if parent_card.get("parent_command"):
+            older.append(
+                {
+                    "name": parent_card.get("parent", ""),
+                    "command": parent_card["parent_command"],
+                    "training": parent_card.get("parent_training", {}),
+                }
+            )
+        if older:
+            card["ancestors"] = older
     t0 = time.time()
     last = [0.0]
 

@@ -148,6 +148,29 @@ def test_importing_the_registry_does_not_import_torch():
 # ----------------------------------------------------------------------------- data
 
 
+def test_shipped_cards_trace_back_to_a_command_from_scratch():
+    """A continued model's card keeps every generation's command (a retired parent's card is
+    gone from the repository), back to one that starts from scratch; card.md shows them."""
+    import re
+
+    from napari_histo.core.weights import card_markdown
+
+    folders = [p for p in sorted(models.shipped_dir().iterdir()) if (p / "card.json").is_file()]
+    assert any(f.name.startswith("hovernet") for f in folders)
+    for folder in folders:
+        card = json.loads((folder / "card.json").read_text())
+        chain = [a["command"] for a in card.get("ancestors", [])]
+        if card.get("parent_command"):
+            chain.append(card["parent_command"])
+        chain.append(card["command"])
+        first = re.search(r"--init (\S+)", chain[0])
+        assert first is None or first.group(1) == "none", (
+            f"{folder.name}: lineage stops at {chain[0]!r}"
+        )
+        text = card_markdown(card)
+        assert all(cmd in text for cmd in chain), folder.name
+
+
 def test_load_pairs_matches_by_stem_and_names_bad_files(tmp_path, pairs):
     images, masks = tmp_path / "images", tmp_path / "masks"
     for n, img, lab in pairs[:2]:

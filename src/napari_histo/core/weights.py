@@ -187,6 +187,7 @@ CARD_FIELDS = (
     "data_b",
     "license",
     "parent",
+    "parent_command",
     "validation_split",
     "command",
     "seed",
@@ -198,7 +199,8 @@ CARD_FIELDS = (
 def card_markdown(card: dict) -> str:
     """A short human-readable card (``card.md``) from any model's ``card.json`` content.
 
-    Title and summary, one line per known field (:data:`CARD_FIELDS`), the training settings,
+    Title and summary, one line per known field (:data:`CARD_FIELDS`), the commands of older
+    ``ancestors``, the training settings,
     every ``validation*`` block (mean figures, then one line per image), notes and the input
     convention.
     """
@@ -219,6 +221,8 @@ def card_markdown(card: dict) -> str:
             if isinstance(val, list | tuple):
                 val = ", ".join(map(str, val))
             lines.append(f"- **{key}**: {val}")
+    for anc in card.get("ancestors") or []:  # the parent's own parents, oldest first
+        lines.append(f"- **ancestor {anc.get('name', '?')}**: {anc.get('command', '')}")
     tr = card.get("training") or {}
     if tr:
         lines.append(
