@@ -200,9 +200,8 @@ def card_markdown(card: dict) -> str:
     """A short human-readable card (``card.md``) from any model's ``card.json`` content.
 
     Title and summary, one line per known field (:data:`CARD_FIELDS`), the commands of older
-    ``ancestors``, the training settings,
-    every ``validation*`` block (mean figures, then one line per image), notes and the input
-    convention.
+    ``ancestors``, the training settings, every ``validation*`` block (mean figures, then one
+    line per image), notes and the input convention.
     """
     lines = [f"# {card.get('name', 'napari-histo model')}", ""]
     if card.get("summary"):
