@@ -337,11 +337,6 @@ def main(argv=None) -> int:
         )
     cmd = ("python " if gpu else "nice -n 5 .venv/bin/python ") + "scripts/train_seg_default.py "
     cmd += shlex.join(sys.argv[1:] if argv is None else argv)
-    parent_card = {}
-    if args.init != "none":
-        from napari_histo.core.seg.registry import read_card, resolve_model
-
-        parent_card = read_card(resolve_model(args.init))
     card = {
         "name": name,
         "summary": (
@@ -362,25 +357,12 @@ def main(argv=None) -> int:
         # The tiles' pixel size (40x); segment resamples images of another recorded size to it.
         "mpp": 0.25,
     }
-    if parent_card:
+    if args.init != "none":
+        # The loop adds parent_command, parent_training and ancestors from the parent's card.
         card["summary"] = card["summary"].replace(
             f"trained from scratch on {where}",
             f"continued from '{args.init}' (its own training in parent_command) on {where}",
         )
-        card["parent_command"] = parent_card.get("command", "")
-        card["parent_training"] = parent_card.get("training", {})
-        # Older generations too: a retired grandparent's card leaves the repository.
-        older = list(parent_card.get("ancestors", []))
-        if parent_card.get("parent_command"):
-            older.append(
-                {
-                    "name": parent_card.get("parent", ""),
-                    "command": parent_card["parent_command"],
-                    "training": parent_card.get("parent_training", {}),
-                }
-            )
-        if older:
-            card["ancestors"] = older
     t0 = time.time()
     last = [0.0]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -321,6 +322,37 @@ def test_fine_tune_keeps_arch_and_carries_the_licence(tmp_path, pairs, saved):
     with pytest.raises(HistoError, match="keeps its architecture"):
         drain(train_iter(pairs[:1], out=tmp_path / "x", init=str(parent), arch="hovernet", **FAST))
     assert not (tmp_path / "x").exists()
+
+
+def test_fine_tunes_keep_every_generation_on_the_card(tmp_path, pairs, saved):
+    """A grandchild's card leads back to the grandparent's command, through a resume too."""
+    parent, _ = saved
+    grand = tmp_path / "grand"
+    shutil.copytree(parent, grand)
+    card0 = json.loads((grand / "card.json").read_text())
+    (grand / "card.json").write_text(json.dumps({**card0, "name": "grand", "command": "cmd 0"}))
+    child = tmp_path / "child"
+    one = dict(epochs=1, val_fraction=0, **FAST)
+    drain(train_iter(pairs[:1], out=child, init=str(grand), card={"command": "cmd 1"}, **one))
+    c1 = json.loads((child / "card.json").read_text())
+    assert c1["name"] == "child" and c1["parent"] == "grand"
+    assert c1["parent_command"] == "cmd 0" and "ancestors" not in c1
+    # The grandchild is interrupted after its first epoch and resumed: the lineage survives.
+    out = tmp_path / "gc"
+    kw = dict(out=out, init=str(child), val_fraction=0, **FAST)
+    gen = train_iter(pairs[:1], epochs=2, **kw)
+    for ev in gen:
+        if ev.stage == "epoch":
+            break
+    with pytest.raises(KeyboardInterrupt):
+        gen.throw(KeyboardInterrupt)
+    drain(train_iter(pairs[:1], epochs=2, resume=True, **kw))
+    c2 = json.loads((out / "card.json").read_text())
+    assert c2["training"]["epochs_done"] == 2 and c2["parent"] == "child"
+    assert c2["parent_command"] == "cmd 1"
+    assert c2["parent_training"]["epochs_done"] == 1
+    assert [(a["name"], a["command"]) for a in c2["ancestors"]] == [("grand", "cmd 0")]
+    assert "cmd 0" in (out / "card.md").read_text()
 
 
 def test_fine_tune_focus_and_loss_plateau(tmp_path, pairs, saved):

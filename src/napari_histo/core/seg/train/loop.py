@@ -146,6 +146,32 @@ def _license(license: str | None, parent_card: dict, data: str) -> str:
     return "the licence of the training data (user-supplied)"
 
 
+def lineage(parent_card: dict) -> dict:
+    """How the parent was made, and its parents before it, for a continued model's card.
+
+    A retired parent's card leaves the repository; the child's card keeps the way back to the
+    from-scratch run: ``parent_command``/``parent_training``, and ``ancestors`` (oldest first).
+    """
+    if not parent_card:
+        return {}
+    out: dict = {
+        "parent_command": str(parent_card.get("command", "") or ""),
+        "parent_training": dict(parent_card.get("training", {}) or {}),
+    }
+    older = list(parent_card.get("ancestors", []) or [])
+    if parent_card.get("parent_command") or parent_card.get("parent_training"):
+        older.append(
+            {
+                "name": parent_card.get("parent", "") or "",
+                "command": parent_card.get("parent_command", "") or "",
+                "training": parent_card.get("parent_training", {}) or {},
+            }
+        )
+    if older:
+        out["ancestors"] = older
+    return out
+
+
 def train_iter(
     pairs: Sequence | None = None,
     out: str | os.PathLike = "model",
@@ -306,6 +332,7 @@ def train_iter(
     state_meta: dict = {}
     ckpt_tensors: dict = {}
     parent_card: dict = {}
+    parent_lineage: dict = {}
     parent = None
     if ckpt_path is not None:
         ckpt_tensors, state_meta = _read_checkpoint(ckpt_path)
@@ -313,6 +340,7 @@ def train_iter(
         net, spec = build_from_state(arch_name, kwargs, _sub(ckpt_tensors, "net"), ckpt_path.name)
         parent = state_meta.get("parent")
         parent_card = {"license": state_meta.get("parent_license", "")}
+        parent_lineage = dict(state_meta.get("parent_lineage", {}))
     elif _is_scratch(init):
         arch_name = (arch or "unet").lower()
         spec = get_arch(arch_name)
@@ -327,7 +355,10 @@ def train_iter(
                 f"architecture (drop --arch {arch}, or train from scratch with --init none)"
             )
         net, spec = build_from_state(arch_name, kwargs, state, pfolder.name)
-        parent = str(parent_card.get("name") or pfolder.name)
+        # Models trained before the loop named them carry their work folder's name (".x.partial").
+        named = str(parent_card.get("name") or "")
+        parent = named if named and not named.startswith(".") else pfolder.name
+        parent_lineage = lineage(parent_card)
     net.to(dev).train()
     # Mixed precision by the device policy, unless asked off or the architecture trains in
     # float32 (``spec.train_autocast = False``).
@@ -419,6 +450,7 @@ def train_iter(
             "seconds": trained_s + (time.perf_counter() - t_start),
             "parent": parent,
             "parent_license": parent_card.get("license", ""),
+            "parent_lineage": parent_lineage,
             "settings": settings,
         }
 
@@ -520,12 +552,14 @@ def train_iter(
             final_val = {}
         seconds = trained_s + (time.perf_counter() - t_start)
         full_card = {
+            "name": out.name,  # not the work folder's, which save_model would take
             "data": data,
             "pairs": len(train_set),
             "pair_names": [n for n, _, _ in train_set],
             "validation_pairs": [n for n, _, _ in val_set],
             "license": _license(license, parent_card, data),
             "parent": parent,
+            **parent_lineage,
             "training": {
                 **settings,
                 "epochs_done": epoch,
