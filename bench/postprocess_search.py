@@ -1,11 +1,17 @@
-"""Post-processing settings of a ternary (U-Net) model, chosen on the validation split.
+"""Post-processing settings of a U-Net or HoVer-Net model, chosen on the validation split.
 
 The network's maps are computed once per validation tile (default tiling, no multiple
-inference); every combination of ``min_size``, ``seed_threshold`` and ``grow`` of
-:func:`napari_histo.core.seg.postprocess.instances_from_ternary` is then scored on them
-(mean AJI and PQ over the 40x tiles; the 20x copies are the check that a setting does not
-trade one magnification for the other), then objects under a fraction of the median object
-(``relative_min_size``)::
+inference); every setting is then scored on them (mean AJI and PQ over the 40x tiles; the 20x
+copies are the check that a setting does not trade one magnification for the other).
+
+- A ternary model (U-Net): every combination of ``min_size``, ``seed_threshold`` and ``grow`` of
+  :func:`napari_histo.core.seg.postprocess.instances_from_ternary`, then objects under a
+  fraction of the median object (``relative_min_size``).
+- HoVer-Net: every combination of the foreground threshold, the marker threshold and the width
+  of the derivative filters of :func:`~napari_histo.core.seg.postprocess.instances_from_hover`
+  (``fg_threshold``, ``marker_threshold``, ``hv_sigma``), sizes as shipped.
+
+::
 
     PYTHONPATH=src python bench/postprocess_search.py [--model default] [--quick] [--json OUT]
 
@@ -34,28 +40,49 @@ GROWS = ("half", 1, 2, 3)
 #: Then objects under a fraction of the median object (after a 10 px floor), seeds and growth
 #: as shipped.
 RELATIVE = (0.15, 0.2, 0.25, 0.3, 0.35)
+#: HoVer-Net's grid.
+FG_THRESHOLDS = (0.4, 0.5, 0.6)
+MARKER_THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
+HV_SIGMAS = (1.0, 2.0, 3.0)
 
 
-def maps_of(model, pairs) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
-    """(name, ternary probabilities, truth, shipped labels) per pair, from the model's own
-    inference path (the labels check that the search reproduces it)."""
+def maps_of(model, pairs) -> list[tuple[str, dict, np.ndarray, np.ndarray]]:
+    """(name, maps, truth, shipped labels) per pair, from the model's own inference path (the
+    labels check that the search reproduces it)."""
     from napari_histo.core.progress import drain
     from napari_histo.core.seg.inference import segment_iter
 
     out = []
     for name, img, lab in pairs:
         res = drain(segment_iter(img, model, tta=False))
-        out.append((name, np.asarray(res.maps["ternary"], np.float32), lab, res.labels))
+        maps = {k: np.asarray(v, np.float32) for k, v in res.maps.items()}
+        out.append((name, maps, lab, res.labels))
     return out
+
+
+def instances(maps: dict, settings: dict) -> np.ndarray:
+    """Labels from one tile's maps with these settings (the spec attributes' names)."""
+    from napari_histo.core.seg.postprocess import instances_from_hover, instances_from_ternary
+
+    if "hv" in maps:
+        return instances_from_hover(
+            maps["np"],
+            maps["hv"],
+            threshold=settings["fg_threshold"],
+            min_size=settings["min_size"],
+            marker_threshold=settings["marker_threshold"],
+            sigma=settings["hv_sigma"],
+            relative_min_size=settings["relative_min_size"],
+        )[0]
+    return instances_from_ternary(maps["ternary"], **settings)[0]
 
 
 def score(maps, settings: dict) -> dict:
     from napari_histo.core.seg.metrics import evaluate
-    from napari_histo.core.seg.postprocess import instances_from_ternary
 
     per = {}
-    for name, probs, truth, _ in maps:
-        labels, _ = instances_from_ternary(probs, **settings)
+    for name, tile_maps, truth, _ in maps:
+        labels = instances(tile_maps, settings)
         per[name] = {
             **evaluate(truth, labels),
             "n_pred": int(labels.max()),  # numbered 1..N
@@ -76,7 +103,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="default")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--quick", action="store_true", help="only vary the sizes (10 settings)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="U-Net: only vary the sizes (10 settings); HoVer-Net: the marker threshold (4)",
+    )
     p.add_argument("--json", type=Path, default=ROOT / "bench/results/postprocess_search.json")
     args = p.parse_args(argv)
     import torch
@@ -88,29 +119,33 @@ def main(argv=None) -> int:
     _, val = split_with_20x()
     model = load_model(args.model, "cpu")
     spec = model.spec
-    current = {
-        "min_size": spec.min_size,
-        "seed_threshold": spec.seed_threshold,
-        "grow": spec.grow,
-        "relative_min_size": getattr(spec, "relative_min_size", None),
-    }
+    hover = model.arch == "hovernet"
+    keys = ("fg_threshold", "marker_threshold", "hv_sigma") if hover else ("seed_threshold", "grow")
+    current = {k: getattr(spec, k) for k in ("min_size", *keys)}
+    current["relative_min_size"] = getattr(spec, "relative_min_size", None)
     t0 = time.time()
     maps = maps_of(model, val)
     print(f"maps of {len(maps)} tiles in {time.time() - t0:.0f} s", flush=True)
     # The search reproduces the shipped path exactly at the current settings.
-    from napari_histo.core.seg.postprocess import instances_from_ternary
-
-    name, probs, _, labels = maps[0]
-    assert np.array_equal(instances_from_ternary(probs, **current)[0], labels), name
-    grid = [
-        {"min_size": m, "seed_threshold": t, "grow": g, "relative_min_size": None}
-        for m, t, g in itertools.product(MIN_SIZES, SEED_THRESHOLDS, GROWS)
-    ] + [
-        {"min_size": 10, "seed_threshold": 0.4, "grow": "half", "relative_min_size": r}
-        for r in RELATIVE
-    ]
-    if args.quick:  # the fixed sizes at the shipped seeds and growth, and the relative ones
-        grid = [g for g in grid if g["seed_threshold"] == 0.4 and g["grow"] == "half"]
+    name, tile_maps, _, labels = maps[0]
+    assert np.array_equal(instances(tile_maps, current), labels), name
+    if hover:
+        grid = [
+            {**current, "fg_threshold": f, "marker_threshold": m, "hv_sigma": s}
+            for f, m, s in itertools.product(FG_THRESHOLDS, MARKER_THRESHOLDS, HV_SIGMAS)
+        ]
+        if args.quick:  # the marker threshold alone
+            grid = [g for g in grid if (g["fg_threshold"], g["hv_sigma"]) == (0.5, 2.0)]
+    else:
+        grid = [
+            {"min_size": m, "seed_threshold": t, "grow": g, "relative_min_size": None}
+            for m, t, g in itertools.product(MIN_SIZES, SEED_THRESHOLDS, GROWS)
+        ] + [
+            {"min_size": 10, "seed_threshold": 0.4, "grow": "half", "relative_min_size": r}
+            for r in RELATIVE
+        ]
+        if args.quick:  # the fixed sizes at the shipped seeds and growth, and the relative ones
+            grid = [g for g in grid if g["seed_threshold"] == 0.4 and g["grow"] == "half"]
     rows = []
     for settings in grid:
         rows.append({**settings, **score(maps, settings)})

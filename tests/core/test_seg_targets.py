@@ -221,6 +221,26 @@ def test_hover_targets_recover_tile(tile_labels):
     assert rel.max() >= 0.95 * (len(np.unique(lab)) - 1)  # the small true nuclei mostly stay
 
 
+def test_a_card_sets_the_hovernet_post_processing(tile_labels):
+    """The card's fg_threshold / marker_threshold / hv_sigma reach HoVer-Net's watershed."""
+    from napari_histo.core.seg.registry import with_inference_settings
+    from napari_histo.core.seg.spec import get_arch
+
+    hover = get_arch("hovernet")
+    maps = {
+        "np": 0.7 * (tile_labels > 0)[None].astype(np.float32),
+        "hv": targets.hv_maps(tile_labels),
+    }
+    n_true = len(np.unique(tile_labels)) - 1
+    assert hover.instances(maps)[0].max() >= 0.95 * n_true
+    strict = with_inference_settings(hover, {"fg_threshold": 0.8, "hv_sigma": 1.0})
+    assert (strict.fg_threshold, strict.hv_sigma, strict.marker_threshold) == (0.8, 1.0, 0.4)
+    assert strict.instances(maps)[0].max() == 0  # the foreground is under 0.8 everywhere
+    no_markers = with_inference_settings(hover, {"marker_threshold": 0.0})
+    assert no_markers.instances(maps)[0].max() == 0
+    assert (hover.fg_threshold, hover.marker_threshold, hover.hv_sigma) == (0.5, 0.4, 2.0)
+
+
 def test_ternary_postprocess_on_noisy_probabilities(tile_labels):
     rng = np.random.default_rng(0)
     lab = tile_labels[:300, :300]

@@ -70,6 +70,12 @@ class HoVerNetSpec:
     #: 0.486 -> 0.408); bench/results/postprocess.md.
     min_size = 10
     relative_min_size: float | None = 0.3
+    #: Foreground where the nuclear-pixel probability reaches ``fg_threshold``; boundary energy
+    #: from Gaussian derivatives of width ``hv_sigma``; markers where it stays under
+    #: ``marker_threshold``. A card's ``inference`` section may set them.
+    fg_threshold = 0.5
+    marker_threshold = 0.4
+    hv_sigma = 2.0
     #: Multiple inference when the caller leaves it to the architecture (off: 8x the time).
     tta: bool | int = False
 
@@ -109,7 +115,10 @@ class HoVerNetSpec:
         return instances_from_hover(
             maps["np"],
             maps["hv"],
+            threshold=self.fg_threshold,
             min_size=self.min_size,
+            marker_threshold=self.marker_threshold,
+            sigma=self.hv_sigma,
             relative_min_size=self.relative_min_size,
         )
 

@@ -291,6 +291,9 @@ INFERENCE_SETTINGS = (
     "relative_min_size",
     "seed_threshold",
     "grow",
+    "fg_threshold",
+    "marker_threshold",
+    "hv_sigma",
 )
 
 
