@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -48,6 +50,9 @@ def test_fine_tune_makes_a_selectable_version_with_before_after(viewer_widgets, 
     assert ft.result is not None, ft.status.value
     new = ft.result.model_dir
     assert new.parent == models and (new / "card.json").is_file()
+    card = json.loads((new / "card.json").read_text())
+    assert card["pair_names"] == ["tile0"] and card["validation_pairs"] == ["tile1"]
+    assert card["name"] == new.name and card["parent"]
     assert ft.plot.loss, "the live loss plot got no points"
     for col in range(2):
         for row in range(3):

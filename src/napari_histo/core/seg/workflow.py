@@ -313,10 +313,10 @@ def fine_tune_iter(
     parent = Path(init).name if os.sep in str(init) else str(init)
     name = name or f"{parent}-ft-{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir = root / name
-    train_pairs = [(img, lab) for _, img, lab in pairs]
-    val_pairs = [(validation[1], validation[2])] if validation is not None else None
+    # Named pairs: the card lists the corrected images and the held-back one by name.
+    val_pairs = [tuple(validation)] if validation is not None else None
     model_dir = yield from train_iter(
-        train_pairs,
+        [tuple(p) for p in pairs],
         out=out_dir,
         init=init,
         epochs=epochs,
