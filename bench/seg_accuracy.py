@@ -125,8 +125,19 @@ def model_method(ref: str, tta: bool):
     return lambda img: drain(segment_iter(img, model, tta=tta)).labels
 
 
+#: Above this line seg.md is composed from the JSON results; below it are hand-written notes,
+#: which a new run keeps.
+NOTES_MARKER = (
+    "<!-- Above: written by bench/seg_accuracy.py and bench/seg_speed.py from their JSON. "
+    "Below: notes, kept when they run again. -->"
+)
+
+
 def write_report() -> Path:
-    """Compose ``bench/results/seg.md`` from the JSON results that exist."""
+    """Compose ``bench/results/seg.md`` from the JSON results that exist.
+
+    The notes under :data:`NOTES_MARKER` in the current file are kept.
+    """
     acc_path, speed_path = RESULTS / "seg_accuracy.json", RESULTS / "seg_speed.json"
     lines = ["# Nuclei segmentation: accuracy and speed", ""]
     if acc_path.is_file():
@@ -202,9 +213,19 @@ def write_report() -> Path:
             "and Mask R-CNN (ResNet-18 FPN) are far slower on a CPU than the U-Net and HoVer-Net.",
         ]
         lines.append("")
+    from napari_histo.core.atomic import atomic_write_text
+
     out = RESULTS / "seg.md"
+    notes = ""
+    if out.is_file():
+        old = out.read_text()
+        if NOTES_MARKER in old:
+            notes = old.split(NOTES_MARKER, 1)[1]
+        elif old.strip():
+            raise SystemExit(f"{out} has no notes marker: add it above the notes to keep them")
+    lines.append(NOTES_MARKER)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
+    atomic_write_text(out, "\n".join(lines) + notes)
     return out
 
 
