@@ -163,3 +163,38 @@ def test_a_layer_removed_after_a_freeze_is_reclaimed(make_napari_viewer):
         assert ref() is None  # the removal unfroze: napari's layer cycles are collected
     finally:
         gc.unfreeze()
+
+
+EXIT_RACE = """
+import sys, time
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QApplication
+from napari.qt.threading import create_worker
+from napari_histo.widgets._common import start_worker
+
+app = QApplication([])
+
+def job():
+    time.sleep(0.5)
+    return 1
+
+QTimer.singleShot(0, lambda: start_worker(create_worker(job, _start_thread=False)))
+QTimer.singleShot(100, app.quit)  # the app quits while the worker still runs
+app.exec_()
+print("exited cleanly", flush=True)
+"""
+
+
+def test_a_worker_still_running_at_exit_does_not_abort_the_process(tmp_path):
+    """As when the viewer closes just after a segmentation, while its measurements still run.
+
+    With a bare ``worker.start()`` this script aborts at exit (SIGABRT: the worker's finished
+    signal meets a Qt object that Python's teardown deleted); ``start_worker`` waits for it.
+    """
+    import subprocess
+
+    script = tmp_path / "exit_race.py"
+    script.write_text(EXIT_RACE)
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "exited cleanly" in run.stdout

@@ -15,6 +15,35 @@ if TYPE_CHECKING:
     import napari
 
 
+#: How long the interpreter's exit waits for worker threads that are still running (ms).
+EXIT_WAIT_MS = 30_000
+_exit_hook: list[bool] = []
+
+
+def start_worker(worker) -> None:
+    """``worker.start()``, and once per process an exit hook that lets worker threads finish.
+
+    napari asks workers to quit and waits for them when the app is about to quit, but superqt
+    starts a worker one timer tick after ``start()``. One started as the window closes (the
+    measurements right after a segmentation) can run on while Python tears down; its
+    ``finished`` signal then meets a deleted Qt object and the process aborts at exit (2 of 3
+    scripts that closed the viewer as soon as a segmentation was done). The hook waits for
+    the thread pool first, at most :data:`EXIT_WAIT_MS`.
+    """
+    if not _exit_hook:
+        import atexit
+
+        atexit.register(_wait_for_worker_threads)
+        _exit_hook.append(True)
+    worker.start()
+
+
+def _wait_for_worker_threads(timeout_ms: int = EXIT_WAIT_MS) -> bool:
+    from qtpy.QtCore import QThreadPool
+
+    return QThreadPool.globalInstance().waitForDone(timeout_ms)
+
+
 def rgb_image_layers(viewer: napari.Viewer) -> list:
     """The viewer's image layers that hold RGB(A) data, in layer-list order."""
     from napari.layers import Image
@@ -540,7 +569,7 @@ class JobRunner:
         worker.aborted.connect(aborted)
         worker.finished.connect(finished)
         self._on_busy(True)
-        worker.start()
+        start_worker(worker)
         return worker
 
     def cancel(self) -> None:

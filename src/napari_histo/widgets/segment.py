@@ -37,6 +37,7 @@ from ._common import (
     notify_info,
     rgb_image_layers,
     select_model,
+    start_worker,
     warm_up_torch,
     wrapped,
 )
@@ -544,7 +545,7 @@ class SegmentWidget(FormJobMixin, Container):
         worker.finished.connect(done)
         self._save_worker = worker
         self.saved_label.value = "saving…"
-        worker.start()
+        start_worker(worker)
         return worker
 
     def _save_failed(self, exc) -> None:
@@ -589,7 +590,7 @@ class SegmentWidget(FormJobMixin, Container):
         # Hold every running worker: a replaced one must not be garbage-collected mid-run.
         self._measure_workers.add(worker)
         self._measuring = worker
-        worker.start()
+        start_worker(worker)
 
     def export(self, csv: str | Path | None = None, geojson: str | Path | None = None):
         """Write the measurements (CSV) and/or outlines (GeoJSON) in a worker; returns it."""

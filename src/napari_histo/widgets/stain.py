@@ -38,6 +38,7 @@ from ._common import (
     notify_info,
     qimage_icon,
     rgb_image_layers,
+    start_worker,
     warm_up_torch,
     wrapped,
 )
@@ -267,7 +268,7 @@ class StainNormalizationWidget(FormJobMixin, Container):
         worker.returned.connect(apply)
         worker.finished.connect(lambda: self._thumb_workers.discard(worker))
         self._thumb_workers.add(worker)
-        worker.start()
+        start_worker(worker)
 
     @property
     def thumbnails_loading(self) -> bool:
@@ -337,7 +338,7 @@ class StainNormalizationWidget(FormJobMixin, Container):
         worker.finished.connect(lambda: self._thumb_workers.discard(worker))
         self._thumb_workers.add(worker)
         self.template_label.value = f"reading {cand.name}…"
-        worker.start()
+        start_worker(worker)
 
     # ------------------------------------------------------------------ inputs
     def template_images(self) -> list[np.ndarray]:
