@@ -314,9 +314,9 @@ def fine_tune_iter(
     name = name or f"{parent}-ft-{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir = root / name
     # Named pairs: the card lists the corrected images and the held-back one by name.
-    val_pairs = [tuple(validation)] if validation is not None else None
+    val_pairs = [validation] if validation is not None else None
     model_dir = yield from train_iter(
-        [tuple(p) for p in pairs],
+        list(pairs),
         out=out_dir,
         init=init,
         epochs=epochs,
