@@ -40,7 +40,7 @@ job fullnet "$PY" "${SEG[@]}" --arch fullnet --name fullnet_histo80 \
   --batch 8 --steps-per-epoch 200 --lr 1e-3 --workers 2
 # HoVer-Net gained +0.042 and then +0.008 val AJI (40x) from 100 + 90 CPU minutes on top of 3 GPU
 # minutes, the second run with elastic deformation (seg.md): continue it.
-job hovernet "$PY" "${SEG[@]}" --arch hovernet --init hovernet_histo80_v3 --name hovernet_histo80_v4gpu \
+job hovernet "$PY" "${SEG[@]}" --arch hovernet --init hovernet_histo80_v4 --name hovernet_histo80_v5gpu \
   --batch 16 --steps-per-epoch 250 --lr 5e-4 --workers 3 --elastic 0.5
 job maskrcnn "$PY" "${SEG[@]}" --arch maskrcnn --name maskrcnn_jung80 \
   --batch 8 --steps-per-epoch 200 --lr 5e-4 --workers 3 --normalize-to "$TEMPLATE"
