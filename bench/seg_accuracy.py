@@ -266,7 +266,8 @@ def main(argv=None) -> int:
     for name, fn in methods.items():
         results[name] = score(fn, val)
         print(name, {k: results[name][k] for k in (*KEYS, "seconds")}, flush=True)
-    cmd = "nice -n 5 .venv/bin/python bench/seg_accuracy.py" + (" --tta" if args.tta else "")
+    cmd = "OMP_WAIT_POLICY=PASSIVE PYTHONPATH=src nice -n 5 .venv/bin/python bench/seg_accuracy.py"
+    cmd += " --tta" if args.tta else ""
     if args.tta:
         cmd += " --no-tta-arch " + " ".join(args.no_tta_arch)
     doc = {
