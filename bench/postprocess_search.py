@@ -153,9 +153,8 @@ def main(argv=None) -> int:
     best = max(rows, key=lambda r: r["aji"])
     now = next(r for r in rows if all(r[k] == v for k, v in current.items()))
     doc = {
-        "command": "PYTHONPATH=src python bench/postprocess_search.py --model "
-        + args.model
-        + (" --quick" if args.quick else ""),
+        "command": "OMP_WAIT_POLICY=PASSIVE PYTHONPATH=src python bench/postprocess_search.py "
+        + " ".join(sys.argv[1:] if argv is None else argv),
         "model": str(model.folder) if hasattr(model, "folder") else args.model,
         "tiles": [n for n, *_ in maps],
         "current": now,

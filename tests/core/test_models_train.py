@@ -324,6 +324,15 @@ def test_fine_tune_keeps_arch_and_carries_the_licence(tmp_path, pairs, saved):
     assert not (tmp_path / "x").exists()
 
 
+def _interrupt_after_first_epoch(gen) -> None:
+    """Run a training generator to its first epoch, then Ctrl-C it (the work folder stays)."""
+    for ev in gen:
+        if ev.stage == "epoch":
+            break
+    with pytest.raises(KeyboardInterrupt):
+        gen.throw(KeyboardInterrupt)
+
+
 def test_fine_tunes_keep_every_generation_on_the_card(tmp_path, pairs, saved):
     """A grandchild's card leads back to the grandparent's command, through a resume too."""
     parent, _ = saved
@@ -340,12 +349,7 @@ def test_fine_tunes_keep_every_generation_on_the_card(tmp_path, pairs, saved):
     # The grandchild is interrupted after its first epoch and resumed: the lineage survives.
     out = tmp_path / "gc"
     kw = dict(out=out, init=str(child), val_fraction=0, **FAST)
-    gen = train_iter(pairs[:1], epochs=2, **kw)
-    for ev in gen:
-        if ev.stage == "epoch":
-            break
-    with pytest.raises(KeyboardInterrupt):
-        gen.throw(KeyboardInterrupt)
+    _interrupt_after_first_epoch(train_iter(pairs[:1], epochs=2, **kw))
     drain(train_iter(pairs[:1], epochs=2, resume=True, **kw))
     c2 = json.loads((out / "card.json").read_text())
     assert c2["training"]["epochs_done"] == 2 and c2["parent"] == "child"
@@ -404,12 +408,7 @@ def test_existing_folder_is_not_overwritten(tmp_path, pairs):
 def test_resume_after_an_interrupt_and_extend_a_finished_model(tmp_path, pairs):
     out = tmp_path / "r"
     kw = dict(out=out, init="none", val_pairs=pairs[2:], seed=1, **FAST)
-    gen = train_iter(pairs[:2], epochs=3, **kw)
-    for ev in gen:
-        if ev.stage == "epoch":
-            break
-    with pytest.raises(KeyboardInterrupt):
-        gen.throw(KeyboardInterrupt)
+    _interrupt_after_first_epoch(train_iter(pairs[:2], epochs=3, **kw))
     work = tmp_path / ".r.partial"
     assert work.is_dir() and not out.exists()  # kept for resuming, not a model yet
     events = []

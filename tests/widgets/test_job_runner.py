@@ -166,7 +166,7 @@ def test_a_layer_removed_after_a_freeze_is_reclaimed(make_napari_viewer):
 
 
 EXIT_RACE = """
-import sys, time
+import time
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QApplication
 from napari.qt.threading import create_worker
