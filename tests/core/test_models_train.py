@@ -334,18 +334,22 @@ def _interrupt_after_first_epoch(gen) -> None:
 
 
 def test_fine_tunes_keep_every_generation_on_the_card(tmp_path, pairs, saved):
-    """A grandchild's card leads back to the grandparent's command, through a resume too."""
+    """A grandchild's card leads back to the grandparent's command, through a resume too, and
+    keeps the pixel size and post-processing it segments with."""
     parent, _ = saved
     grand = tmp_path / "grand"
     shutil.copytree(parent, grand)
     card0 = json.loads((grand / "card.json").read_text())
-    (grand / "card.json").write_text(json.dumps({**card0, "name": "grand", "command": "cmd 0"}))
+    settings = {"mpp": 0.25, "inference": {"min_size": 12}}
+    card0 = {**card0, "name": "grand", "command": "cmd 0", **settings}
+    (grand / "card.json").write_text(json.dumps(card0))
     child = tmp_path / "child"
     one = dict(epochs=1, val_fraction=0, **FAST)
     drain(train_iter(pairs[:1], out=child, init=str(grand), card={"command": "cmd 1"}, **one))
     c1 = json.loads((child / "card.json").read_text())
     assert c1["name"] == "child" and c1["parent"] == "grand"
     assert c1["parent_command"] == "cmd 0" and "ancestors" not in c1
+    assert {k: c1.get(k) for k in settings} == settings
     # The grandchild is interrupted after its first epoch and resumed: the lineage survives.
     out = tmp_path / "gc"
     kw = dict(out=out, init=str(child), val_fraction=0, **FAST)
@@ -356,6 +360,7 @@ def test_fine_tunes_keep_every_generation_on_the_card(tmp_path, pairs, saved):
     assert c2["parent_command"] == "cmd 1"
     assert c2["parent_training"]["epochs_done"] == 1
     assert [(a["name"], a["command"]) for a in c2["ancestors"]] == [("grand", "cmd 0")]
+    assert {k: c2.get(k) for k in settings} == settings
     assert "cmd 0" in (out / "card.md").read_text()
 
 

@@ -172,6 +172,16 @@ def lineage(parent_card: dict) -> dict:
     return out
 
 
+# Card fields a continued model keeps from its parent: it segments at the same pixel size, with
+# the same post-processing, unless the caller's ``card`` says otherwise.
+INHERITED = ("mpp", "inference")
+
+
+def inherited(parent_card: dict) -> dict:
+    """What a continued model's card takes over from its parent's (see ``INHERITED``)."""
+    return {k: parent_card[k] for k in INHERITED if parent_card.get(k) is not None}
+
+
 def train_iter(
     pairs: Sequence | None = None,
     out: str | os.PathLike = "model",
@@ -333,6 +343,7 @@ def train_iter(
     ckpt_tensors: dict = {}
     parent_card: dict = {}
     parent_lineage: dict = {}
+    parent_fields: dict = {}
     parent = None
     if ckpt_path is not None:
         ckpt_tensors, state_meta = _read_checkpoint(ckpt_path)
@@ -341,6 +352,7 @@ def train_iter(
         parent = state_meta.get("parent")
         parent_card = {"license": state_meta.get("parent_license", "")}
         parent_lineage = dict(state_meta.get("parent_lineage", {}))
+        parent_fields = dict(state_meta.get("parent_fields", {}))
     elif _is_scratch(init):
         arch_name = (arch or "unet").lower()
         spec = get_arch(arch_name)
@@ -359,6 +371,7 @@ def train_iter(
         named = str(parent_card.get("name") or "")
         parent = named if named and not named.startswith(".") else pfolder.name
         parent_lineage = lineage(parent_card)
+        parent_fields = inherited(parent_card)
     net.to(dev).train()
     # Mixed precision by the device policy, unless asked off or the architecture trains in
     # float32 (``spec.train_autocast = False``).
@@ -451,6 +464,7 @@ def train_iter(
             "parent": parent,
             "parent_license": parent_card.get("license", ""),
             "parent_lineage": parent_lineage,
+            "parent_fields": parent_fields,
             "settings": settings,
         }
 
@@ -569,6 +583,7 @@ def train_iter(
             },
             "validation": final_val,
             "history": history,
+            **parent_fields,
             **(card or {}),
         }
         full_card["created"] = time.time()
