@@ -263,3 +263,20 @@ def test_shipped_model_in_memory_and_as_a_slide_agree(monuseg, tmp_path):
     slide = np.asarray(open_labels_pyramid(res.zarr_path)[0])
     assert len(np.unique(mem)) > 500
     assert aggregated_jaccard_index(mem, slide) >= 0.99
+
+
+def test_slide_windows_are_resampled_to_the_model_pixel_size(tile):
+    """A slide's pixel size reaches the window segmenter: a 0.5 um/px window is segmented as
+    ``segment`` segments a 0.5 um/px tile (enlarged 2x for the 0.25 um/px default), not as is."""
+    from napari_histo.core.seg.registry import load_model
+    from napari_histo.core.seg.workflow import model_mpp, segment_array_iter
+    from napari_histo.core.slide.segmenter import ModelSegmenter
+
+    window = tile[:300, :300]
+    model = load_model("default", "cpu")
+    mpp = 2 * model_mpp(model.card)
+    want = drain(segment_array_iter(window, model, "cpu", False, blocks=None, mpp=mpp)).labels
+    as_is = drain(segment_array_iter(window, model, "cpu", False, blocks=None)).labels
+    got = ModelSegmenter(str(model.path), "cpu", False, mpp)(window)
+    _same_partition(got, want)
+    assert not np.array_equal(got > 0, as_is > 0)

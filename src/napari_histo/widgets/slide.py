@@ -180,6 +180,7 @@ class SlideWidget(FormJobMixin, Container):
                 self.model.value or "default",
                 self.device.value,
                 self.tta.value,
+                layer.metadata.get("mpp"),  # the reader's, from the file: windows are resampled
             )
             out = self.output_path(layer)
             normalizer = self.state.fitted_normalizer() if self.normalize.value else None

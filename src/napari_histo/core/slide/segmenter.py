@@ -25,5 +25,7 @@ class ModelSegmenter:
         from ..seg.workflow import segment_array_iter
 
         # The window is already one block of the slide's block tiling: segment it whole.
-        result = drain(segment_array_iter(rgb, self.model, self.device, self.tta, blocks=None))
+        result = drain(
+            segment_array_iter(rgb, self.model, self.device, self.tta, blocks=None, mpp=self.mpp)
+        )
         return np.asarray(result.labels, dtype=np.uint32)
