@@ -61,6 +61,13 @@ def add_arguments(parser) -> None:
         "recorded, e.g. SVS/OME-TIFF); images of another size than the model's are resampled",
     )
     parser.add_argument(
+        "--guess-scale",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="tiles whose pixel size is unknown: measure the nuclei in a first pass and enlarge "
+        "the image when they are smaller than the model learnt (e.g. 20x tiles; default on)",
+    )
+    parser.add_argument(
         "--translate",
         action="store_true",
         help="IHC tiles: translate to H&E first (CycleGAN), then normalize and segment",
@@ -194,7 +201,9 @@ def run(args) -> int:
                 desc=f"{path.name} export",
                 quiet=args.quiet,
             )
-        return f"{res.n_nuclei} nuclei -> {dest}"
+        from ..core.seg.workflow import scale_note
+
+        return f"{res.n_nuclei} nuclei -> {dest} ({scale_note(mpp, model.card)})"
 
     def tile(path: Path) -> str:
         from ..core.io.slides import read_mpp
@@ -210,6 +219,7 @@ def run(args) -> int:
                 translator=translator,
                 tile=args.tile,
                 mpp=mpp,
+                guess_scale=args.guess_scale,
             ),
             desc=path.name,
             quiet=args.quiet,
@@ -221,7 +231,9 @@ def run(args) -> int:
                 write_csv(out / f"{path.stem}.csv", table)
             if args.geojson:
                 write_geojson(out / f"{path.stem}.geojson", res.labels, table)
-        if mpp is None:
+        if res.scale and mpp is None:
+            size = f"{res.scale}; give --mpp to say it"
+        elif mpp is None:
             size = "pixel size unknown, segmented as it is (give --mpp)"
         else:
             size = f"{mpp:g} um/px" + (f", {res.notes[-1]}" if res.notes else "")

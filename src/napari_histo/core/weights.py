@@ -192,6 +192,7 @@ CARD_FIELDS = (
     "command",
     "seed",
     "minutes",
+    "mpp",
     "created_iso",
 )
 
@@ -220,6 +221,13 @@ def card_markdown(card: dict) -> str:
             if isinstance(val, list | tuple):
                 val = ", ".join(map(str, val))
             lines.append(f"- **{key}**: {val}")
+    guess = card.get("scale_guess")
+    if isinstance(guess, dict) and guess.get("area_px"):
+        lines.append(
+            f"- **magnification guess**: an image without a pixel size is enlarged when its "
+            f"median nucleus is under {guess['area_px']} px² (at most "
+            f"{guess.get('max_factor', 2)}x); {guess.get('how', '')}".rstrip("; ")
+        )
     for anc in card.get("ancestors") or []:  # the parent's own parents, oldest first
         lines.append(f"- **ancestor {anc.get('name', '?')}**: {anc.get('command', '')}")
     tr = card.get("training") or {}

@@ -141,6 +141,13 @@ class SegmentWidget(FormJobMixin, Container):
         spin.setDecimals(3)
         spin.setSpecialValueText("unknown: segment as it is")
         spin.setSuffix(" µm/px")
+        self.guess_scale = CheckBox(
+            value=True,
+            text="unknown pixel size: guess it from the nuclei",
+            tooltip="A first pass measures the nuclei; an image of smaller nuclei than the model "
+            "learnt (a 20x tile, say) is enlarged and segmented again. The status says what "
+            "was seen and done",
+        )
         self.normalize = CheckBox(
             text="normalize to the current stain template first",
             tooltip="Uses the normalizer fitted in the Stain normalization widget",
@@ -184,6 +191,7 @@ class SegmentWidget(FormJobMixin, Container):
                     self.device,
                     self.tta,
                     self.mpp,
+                    self.guess_scale,
                     self.normalize,
                     self.translate,
                     self.region,
@@ -325,6 +333,7 @@ class SegmentWidget(FormJobMixin, Container):
             previous,
             self.uncertainty.value,
             self.mpp.value or None,
+            self.guess_scale.value,
             description="Segment nuclei",
             on_done=lambda res: self._show_result(layer, res),
             torch=True,
@@ -725,7 +734,17 @@ class SegmentWidget(FormJobMixin, Container):
 
 
 def _segment_regions_job(
-    crops, model, device, tta, normalizer, translator, full_shape, previous, uncertainty, mpp=None
+    crops,
+    model,
+    device,
+    tta,
+    normalizer,
+    translator,
+    full_shape,
+    previous,
+    uncertainty,
+    mpp=None,
+    guess_scale=False,
 ):
     """Worker: read and segment each region crop, paste the nuclei into the label image."""
     from ..core.seg.registry import load_model
@@ -733,14 +752,16 @@ def _segment_regions_job(
 
     crops = [(rs, cs, np.asarray(crop)) for rs, cs, crop in crops]
     outputs = yield from segment_regions_iter(
-        crops, model, device, tta, normalizer, translator, mpp=mpp
+        crops, model, device, tta, normalizer, translator, mpp=mpp, guess_scale=guess_scale
     )
     labels = previous if previous is not None else np.zeros(full_shape, np.uint32)
     conf = np.ones(full_shape, np.float32) if uncertainty else None
     labels, conf = merge_regions(labels, crops, outputs, conf)
     n = len(np.unique(labels)) - 1
     card = load_model(model, device).card  # the model just used: cached, no second read
-    return {"labels": labels, "confidence": conf, "n": n, "scale": scale_note(mpp, card)}
+    said = list(dict.fromkeys(r.scale for r in outputs if r.scale))  # per region, once each
+    scale = "; ".join(said) if said else scale_note(mpp, card)
+    return {"labels": labels, "confidence": conf, "n": n, "scale": scale}
 
 
 def _save_pair_job(project, name, image, labels, source):

@@ -52,12 +52,16 @@ class SegResult:
         The blended maps ``name -> (C, H, W) float32`` (plus ``tta_spread`` with TTA).
     notes : list of str
         Things worth telling the user (no tissue found...).
+    scale : str
+        When the pixel size was guessed from the nuclei (``guess_scale``): what the guess saw
+        and did, in words; "" otherwise.
     """
 
     labels: np.ndarray
     confidence: np.ndarray
     maps: dict[str, np.ndarray] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    scale: str = ""
 
     @property
     def n_nuclei(self) -> int:

@@ -20,6 +20,7 @@ from ..errors import HistoError
 from ..progress import Progress
 from ..tiling import BlockTiling
 from .registry import list_models, load_model, user_model_dir
+from .scale import central_crop, guess_factor, guess_settings
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ def segment_array_iter(
     tile=None,
     blocks: BlockTiling | None = BlockTiling(),
     mpp: float | None = None,
+    guess_scale: bool = False,
 ) -> Generator[Progress, None, Any]:
     """Translate? -> normalize? -> resample? -> segment one in-memory image (yields progress).
 
@@ -144,6 +146,10 @@ def segment_array_iter(
         The image's pixel size (micrometres per pixel). When the model's card records its
         training pixel size and the two differ by more than 10 %, the image is resampled to the
         model's pixel size and the labels back to the image's (the result's notes say so).
+    guess_scale : bool
+        Without ``mpp``: guess it from the nuclei (``core.seg.scale``). A first pass at the
+        image's scale measures the median nucleus; an image of smaller nuclei than the model's
+        card says is enlarged and segmented again (the notes say what was seen and done).
 
     Returns
     -------
@@ -158,12 +164,29 @@ def segment_array_iter(
         if isinstance(translator, str | os.PathLike):
             translator = load_translator(translator, "ihc2he", device)
         image = yield from translate_iter(image, translator)
-    kw = {"blocks": blocks}
+    kw = {"blocks": blocks, "tile": tile}
     factor = resample_factor(mpp, net.card)
+    note = None
+    if factor is not None:
+        note = f"resampled x{factor:.2f} from {mpp:g} to the model's {model_mpp(net.card):g} um/px"
+    elif not mpp and guess_scale and guess_settings(net.card) is not None:
+        from ..io import to_rgb_uint8
+
+        image = to_rgb_uint8(image, "image")
+        probe = central_crop(image)
+        first = yield from segment_iter(probe, net, tta=False, normalizer=normalizer, **kw)
+        factor, note = guess_factor(first.labels, net.card)
+        if factor is None:
+            use_tta = net.spec.tta if tta is None else tta
+            if probe.shape == image.shape and not use_tta:
+                res = first  # the first pass was the whole job
+            else:
+                res = yield from segment_iter(image, net, tta=tta, normalizer=normalizer, **kw)
+            res.notes.append(note)
+            res.scale = note
+            return res
     if factor is None:
-        return (
-            yield from segment_iter(image, net, tta=tta, normalizer=normalizer, tile=tile, **kw)
-        )
+        return (yield from segment_iter(image, net, tta=tta, normalizer=normalizer, **kw))
     from skimage.transform import resize
 
     from ..io import to_rgb_uint8
@@ -175,15 +198,15 @@ def segment_array_iter(
     shape = (max(1, round(h * factor)), max(1, round(w * factor)))
     big = resize(rgb, (*shape, 3), order=1, preserve_range=True, anti_aliasing=factor < 1)
     res = yield from segment_iter(
-        np.clip(np.rint(big), 0, 255).astype(np.uint8), net, tta=tta, tile=tile, **kw
+        np.clip(np.rint(big), 0, 255).astype(np.uint8), net, tta=tta, **kw
     )
     res.labels = resize(res.labels, (h, w), order=0, preserve_range=True, anti_aliasing=False)
     res.labels = res.labels.astype(np.uint32)
     res.confidence = resize(res.confidence, (h, w), order=1, preserve_range=True).astype(np.float32)
     res.maps = {}
-    res.notes.append(
-        f"resampled x{factor:.2f} from {mpp:g} to the model's {model_mpp(net.card):g} um/px"
-    )
+    res.notes.append(note)
+    if not mpp:
+        res.scale = note  # the guess: what it saw and did
     return res
 
 
@@ -232,12 +255,13 @@ def segment_regions_iter(
     normalizer=None,
     translator=None,
     mpp: float | None = None,
+    guess_scale: bool = False,
 ) -> Generator[Progress, None, list]:
     """:func:`segment_array_iter` on each ``(rows, cols, crop)`` region; returns their SegResults."""
     results = []
     for k, (_, _, crop) in enumerate(regions, start=1):
         res = yield from segment_array_iter(
-            crop, model, device, tta, normalizer, translator, mpp=mpp
+            crop, model, device, tta, normalizer, translator, mpp=mpp, guess_scale=guess_scale
         )
         results.append(res)
         yield Progress(step=k, total=len(regions), stage="region")

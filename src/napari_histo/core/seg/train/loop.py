@@ -173,8 +173,8 @@ def lineage(parent_card: dict) -> dict:
 
 
 # Card fields a continued model keeps from its parent: it segments at the same pixel size, with
-# the same post-processing, unless the caller's ``card`` says otherwise.
-INHERITED = ("mpp", "inference")
+# the same post-processing and magnification guess, unless the caller's ``card`` says otherwise.
+INHERITED = ("mpp", "inference", "scale_guess")
 
 
 def inherited(parent_card: dict) -> dict:
