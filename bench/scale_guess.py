@@ -191,13 +191,27 @@ def main(argv=None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.json, json.dumps(out, indent=1))
     if args.write:
-        from napari_histo.core.weights import read_card, write_card
-
-        card = read_card(folder)
-        card["scale_guess"] = model.card["scale_guess"]
-        write_card(folder, card)
-        print(f"scale_guess written to {folder / 'card.json'} (and card.md)")
+        record(folder, model.card["scale_guess"], out)
     return 0
+
+
+def record(folder: Path, guess: dict, out: dict) -> None:
+    """Put the guess and its validation scores (``out``, as ``--json`` saves it) in the card."""
+    from napari_histo.core.weights import read_card, write_card
+
+    card = read_card(folder)
+    card["scale_guess"] = guess
+    for mag in ("40x", "20x"):
+        scores = out[mag]["guessed"]
+        card[f"validation_{mag}_size_guessed"] = {
+            "aji": scores["aji"],
+            "dice": scores["dice"],
+            "pq": scores["pq"],
+            "per_image": {k: {m: v[m] for m in ("aji", "dice", "pq")}
+                          for k, v in scores["per_image"].items()},
+        }  # fmt: skip
+    write_card(folder, card)
+    print(f"scale_guess written to {folder / 'card.json'} (and card.md)")
 
 
 if __name__ == "__main__":

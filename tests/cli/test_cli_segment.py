@@ -102,8 +102,11 @@ def test_segment_translates_ihc_first_like_the_widget(shipped, tmp_path, capsys)
     rc = main(["segment", str(src), "--translate", "--out", str(out), "--device", "cpu", "--quiet"])  # fmt: skip
     assert rc == 0, capsys.readouterr().err
     got = read_labels(out / "ihc.tif")
-    want = drain(segment_array_iter(ihc, "default", "cpu", translator="ihc2he_default")).labels
-    plain = drain(segment_array_iter(ihc, "default", "cpu")).labels
+    # The CLI guesses the magnification of a tile without a pixel size (on by default).
+    kw = {"guess_scale": True}
+    want = drain(segment_array_iter(ihc, "default", "cpu", translator="ihc2he_default", **kw))
+    plain = drain(segment_array_iter(ihc, "default", "cpu", **kw)).labels
+    want = want.labels
     assert np.array_equal(got, want) and not np.array_equal(got, plain)
     # Options before the image work too (--translate takes no value to swallow it).
     rc = main(["segment", "--translate", str(src), "--out", str(tmp_path / "o2"), "--quiet"])
@@ -276,8 +279,28 @@ def test_segment_resamples_to_the_models_pixel_size(shipped, held_out, tmp_path,
     truth = read_labels(held_out / "masks" / "crop.tif")
     assert lab.shape == small.shape[:2]
     assert 0.6 < (len(np.unique(lab)) - 1) / (len(np.unique(truth)) - 1) < 1.4
+    assert (
+        main(["segment", str(src), "--out", str(out), "--device", "cpu", "--no-guess-scale"]) == 0
+    )
+    assert "pixel size unknown, segmented as it is (give --mpp)" in capsys.readouterr().err
+
+
+def test_segment_guesses_the_magnification_of_a_tile_without_a_pixel_size(
+    shipped, monuseg, tmp_path, capsys
+):
+    """No pixel size in a 20x PNG: the nuclei are measured and the tile enlarged (what was seen
+    and done is printed); the labels come back at the tile's size."""
+    from skimage.transform import rescale
+
+    img = read_image(monuseg / "images" / "TCGA-B0-5698-01Z-00-DX1.png")[:600, :600]
+    small = np.clip(np.rint(rescale(img, 0.5, channel_axis=-1, preserve_range=True)), 0, 255)
+    src = tmp_path / "20x.png"
+    write_image(src, small.astype(np.uint8))
+    out = tmp_path / "out"
     assert main(["segment", str(src), "--out", str(out), "--device", "cpu"]) == 0
-    assert "pixel size unknown" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "pixel size unknown: median nucleus" in err and "enlarged x" in err, err
+    assert read_labels(out / "20x.tif").shape == small.shape[:2]
 
 
 def test_jung2019_preset(shipped, held_out, monuseg, tmp_path, monkeypatch, capsys):

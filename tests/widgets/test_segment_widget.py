@@ -266,6 +266,26 @@ def test_jung2019_preset_in_the_widget(viewer_and_widget, crop, tmp_path, qtbot,
     assert viewer.layers["tile nuclei"].data.shape == crop[0].shape[:2]
 
 
+def test_unknown_pixel_size_is_guessed_from_the_nuclei(viewer_and_widget, monuseg, qtbot):
+    """A 20x tile without a pixel size: the nuclei are measured, the tile enlarged, and the
+    status says so; with the guess unticked it is segmented as it is."""
+    from skimage.transform import rescale
+
+    viewer, widget = viewer_and_widget
+    img = read_image(monuseg / "images" / "TCGA-B0-5698-01Z-00-DX1.png")[:600, :600]
+    small = np.clip(np.rint(rescale(img, 0.5, channel_axis=-1, preserve_range=True)), 0, 255)
+    viewer.add_image(small.astype(np.uint8), name="20x", rgb=True)
+    widget.image.value = "20x"
+    assert widget.mpp.value == 0.0 and widget.guess_scale.value
+    _segment(widget, qtbot)
+    status = widget.status.value
+    assert "median nucleus" in status and "enlarged x" in status, status
+    assert viewer.layers["20x nuclei"].data.shape == (300, 300)
+    widget.guess_scale.value = False
+    _segment(widget, qtbot)
+    assert "pixel size unknown, segmented as it is" in widget.status.value
+
+
 def test_pixel_size_from_the_file_and_what_was_assumed(viewer_and_widget, qtbot):
     """The pixel size comes from the layer's file metadata; the status says what was assumed."""
     viewer, widget = viewer_and_widget
