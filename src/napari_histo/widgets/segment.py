@@ -135,11 +135,12 @@ class SegmentWidget(FormJobMixin, Container):
             max=10.0,
             step=0.05,
             tooltip="Pixel size of the image (read from the file where it says; 0.25 is 40x, "
-            "0.5 is 20x). The image is resampled to the pixel size the model was trained at.",
+            "0.5 is 20x). The image is resampled to the pixel size the model was trained at; "
+            "when it is unknown, see the box below.",
         )
         spin = self.mpp.native
         spin.setDecimals(3)
-        spin.setSpecialValueText("unknown: segment as it is")
+        spin.setSpecialValueText("unknown")
         spin.setSuffix(" µm/px")
         self.guess_scale = CheckBox(
             value=True,
