@@ -270,6 +270,12 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--keep", choices=("best", "last"), default="best")
     ap.add_argument(
+        "--keep-on", choices=("40x+20x", "40x"), default="40x+20x",
+        help="the validation tiles the training loop scores each epoch (and --keep best keeps "
+        "by): the 40x tiles and their 2x-downsampled copies, or the 40x tiles only (when the "
+        "magnification guess brings 20x tiles to the model's scale at inference)",
+    )  # fmt: skip
+    ap.add_argument(
         "--normalize-to", metavar="TEMPLATE", type=Path,
         help="stain-normalize every training and validation tile to this template with the "
         "shipped DCGMM first (as Jung et al. 2019 trained their Mask R-CNN)",
@@ -346,7 +352,9 @@ def main(argv=None) -> int:
             "tiles (whole slides/patients: organs rare or absent in training, frozen sections, "
             "two whole TNBC patients), at 40x and downsampled 2x as a 20x scan; "
             + (
-                "the epoch with the best mean validation AJI is kept."
+                "the epoch with the best mean validation AJI "
+                + ("on the 40x tiles " if args.keep_on == "40x" else "")
+                + "is kept."
                 if args.keep == "best"
                 else "the last epoch is kept (the validation tiles did not pick the checkpoint)."
             )
@@ -373,7 +381,7 @@ def main(argv=None) -> int:
 
     gen = train_iter(
         pairs=train,
-        val_pairs=val_all,
+        val_pairs=val if args.keep_on == "40x" else val_all,
         out=out,
         init=args.init,
         arch=args.arch if args.init == "none" else None,
