@@ -131,8 +131,12 @@ def score(model, pairs, guess: bool) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="hovernet_histo80_v4")
-    ap.add_argument("--grid", type=Path, required=True, help="the step-1 cache (JSON)")
+    ap.add_argument("--model", default="hovernet_histo80_v4", help="a shipped name or a folder")
+    ap.add_argument("--grid", type=Path, default=None, help="the step-1 cache (JSON)")
+    ap.add_argument(
+        "--area", type=int, default=None,
+        help="skip steps 1-2: score this area (a continued model's, inherited from its parent)",
+    )  # fmt: skip
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--write", action="store_true", help="record the area in the shipped card")
@@ -147,10 +151,18 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     script = train_script()
     train, val = script.load_split("all80")
-    folder = ROOT / "resources" / "seg" / args.model
+    folder = (
+        Path(args.model) if Path(args.model).is_dir() else ROOT / "resources" / "seg" / args.model
+    )
     model = load_model(folder, "cpu")
 
-    if args.grid.is_file():
+    if args.area is not None:
+        grid, area, table = None, args.area, []
+        how = model.card.get("scale_guess", {}).get("how") or f"given as --area {area}"
+        print(f"area {area} px² given, not calibrated here ({how})")
+    elif args.grid is None:
+        ap.error("give --grid (the calibration cache) or --area")
+    elif args.grid.is_file():
         grid = json.loads(args.grid.read_text())
         print(f"grid read from {args.grid}")
     else:
@@ -161,17 +173,17 @@ def main(argv=None) -> int:
         }
         args.grid.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.grid, json.dumps(grid, indent=1))
-    area, table = calibrate(grid)
-    chosen = next(r for r in table if r["area_px"] == area)
-    print(
-        f"chosen on {len(grid['40x'])} training tiles and their 20x copies: area {area} px² "
-        f"(mean AJI 40x {chosen['aji_40x']:.3f}, 20x {chosen['aji_20x']:.3f})"
-    )
-
-    how = (
-        f"chosen by bench/scale_guess.py on {len(grid['40x'])} training tiles and their "
-        "2x-downsampled copies (best mean AJI); never on the validation split"
-    )
+    if grid is not None:
+        area, table = calibrate(grid)
+        chosen = next(r for r in table if r["area_px"] == area)
+        print(
+            f"chosen on {len(grid['40x'])} training tiles and their 20x copies: area {area} px² "
+            f"(mean AJI 40x {chosen['aji_40x']:.3f}, 20x {chosen['aji_20x']:.3f})"
+        )
+        how = (
+            f"chosen by bench/scale_guess.py on {len(grid['40x'])} training tiles and their "
+            "2x-downsampled copies (best mean AJI); never on the validation split"
+        )
     model.card["scale_guess"] = {"area_px": area, "max_factor": MAX_FACTOR, "how": how}
     val20 = script.rescale_pairs(val, 0.5)
     out = {"model": args.model, "area_px": area, "calibration": table}
