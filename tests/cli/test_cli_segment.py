@@ -292,6 +292,9 @@ def test_segment_guesses_the_magnification_of_a_tile_without_a_pixel_size(
     and done is printed); the labels come back at the tile's size."""
     from skimage.transform import rescale
 
+    from napari_histo.core.progress import drain
+    from napari_histo.core.slide.segment import open_labels_pyramid, write_pyramidal_tiff_iter
+
     img = read_image(monuseg / "images" / "TCGA-B0-5698-01Z-00-DX1.png")[:600, :600]
     small = np.clip(np.rint(rescale(img, 0.5, channel_axis=-1, preserve_range=True)), 0, 255)
     src = tmp_path / "20x.png"
@@ -301,6 +304,14 @@ def test_segment_guesses_the_magnification_of_a_tile_without_a_pixel_size(
     err = capsys.readouterr().err
     assert "pixel size unknown: median nucleus" in err and "enlarged x" in err, err
     assert read_labels(out / "20x.tif").shape == small.shape[:2]
+    # The same pixels as a pyramidal TIFF without resolution tags: guessed once for the slide.
+    pixels, dest = small.astype(np.uint8), tmp_path / "s.tif"
+    slide = drain(write_pyramidal_tiff_iter(pixels, dest, tile=128, top_size=128))
+    argv = ["segment", str(slide), "--out", str(out), "--device", "cpu", "--slide-tile", "512"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "median nucleus" in err and "enlarged x" in err, err
+    assert np.asarray(open_labels_pyramid(out / "s.zarr")[0]).shape == small.shape[:2]
 
 
 def test_jung2019_preset(shipped, held_out, monuseg, tmp_path, monkeypatch, capsys):

@@ -77,3 +77,24 @@ def test_a_20x_tile_is_enlarged_and_a_40x_tile_left_as_it_is(monuseg, guessing_m
     aji_guess = aggregated_jaccard_index(truth, guessed.labels.astype(np.int32))
     aji_as_is = aggregated_jaccard_index(truth, as_is.labels.astype(np.int32))
     assert aji_guess > aji_as_is + 0.01, (aji_guess, aji_as_is)  # measured 0.611 against 0.584
+
+
+def test_a_slide_without_a_pixel_size_is_guessed_once_from_its_tissue(monuseg, tmp_path):
+    """A pyramidal TIFF without resolution tags: a 20x one gets a pixel size from its nuclei
+    (so every window is enlarged alike), a 40x one none."""
+    from napari_histo.core.io import read_slide
+    from napari_histo.core.seg.registry import load_model
+    from napari_histo.core.seg.workflow import model_mpp
+    from napari_histo.core.slide.segment import write_pyramidal_tiff_iter
+    from napari_histo.core.slide.segmenter import guess_slide_mpp_iter
+
+    model = load_model("default", "cpu")
+    img = read_image(monuseg / "images" / "TCGA-B0-5698-01Z-00-DX1.png")
+    small = np.clip(np.rint(rescale(img, 0.5, channel_axis=-1, preserve_range=True)), 0, 255)
+    for name, pixels, enlarged in (("20x", small.astype(np.uint8), True), ("40x", img, False)):
+        path = drain(write_pyramidal_tiff_iter(pixels, tmp_path / f"{name}.tif", tile=256))
+        mpp, why = drain(guess_slide_mpp_iter(read_slide(path), str(model.path), "cpu"))
+        if enlarged:
+            assert "enlarged x" in why and mpp > 1.5 * model_mpp(model.card), (mpp, why)
+        else:
+            assert mpp is None and "segmented as it is" in why, why

@@ -179,6 +179,15 @@ def run(args) -> int:
         from ..core.io.slides import read_mpp
 
         mpp = args.mpp or read_mpp(path)
+        said = None
+        if mpp is None and args.guess_scale:
+            from ..core.slide.segmenter import guess_slide_mpp_iter
+
+            mpp, said = drain_with_bar(
+                guess_slide_mpp_iter(levels, str(model.path), args.device),
+                desc=f"{path.name} scale",
+                quiet=args.quiet,
+            )
         segmenter = ModelSegmenter(str(model.path), args.device, tta, mpp)
         # Blank windows of a slide are expected: no per-window "no tissue" notes.
         with dask_client(args.scheduler, args.workers) as client, warnings.catch_warnings():
@@ -203,7 +212,7 @@ def run(args) -> int:
             )
         from ..core.seg.workflow import scale_note
 
-        return f"{res.n_nuclei} nuclei -> {dest} ({scale_note(mpp, model.card)})"
+        return f"{res.n_nuclei} nuclei -> {dest} ({said or scale_note(mpp, model.card)})"
 
     def tile(path: Path) -> str:
         from ..core.io.slides import read_mpp

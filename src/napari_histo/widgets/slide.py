@@ -89,6 +89,13 @@ class SlideWidget(FormJobMixin, Container):
         self.tile = SpinBox(label="Tile (px)", value=1024, min=128, max=8192, step=256)
         self.halo = SpinBox(label="Halo (px)", value=64, min=0, max=512)
         self.tta = CheckBox(text="multiple inference")
+        self.guess_scale = CheckBox(
+            value=True,
+            text="unknown pixel size: guess it from the nuclei",
+            tooltip="When the file records no pixel size, the window with the most tissue is "
+            "segmented first; a slide of smaller nuclei than the model learnt (20x, say) is "
+            "enlarged window by window, all alike",
+        )
         self.normalize = CheckBox(
             text="normalize to the current stain template first",
             tooltip="Uses the normalizer fitted in the Stain normalization widget, with one set "
@@ -122,6 +129,7 @@ class SlideWidget(FormJobMixin, Container):
                     self.tile,
                     self.halo,
                     self.tta,
+                    self.guess_scale,
                     self.normalize,
                     self.where,
                     self.workers,
@@ -191,14 +199,16 @@ class SlideWidget(FormJobMixin, Container):
         levels = layer_levels(layer)
         return self.runner.start(
             _slide_job, levels, segmenter, out, tiling, scheduler, workers, normalizer,
+            self.guess_scale.value,
             description="Whole slide", on_done=self._on_done, torch=True,
         )  # fmt: skip
 
     def _on_done(self, done) -> None:
-        result, opened = done
+        result, opened, said = done
         self._show_labels(opened)
         self._set_status(
             f"{result.n_nuclei} nuclei in {result.n_tissue_blocks}/{result.n_blocks} tissue tiles → {result.zarr_path}"
+            + (f" ({said})" if said else "")
         )
 
     def open_labels(self, path: str | Path):
@@ -421,7 +431,11 @@ def _push_region_job(path, rows, cols, data):
     return mapping, _open_labels_job(path)
 
 
-def _slide_job(levels, segmenter, out, tiling, scheduler, workers, normalizer=None):
+def _slide_job(
+    levels, segmenter, out, tiling, scheduler, workers, normalizer=None, guess_scale=False
+):
+    from dataclasses import replace
+
     from ..core.progress import Progress
     from ..core.slide.cluster import dask_client
     from ..core.slide.segment import segment_slide_iter
@@ -431,6 +445,12 @@ def _slide_job(levels, segmenter, out, tiling, scheduler, workers, normalizer=No
 
         yield Progress(step=0, total=1, stage="normalize", message="stain statistics of the slide")
         levels = normalize_levels(normalizer, levels)
+    said = ""
+    if segmenter.mpp is None and guess_scale:
+        from ..core.slide.segmenter import guess_slide_mpp_iter
+
+        mpp, said = yield from guess_slide_mpp_iter(levels, segmenter.model, segmenter.device)
+        segmenter = replace(segmenter, mpp=mpp)
     with dask_client(scheduler, workers) as client:
         result = yield from segment_slide_iter(levels, segmenter, out, tiling, client=client)
-    return result, _open_labels_job(result.zarr_path)
+    return result, _open_labels_job(result.zarr_path), said

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
 
 import numpy as np
+
+from ..progress import Progress
 
 
 @dataclass(frozen=True)
@@ -29,3 +32,35 @@ class ModelSegmenter:
             segment_array_iter(rgb, self.model, self.device, self.tta, blocks=None, mpp=self.mpp)
         )
         return np.asarray(result.labels, dtype=np.uint32)
+
+
+def guess_slide_mpp_iter(
+    levels: list, model: str = "default", device: str = "auto", side: int = 1024
+) -> Generator[Progress, None, tuple[float | None, str]]:
+    """A slide whose file records no pixel size: guess it from the nuclei (``seg.scale``).
+
+    The window of ``side`` px with the most tissue is segmented as it is; when its median
+    nucleus is smaller than the model's card says, the slide is treated as if its pixel size
+    were the model's times the guessed factor, so that every window is enlarged alike (a guess
+    per window would enlarge neighbours differently). Returns ``(mpp or None, what was seen)``.
+    """
+    from ..seg.inference import segment_iter
+    from ..seg.registry import load_model
+    from ..seg.scale import guess_factor, guess_settings
+    from ..seg.workflow import model_mpp
+    from .segment import tissue_grid
+
+    net = load_model(model, device=device)
+    if guess_settings(net.card) is None or model_mpp(net.card) is None:
+        return None, "pixel size unknown, segmented as it is (this model does not guess it)"
+    base = levels[0]
+    shape0 = tuple(base.shape[:2])
+    grid = tissue_grid(levels[-1], shape0, side)
+    i, j = np.unravel_index(int(np.argmax(grid)), grid.shape)
+    r0 = min(int(i) * side, max(0, shape0[0] - side))
+    c0 = min(int(j) * side, max(0, shape0[1] - side))
+    window = np.asarray(base[r0 : r0 + side, c0 : c0 + side])[..., :3]
+    yield Progress(step=0, total=1, stage="scale", message="measuring nuclei to guess the scale")
+    first = yield from segment_iter(window, net, tta=False)
+    factor, why = guess_factor(first.labels, net.card)
+    return (factor * model_mpp(net.card) if factor else None), why
