@@ -101,9 +101,13 @@ def test_slide_normalized_to_the_fitted_template(
 
     monkeypatch.setenv("NAPARI_HISTO_MODELS", str(tmp_path / "models"))
     viewer = make_napari_viewer()
-    viewer.open(str(svs_path), plugin="napari-histo")
+    layers = viewer.open(str(svs_path), plugin="napari-histo")
+    # This test is about the normalization: the slide is segmented at its own scale (as one
+    # whose file records no pixel size), a quarter of the pixels of its resampled 0.25 um/px.
+    layers[0].metadata["mpp"] = None
     widget = SlideWidget(viewer)
     viewer.window.add_dock_widget(widget)
+    widget.guess_scale.value = False
     widget.out_dir.value = str(tmp_path / "out")
     widget.device.value = "cpu"
     widget.normalize.value = True
