@@ -25,6 +25,18 @@ def test_slide_segment_edit_export(make_napari_viewer, svs_path, tmp_path, qtbot
     widget.device.value = "cpu"
     widget.tile.value = 1024
     widget.halo.value = 64
+    # The file's pixel size reaches the segmenter (its windows are resampled to the model's).
+    started = []
+    widget.runner.start = lambda *a, **k: started.append(a)
+    try:
+        widget.run()
+    finally:
+        del widget.runner.start  # the class's method again
+    assert started[0][2].mpp == pytest.approx(0.499)
+    # The rest is about segmenting, editing and exporting: at the slide's own scale (as one whose
+    # file records no pixel size), a quarter of the pixels of the resampled slide.
+    layers[0].metadata["mpp"] = None
+    widget.guess_scale.value = False
     assert widget.run() is not None
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=300_000)
     zarr_path = tmp_path / "out" / "CMU-1-Small-Region.zarr"
