@@ -73,12 +73,11 @@ def grid_scores(model, pairs, factors, log=print) -> dict:
     return rows
 
 
-def rule_factor(area: float, target: float, top: float = MAX_FACTOR, tol: float = 0.1) -> float:
-    """The factor ``core.seg.scale.guess_factor`` picks (1.0 for none)."""
-    if area <= 0:
-        return 1.0
-    f = min(top, float(np.sqrt(target / area)))
-    return f if f > 1.0 + tol else 1.0
+def rule_factor(area: float, target: float) -> float:
+    """The factor ``core.seg.scale.guess_factor`` picks for this median area (1.0 for none)."""
+    from napari_histo.core.seg.scale import factor_for_area
+
+    return factor_for_area(area, target, MAX_FACTOR) or 1.0
 
 
 def interpolated_aji(row: dict, factor: float) -> float:

@@ -54,11 +54,21 @@ def guess_factor(
     area, n = median_area(labels)
     if n < MIN_NUCLEI:
         return None, f"pixel size unknown, segmented as it is ({n} nuclei: too few to judge)"
-    factor = min(top, float(np.sqrt(target / area)))
+    factor = factor_for_area(area, target, top, tolerance)
     seen = f"median nucleus {area:.0f} px² against the model's {target:.0f}"
-    if factor <= 1.0 + tolerance:
+    if factor is None:
         return None, f"pixel size unknown: {seen}, segmented as it is"
     return factor, f"pixel size unknown: {seen}, enlarged x{factor:.2f}"
+
+
+def factor_for_area(
+    area: float, target: float, top: float = 2.0, tolerance: float = 0.1
+) -> float | None:
+    """sqrt(target / area), at most ``top``; None when within ``tolerance`` of 1 (or below)."""
+    if area <= 0:
+        return None
+    factor = min(top, float(np.sqrt(target / area)))
+    return factor if factor > 1.0 + tolerance else None
 
 
 def central_crop(image: np.ndarray, side: int = PROBE_SIDE) -> np.ndarray:
