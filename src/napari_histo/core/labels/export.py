@@ -23,20 +23,22 @@ def label_polygons(
     simplified by ``tolerance`` pixels; ``offset`` (row, col) places a region within a slide.
     """
     from scipy import ndimage
-    from skimage.measure import approximate_polygon, find_contours
+    from skimage.measure import find_contours
+
+    from .polygons import simplify_rings
 
     labels = np.asarray(labels)
-    out: dict[int, np.ndarray] = {}
+    found: list[tuple[int, tuple[slice, slice], np.ndarray]] = []
     for idx, sl in enumerate(ndimage.find_objects(labels), start=1):
         if sl is None:
             continue
         mask = np.pad(labels[sl] == idx, 1)
         contours = find_contours(mask.astype(np.uint8), 0.5)
-        if not contours:
-            continue
-        ring = max(contours, key=len)
-        if tolerance > 0:
-            ring = approximate_polygon(ring, tolerance)
+        if contours:
+            found.append((idx, sl, max(contours, key=len)))
+    rings = simplify_rings([ring for _, _, ring in found], tolerance)
+    out: dict[int, np.ndarray] = {}
+    for (idx, sl, _), ring in zip(found, rings, strict=True):
         if len(ring) < 4:
             continue
         rows = ring[:, 0] - 1 + sl[0].start + offset[0]

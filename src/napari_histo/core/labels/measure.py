@@ -43,17 +43,29 @@ def measure_nuclei(
         raise ValueError(f"labels must be 2D, got shape {labels.shape}")
     if not labels.any():
         return {k: np.zeros(0, dtype=np.int64 if k == "label" else np.float64) for k in COLUMNS}
+    # Per-object Python work only where it is needed (perimeter, convex hull); area, centroid
+    # and eccentricity (skimage's inertia-tensor definition) from pixel sums over all nuclei at
+    # once: regionprops' per-object moments made most of a slide export's time.
     props = regionprops_table(
-        labels.astype(np.int64, copy=False),
-        properties=("label", "area", "perimeter", "centroid", "eccentricity", "solidity"),
+        labels.astype(np.int64, copy=False), properties=("label", "perimeter", "solidity")
     )
+    ids = props["label"].astype(np.int64)
+    rows, cols = np.nonzero(labels)
+    lab = labels[rows, cols].astype(np.int64)
+    n = np.bincount(lab)
+    cy, cx = np.bincount(lab, rows) / np.maximum(n, 1), np.bincount(lab, cols) / np.maximum(n, 1)
+    dy, dx = rows - cy[lab], cols - cx[lab]
+    myy, mxx, mxy = (np.bincount(lab, w)[ids] / n[ids] for w in (dy * dy, dx * dx, dy * dx))
+    half_sum, half_diff = (myy + mxx) / 2, np.sqrt(((myy - mxx) / 2) ** 2 + mxy**2)
+    l1, l2 = np.clip(half_sum + half_diff, 0, None), np.clip(half_sum - half_diff, 0, None)
+    safe = np.where(l1 > 0, l1, 1.0)
     table = {
-        "label": props["label"].astype(np.int64),
-        "area": props["area"].astype(np.float64),
+        "label": ids,
+        "area": n[ids].astype(np.float64),
         "perimeter": props["perimeter"].astype(np.float64),
-        "centroid_y": props["centroid-0"] + offset[0],
-        "centroid_x": props["centroid-1"] + offset[1],
-        "eccentricity": props["eccentricity"],
+        "centroid_y": cy[ids] + offset[0],
+        "centroid_x": cx[ids] + offset[1],
+        "eccentricity": np.where(l1 > 0, np.sqrt(np.clip(1 - l2 / safe, 0, None)), 0.0),
         "solidity": props["solidity"],
     }
     if image is not None and image.shape[:2] == labels.shape:
