@@ -38,6 +38,21 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Give torch back its thread count after each test.
+
+    A test that sets it (one thread for a deterministic training step, a training run's
+    ``threads``) would otherwise leave every later in-process test on one core.
+    """
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
 _BAD_SKIPS: list[str] = []
 
 

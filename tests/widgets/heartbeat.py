@@ -122,13 +122,14 @@ class Heartbeat:
         action: Callable[[], object],
         done: Callable[[], bool],
         timeout: float = 600,
-        idle_cap: float = 6.0,
+        idle_cap: float = 2.0,
         idle_ms: float | None = None,
     ) -> Beat:
         """Run ``action`` (a click) with the heartbeat ticking; wait for ``done()``; record.
 
-        The idle baseline is the viewer's longest gap just after the action, or ``idle_ms`` where
-        something known to stall (a background import) would fall into that window.
+        The idle baseline is the viewer's longest gap just after the action (over as long as the
+        action took, 1 to ``idle_cap`` seconds), or ``idle_ms`` where something known to stall (a
+        background import) would fall into that window.
         """
         from qtpy.QtCore import QTimer
 

@@ -48,8 +48,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 def test_removing_the_cut_lines_layer_does_not_crash_napari():
     if not os.environ.get("DISPLAY"):
         pytest.fail("needs a display: run the suite under xvfb-run")
-    bare = _run()
+    # Bare napari crashes here (rc -11 under Mesa llvmpipe; `python bench/napari_shapes_crash.py`
+    # shows it): the guard is what saves ours. The bare run asserts nothing, so it is not repeated.
     ours = _run("--plugin")
-    # where bare napari crashes (rc -11 under Mesa llvmpipe), the guard is what saves ours
-    print(f"bare napari: rc {bare.returncode}; with the guard: rc {ours.returncode}")
     assert ours.returncode == 0 and "survived" in ours.stdout, ours.stderr[-3000:]
