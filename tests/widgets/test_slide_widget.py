@@ -106,17 +106,23 @@ def test_no_slide_is_a_clear_message(make_napari_viewer):
 def test_slide_normalized_to_the_fitted_template(
     make_napari_viewer, svs_path, monuseg, tmp_path, qtbot, monkeypatch
 ):
+    import tifffile
+
     from napari_histo.core.io import read_image
+    from napari_histo.core.progress import drain
+    from napari_histo.core.slide.segment import write_pyramidal_tiff_iter
     from napari_histo.core.stain import get_normalizer
     from napari_histo.widgets._viewer_state import viewer_state
     from napari_histo.widgets.slide import SlideWidget
 
     monkeypatch.setenv("NAPARI_HISTO_MODELS", str(tmp_path / "models"))
+    # This test is about the normalization: a 1024 x 1024 crop of the SVS's tissue, written as a
+    # pyramidal TIFF that records no pixel size (a sixth of the SVS's pixels).
+    crop = tifffile.imread(svs_path)[1024:2048, 1024:2048]
+    slide = drain(write_pyramidal_tiff_iter(crop, tmp_path / "crop.tif", tile=256, top_size=512))
     viewer = make_napari_viewer()
-    layers = viewer.open(str(svs_path), plugin="napari-histo")
-    # This test is about the normalization: the slide is segmented at its own scale (as one
-    # whose file records no pixel size), a quarter of the pixels of its resampled 0.25 um/px.
-    layers[0].metadata["mpp"] = None
+    layers = viewer.open(str(slide), plugin="napari-histo")
+    assert layers[0].multiscale and layers[0].metadata.get("mpp") is None
     widget = SlideWidget(viewer)
     viewer.window.add_dock_widget(widget)
     widget.guess_scale.value = False
@@ -141,6 +147,6 @@ def test_slide_normalized_to_the_fitted_template(
     monkeypatch.setattr(workflow, "normalize_levels", spy)
     assert widget.run() is not None
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=300_000)
-    assert (tmp_path / "out" / "CMU-1-Small-Region.zarr").is_dir(), widget.status.value
+    assert (tmp_path / "out" / "crop.zarr").is_dir(), widget.status.value
     assert int(widget.status.value.split()[0]) > 500
     assert calls == [fitted]
