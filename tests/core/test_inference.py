@@ -419,3 +419,26 @@ def test_bare_glass_tiles_skip_the_network_and_keep_the_labels(monuseg, monkeypa
     assert n_fast < 0.7 * sum(calls)
     assert aggregated_jaccard_index(full.labels, fast.labels) >= 0.99
     assert not fast.labels[:, 400:].any()  # nothing found on glass
+
+
+def test_staged_pass_labels_its_events_returns_its_result_and_cancels_the_inner_pass():
+    from napari_histo.core.progress import Progress, drain, staged
+
+    closed = []
+
+    def inner():
+        try:
+            yield Progress(1, 2, "tile")
+            yield Progress(2, 2, "tile")
+            return "labels"
+        finally:
+            closed.append(True)
+
+    events = []
+    assert drain(staged(inner(), "guessing:"), events.append) == "labels"
+    assert [str(e) for e in events] == ["guessing: tile 1/2", "guessing: tile 2/2"]
+    pass_ = inner()  # held here, so only an explicit close can end it
+    cancelled = staged(pass_, "enlarged x2.00:")
+    next(cancelled)
+    cancelled.close()  # what a widget's cancel does to the job's generator
+    assert closed == [True, True]

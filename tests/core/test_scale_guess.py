@@ -71,8 +71,17 @@ def test_a_20x_tile_is_enlarged_and_a_40x_tile_left_as_it_is(monuseg, guessing_m
     small = small.astype(np.uint8)
     truth = read_labels(monuseg / "masks" / f"{name}.tif")
     truth = rescale(truth, 0.5, order=0, preserve_range=True, anti_aliasing=False).astype(np.int32)
-    guessed, as_is = run(small, guess_scale=True), run(small)
+    events = []
+    guessed = drain(
+        segment_array_iter(small, guessing_model, "cpu", False, guess_scale=True), events.append
+    )
+    as_is = run(small)
     assert "enlarged x2.00" in guessed.scale and guessed.labels.shape == small.shape[:2]
+    # The progress bar tells the two passes apart: the probe, then the enlarged tile.
+    stages = [e.stage for e in events]
+    probe = [s for s in stages if s.startswith("guessing the magnification: tile")]
+    second = [s for s in stages if s.startswith("enlarged x2.00: tile")]
+    assert probe and second and stages.index(second[0]) > stages.index(probe[-1])
     assert as_is.scale == ""
     aji_guess = aggregated_jaccard_index(truth, guessed.labels.astype(np.int32))
     aji_as_is = aggregated_jaccard_index(truth, as_is.labels.astype(np.int32))

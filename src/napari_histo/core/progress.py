@@ -79,3 +79,21 @@ def drain(
             return stop.value
         if callback is not None:
             callback(event)
+
+
+def staged(gen: Generator[Progress, None, R], prefix: str) -> Generator[Progress, None, R]:
+    """``gen`` with ``prefix`` before every event's stage, for one pass of a longer job.
+
+    A job that runs a generator twice (a probe, then the real pass) tells the two apart on the
+    progress bar. Closing the wrapper closes ``gen`` (cancel reaches the inner work).
+    """
+    try:
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            event.stage = f"{prefix} {event.stage}".strip()
+            yield event
+    finally:
+        gen.close()

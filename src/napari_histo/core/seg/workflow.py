@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import HistoError
-from ..progress import Progress
+from ..progress import Progress, staged
 from ..tiling import BlockTiling
 from .registry import list_models, load_model, user_model_dir
 from .scale import central_crop, guess_factor, guess_settings
@@ -174,7 +174,10 @@ def segment_array_iter(
 
         image = to_rgb_uint8(image, "image")
         probe = central_crop(image)
-        first = yield from segment_iter(probe, net, tta=False, normalizer=normalizer, **kw)
+        first = yield from staged(
+            segment_iter(probe, net, tta=False, normalizer=normalizer, **kw),
+            "guessing the magnification:",
+        )
         factor, note = guess_factor(first.labels, net.card)
         if factor is None:
             use_tta = net.spec.tta if tta is None else tta
@@ -197,8 +200,9 @@ def segment_array_iter(
     h, w = rgb.shape[:2]
     shape = (max(1, round(h * factor)), max(1, round(w * factor)))
     big = resize(rgb, (*shape, 3), order=1, preserve_range=True, anti_aliasing=factor < 1)
-    res = yield from segment_iter(
-        np.clip(np.rint(big), 0, 255).astype(np.uint8), net, tta=tta, **kw
+    res = yield from staged(
+        segment_iter(np.clip(np.rint(big), 0, 255).astype(np.uint8), net, tta=tta, **kw),
+        f"enlarged x{factor:.2f}:" if factor > 1 else f"reduced x{factor:.2f}:",
     )
     res.labels = resize(res.labels, (h, w), order=0, preserve_range=True, anti_aliasing=False)
     res.labels = res.labels.astype(np.uint32)
