@@ -116,12 +116,19 @@ def score(method, val) -> dict:
     }
 
 
-def model_method(ref: str, tta: bool):
+def model_method(ref: str, tta: bool, guess: bool = False):
+    """The model as ``segment`` runs it on a tile without a pixel size: as it is, or (``guess``)
+    with the magnification guessed from the nuclei (``core.seg.scale``, the CLI's default)."""
     from napari_histo.core.progress import drain
     from napari_histo.core.seg.inference import segment_iter
     from napari_histo.core.seg.registry import load_model
+    from napari_histo.core.seg.workflow import segment_array_iter
 
     model = load_model(ref, "cpu")
+    if guess:
+        return lambda img: (
+            drain(segment_array_iter(img, model, "cpu", tta=tta, guess_scale=True)).labels
+        )
     return lambda img: drain(segment_iter(img, model, tta=tta)).labels
 
 
@@ -155,6 +162,14 @@ def write_report() -> Path:
             f"Machine: {acc['machine']}. Metrics: pixel Dice, AJI, object F1 (IoU > 0.5), "
             "PQ = DQ x SQ; 'mean' is over the 40x images; Mpx/s over the whole run.",
             "",
+        ]
+        for m in acc.get("merged", []):
+            lines += [
+                f"Rows {', '.join(m['rows'])} were added later by `{m['command']}` "
+                f"({m['machine']}).",
+                "",
+            ]
+        lines += [
             "| method | Dice | AJI | F1 | PQ | AJI MoNuSeg 40x | AJI TNBC 40x | AJI 20x | Mpx/s |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
@@ -244,6 +259,14 @@ def main(argv=None) -> int:
         "detector 8 times: see bench/jung_ablation.py)",
     )  # fmt: skip
     p.add_argument("--json", type=Path, default=RESULTS / "seg_accuracy.json")
+    p.add_argument(
+        "--only", nargs="*", default=None,
+        help="score only the methods whose row name contains one of these strings",
+    )  # fmt: skip
+    p.add_argument(
+        "--merge", action="store_true",
+        help="keep the other rows of --json (with --only: add or rescore some rows)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     import torch
     from _split import split_with_20x  # bench/ is on the path when run as a script
@@ -259,9 +282,17 @@ def main(argv=None) -> int:
     for info in list_models(user_dir=ROOT / "nonexistent"):
         label = f"{info.name}{' (default)' if info.default else ''}"
         methods[label] = model_method(info.ref, False)
+        if info.card.get("scale_guess"):
+            methods[f"{label}, pixel size guessed"] = model_method(info.ref, False, guess=True)
         if args.tta and info.arch not in args.no_tta_arch:
             methods[f"{label} + TTA x8"] = model_method(info.ref, True)
+    order = list(methods)
+    if args.only:
+        methods = {k: v for k, v in methods.items() if any(o in k for o in args.only)}
     results = {}
+    old = json.loads(args.json.read_text()) if args.merge and args.json.is_file() else None
+    if old:  # the other methods' rows, from the last full run
+        results = dict(old["methods"])
     load0 = os.getloadavg()[0]
     for name, fn in methods.items():
         results[name] = score(fn, val)
@@ -270,13 +301,28 @@ def main(argv=None) -> int:
     cmd += " --tta" if args.tta else ""
     if args.tta:
         cmd += " --no-tta-arch " + " ".join(args.no_tta_arch)
-    doc = {
-        "command": cmd,
-        "tiles": [n for n, _, _ in val],
-        "machine": f"{platform.machine()} CPU, {args.threads} threads, torch {torch.__version__}, "
-        f"load average {load0:.1f} at the start and {os.getloadavg()[0]:.1f} at the end",
-        "methods": results,
-    }
+    if args.only:
+        cmd += " --only " + " ".join(f"'{o}'" for o in args.only)
+    machine = (
+        f"{platform.machine()} CPU, {args.threads} threads, torch {torch.__version__}, "
+        f"load average {load0:.1f} at the start and {os.getloadavg()[0]:.1f} at the end"
+    )
+    if old:  # a new row goes after the row it is a variant of (its name's longest prefix)
+        keys = list(old["methods"])
+        for k in methods:
+            if k not in keys:
+                base = max((b for b in keys if k.startswith(b)), key=len, default=keys[-1])
+                keys.insert(keys.index(base) + 1, k)
+        results = {k: results[k] for k in keys}
+    else:
+        results = {k: results[k] for k in order}
+    if old:
+        merged = [*old.get("merged", []), {"command": cmd + " --merge", "rows": list(methods),
+                                          "machine": machine}]  # fmt: skip
+        doc = {**old, "methods": results, "merged": merged}
+    else:
+        doc = {"command": cmd, "tiles": [n for n, _, _ in val], "machine": machine}
+        doc["methods"] = results
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(doc, indent=2) + "\n")
     print(write_report())
