@@ -79,7 +79,8 @@ def object_features(rgb: np.ndarray, labels: np.ndarray, prob: np.ndarray) -> di
     hed = rgb2hed(rgb)
     hema, eosin = hed[..., 0], hed[..., 1]
     props = regionprops_table(
-        labels.astype(np.int64), properties=("label", "area", "solidity", "eccentricity", "centroid")
+        labels.astype(np.int64),
+        properties=("label", "area", "solidity", "eccentricity", "centroid"),
     )
     area = props["area"].astype(float)
     fg = labels > 0
@@ -228,8 +229,15 @@ def main(argv=None) -> int:
         xv, yv = xy(rows[key])
         pv = predict_logistic(model, xv)
         auc = _auc(pv, yv)
-        result[key] = {"before": mb, "after": ma, "dropped": dropped, "dropped_annotated": wrong,
-                       "objects": len(yv), "unannotated": int(yv.sum()), "auc": round(auc, 3)}
+        result[key] = {
+            "before": mb,
+            "after": ma,
+            "dropped": dropped,
+            "dropped_annotated": wrong,
+            "objects": len(yv),
+            "unannotated": int(yv.sum()),
+            "auc": round(auc, 3),
+        }
         print(key, json.dumps(result[key]), flush=True)
     result["minutes"] = round((time.time() - t0) / 60, 1)
     if args.json:
