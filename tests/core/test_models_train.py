@@ -341,7 +341,8 @@ def test_fine_tunes_keep_every_generation_on_the_card(tmp_path, pairs, saved):
     shutil.copytree(parent, grand)
     card0 = json.loads((grand / "card.json").read_text())
     settings = {"mpp": 0.25, "inference": {"min_size": 12}}
-    card0 = {**card0, "name": "grand", "command": "cmd 0", **settings}
+    guess = {"area_px": 240, "max_factor": 2.0, "how": "chosen on grand's training tiles"}
+    card0 = {**card0, "name": "grand", "command": "cmd 0", **settings, "scale_guess": guess}
     (grand / "card.json").write_text(json.dumps(card0))
     child = tmp_path / "child"
     one = dict(epochs=1, val_fraction=0, **FAST)
@@ -350,6 +351,9 @@ def test_fine_tunes_keep_every_generation_on_the_card(tmp_path, pairs, saved):
     assert c1["name"] == "child" and c1["parent"] == "grand"
     assert c1["parent_command"] == "cmd 0" and "ancestors" not in c1
     assert {k: c1.get(k) for k in settings} == settings
+    # The magnification guess's area is kept, and the card says whose calibration it is.
+    assert c1["scale_guess"]["area_px"] == 240
+    assert c1["scale_guess"]["how"].startswith("inherited from grand, whose area this is")
     # The grandchild is interrupted after its first epoch and resumed: the lineage survives.
     out = tmp_path / "gc"
     kw = dict(out=out, init=str(child), val_fraction=0, **FAST)
@@ -361,6 +365,7 @@ def test_fine_tunes_keep_every_generation_on_the_card(tmp_path, pairs, saved):
     assert c2["parent_training"]["epochs_done"] == 1
     assert [(a["name"], a["command"]) for a in c2["ancestors"]] == [("grand", "cmd 0")]
     assert {k: c2.get(k) for k in settings} == settings
+    assert c2["scale_guess"] == c1["scale_guess"]  # still grand's, not the child's
     assert "cmd 0" in (out / "card.md").read_text()
 
 

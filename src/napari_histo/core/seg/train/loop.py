@@ -177,9 +177,22 @@ def lineage(parent_card: dict) -> dict:
 INHERITED = ("mpp", "inference", "scale_guess")
 
 
-def inherited(parent_card: dict) -> dict:
-    """What a continued model's card takes over from its parent's (see ``INHERITED``)."""
-    return {k: parent_card[k] for k in INHERITED if parent_card.get(k) is not None}
+def inherited(parent_card: dict, parent: str | None = None) -> dict:
+    """What a continued model's card takes over from its parent's (see ``INHERITED``).
+
+    The magnification guess's calibration was measured on the parent: the card says whose it
+    is (the first model that had it), since a model tuned on other scans may need its own.
+    """
+    out = {k: parent_card[k] for k in INHERITED if parent_card.get(k) is not None}
+    guess = out.get("scale_guess")
+    if parent and isinstance(guess, dict) and not str(guess.get("how", "")).startswith("inherited"):
+        how = guess.get("how") or "calibrated"
+        out["scale_guess"] = {
+            **guess,
+            "how": f"inherited from {parent}, whose area this is ({how}); a model tuned on other "
+            "scans can be recalibrated with bench/scale_guess.py --model FOLDER",
+        }
+    return out
 
 
 def train_iter(
@@ -371,7 +384,7 @@ def train_iter(
         named = str(parent_card.get("name") or "")
         parent = named if named and not named.startswith(".") else pfolder.name
         parent_lineage = lineage(parent_card)
-        parent_fields = inherited(parent_card)
+        parent_fields = inherited(parent_card, parent)
     net.to(dev).train()
     # Mixed precision by the device policy, unless asked off or the architecture trains in
     # float32 (``spec.train_autocast = False``).
