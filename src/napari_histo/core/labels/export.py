@@ -25,9 +25,10 @@ def label_polygons(
     from scipy import ndimage
     from skimage.measure import find_contours
 
+    from .measure import compact_ids
     from .polygons import simplify_rings
 
-    labels = np.asarray(labels)
+    labels, original = compact_ids(labels)
     found: list[tuple[int, tuple[slice, slice], np.ndarray]] = []
     for idx, sl in enumerate(ndimage.find_objects(labels), start=1):
         if sl is None:
@@ -46,7 +47,7 @@ def label_polygons(
         poly = np.stack([cols, rows], axis=1)
         if not np.array_equal(poly[0], poly[-1]):
             poly = np.vstack([poly, poly[:1]])
-        out[idx] = poly
+        out[idx if original is None else int(original[idx])] = poly
     return out
 
 

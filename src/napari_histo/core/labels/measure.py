@@ -43,6 +43,7 @@ def measure_nuclei(
         raise ValueError(f"labels must be 2D, got shape {labels.shape}")
     if not labels.any():
         return {k: np.zeros(0, dtype=np.int64 if k == "label" else np.float64) for k in COLUMNS}
+    labels, original = compact_ids(labels)
     # Per-object Python work only where it is needed (perimeter, convex hull); area, centroid
     # and eccentricity (skimage's inertia-tensor definition) from pixel sums over all nuclei at
     # once: regionprops' per-object moments made most of a slide export's time.
@@ -73,9 +74,27 @@ def measure_nuclei(
         from skimage.color import rgb2hed
 
         hema = rgb2hed(np.asarray(image)[..., :3])[..., 0]
-        table["mean_hematoxylin"] = np.asarray(
-            ndimage.mean(hema, labels, table["label"]), dtype=np.float64
-        )
+        table["mean_hematoxylin"] = np.asarray(ndimage.mean(hema, labels, ids), dtype=np.float64)
     else:
         table["mean_hematoxylin"] = np.full(len(table["label"]), np.nan)
+    if original is not None:
+        table["label"] = original[ids]
     return table
+
+
+def compact_ids(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(labels renumbered 1..N in id order, original id of each new id)`` for sparse ids.
+
+    A slide's label ids carry their block's number (``block * 2**16 + k``), so a window far
+    into a slide holds ids in the hundreds of millions: anything indexed by id (scipy's
+    ``find_objects``, ``bincount``) would then take gigabytes for a few hundred nuclei.
+    Ids no larger than the image are kept as they are (``None``: nothing to map back).
+    """
+    labels = np.asarray(labels)
+    if labels.size == 0 or int(labels.max()) <= labels.size:
+        return labels, None
+    ids, inverse = np.unique(labels, return_inverse=True)
+    compact = inverse.reshape(labels.shape).astype(np.int64)
+    if ids[0] != 0:  # no background pixel: new ids start at 1 all the same
+        ids, compact = np.concatenate([[0], ids]), compact + 1
+    return compact, ids.astype(np.int64)
