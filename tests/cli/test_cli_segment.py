@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -245,14 +246,23 @@ def test_segment_whole_slide_to_zarr_with_exports(shipped, monuseg, tmp_path, ca
     slide = tmp_path / "slide.tif"
     drain(write_pyramidal_tiff_iter(img, slide, tile=256, top_size=256))
     out = tmp_path / "out"
-    rc = main(["segment", str(slide), "--out", str(out), "--slide-tile", "512", "--geojson", "--csv", "--device", "cpu", "--quiet"])  # fmt: skip
+    rc = main(["segment", str(slide), "--out", str(out), "--slide-tile", "512", "--geojson", "--csv", "--mpp", "0.25", "--device", "cpu", "--quiet"])  # fmt: skip
     assert rc == 0, capsys.readouterr().err
     labels = np.asarray(open_labels_pyramid(out / "slide.zarr")[0])
     assert labels.shape == (640, 768)
     n = len(np.unique(labels)) - 1
     assert n > 50
-    assert len(json.loads((out / "slide.geojson").read_text())["features"]) == n
-    assert len((out / "slide.csv").read_text().strip().splitlines()) == n + 1
+    features = json.loads((out / "slide.geojson").read_text())["features"]
+    assert len(features) == n
+    with (out / "slide.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == n
+    # The pixel size is known (--mpp): areas and perimeters in micrometres too.
+    for row in rows[:20]:
+        assert float(row["area_um2"]) == pytest.approx(float(row["area"]) * 0.25**2, rel=1e-4)
+        assert float(row["perimeter_um"]) == pytest.approx(float(row["perimeter"]) * 0.25, rel=1e-4)
+    m = features[0]["properties"]["measurements"]
+    assert m["area_um2"] == pytest.approx(m["area"] * 0.0625, abs=1e-3)
     # --normalize applies to slides too (chunk by chunk, one set of stain statistics).
     template = monuseg / "images" / f"{TEMPLATE}.png"
     rc = main(["segment", str(slide), "--out", str(tmp_path / "norm"), "--slide-tile", "512", "--normalize", str(template), "--device", "cpu"])  # fmt: skip

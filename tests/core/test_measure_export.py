@@ -33,6 +33,17 @@ def test_measurements_of_known_shapes():
     assert np.isnan(t["mean_hematoxylin"]).all()
 
 
+def test_micrometre_columns_when_the_pixel_size_is_known():
+    lab = _two_disks()
+    px = measure_nuclei(lab)
+    um = measure_nuclei(lab, mpp=0.5)
+    assert "area_um2" not in px
+    assert list(um)[:5] == ["label", "area", "perimeter", "area_um2", "perimeter_um"]
+    np.testing.assert_allclose(um["area_um2"], px["area"] * 0.25)
+    np.testing.assert_allclose(um["perimeter_um"], px["perimeter"] * 0.5)
+    assert set(measure_nuclei(np.zeros((4, 4), np.uint32), mpp=0.5)) == set(um)
+
+
 def test_empty_labels_give_empty_table():
     t = measure_nuclei(np.zeros((10, 10), np.uint32))
     assert all(len(v) == 0 for v in t.values())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import numpy as np
 import pytest
 
@@ -266,7 +268,7 @@ def test_jung2019_preset_in_the_widget(viewer_and_widget, crop, tmp_path, qtbot,
     assert viewer.layers["tile nuclei"].data.shape == crop[0].shape[:2]
 
 
-def test_unknown_pixel_size_is_guessed_from_the_nuclei(viewer_and_widget, monuseg, qtbot):
+def test_unknown_pixel_size_is_guessed_from_the_nuclei(viewer_and_widget, monuseg, qtbot, tmp_path):
     """A 20x tile without a pixel size: the nuclei are measured, the tile enlarged, and the
     status says so; with the guess unticked it is segmented as it is."""
     from skimage.transform import rescale
@@ -281,12 +283,16 @@ def test_unknown_pixel_size_is_guessed_from_the_nuclei(viewer_and_widget, monuse
     status = widget.status.value
     assert "median nucleus" in status and "enlarged x" in status, status
     assert viewer.layers["20x nuclei"].data.shape == (300, 300)
+    # A guessed magnification is never turned into micrometres.
+    assert widget.export(csv=tmp_path / "guessed.csv") is not None
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=60_000)
+    assert "area_um2" not in (tmp_path / "guessed.csv").read_text().splitlines()[0]
     widget.guess_scale.value = False
     _segment(widget, qtbot)
     assert "pixel size unknown, segmented as it is" in widget.status.value
 
 
-def test_pixel_size_from_the_file_and_what_was_assumed(viewer_and_widget, qtbot):
+def test_pixel_size_from_the_file_and_what_was_assumed(viewer_and_widget, qtbot, tmp_path):
     """The pixel size comes from the layer's file metadata; the status says what was assumed."""
     viewer, widget = viewer_and_widget
     assert widget.mpp.value == 0.0  # a PNG-like layer: unknown, segmented as it is
@@ -296,3 +302,11 @@ def test_pixel_size_from_the_file_and_what_was_assumed(viewer_and_widget, qtbot)
     _segment(widget, qtbot)
     status = widget.status.value
     assert "0.5 µm/px" in status and "resampled x2.00" in status, status
+    # The export gives areas and perimeters in micrometres too (the pixel size is the file's).
+    assert widget.export(csv=tmp_path / "n.csv") is not None
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=60_000)
+    with (tmp_path / "n.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and all(
+        float(r["area_um2"]) == pytest.approx(float(r["area"]) * 0.25, rel=1e-4) for r in rows
+    )

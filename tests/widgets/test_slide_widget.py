@@ -35,6 +35,7 @@ def test_slide_segment_edit_export(make_napari_viewer, svs_path, tmp_path, qtbot
     assert started[0][2].mpp == pytest.approx(0.499)
     # The rest is about segmenting, editing and exporting: at the slide's own scale (as one whose
     # file records no pixel size), a quarter of the pixels of the resampled slide.
+    file_mpp = layers[0].metadata["mpp"]
     layers[0].metadata["mpp"] = None
     widget.guess_scale.value = False
     assert widget.run() is not None
@@ -84,6 +85,7 @@ def test_slide_segment_edit_export(make_napari_viewer, svs_path, tmp_path, qtbot
 
     # The export has every nucleus but the victim, plus the painted one, and nothing else.
     kept = sorted({*ids.tolist(), fresh} - {victim})
+    layers[0].metadata["mpp"] = file_mpp  # the export measures in micrometres too
     assert widget.export(tmp_path / "n.geojson", tmp_path / "n.csv") is not None
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=300_000)
     assert widget.last_export == n_nuclei
@@ -92,6 +94,7 @@ def test_slide_segment_edit_export(make_napari_viewer, svs_path, tmp_path, qtbot
     with (tmp_path / "n.csv").open() as fh:
         rows = {int(row["label"]): row for row in csv.DictReader(fh)}
     assert sorted(rows) == kept and float(rows[fresh]["area"]) == 144
+    assert float(rows[fresh]["area_um2"]) == pytest.approx(144 * file_mpp**2, rel=1e-4)
 
 
 def test_no_slide_is_a_clear_message(make_napari_viewer):

@@ -178,7 +178,7 @@ def run(args) -> int:
         dest = out / f"{path.stem}.zarr"
         from ..core.io.slides import read_mpp
 
-        mpp = args.mpp or read_mpp(path)
+        mpp = known_mpp = args.mpp or read_mpp(path)  # the export's µm: never from a guess
         said = None
         if mpp is None and args.guess_scale:
             from ..core.slide.segmenter import guess_slide_mpp_iter
@@ -206,6 +206,7 @@ def run(args) -> int:
                     raw[0],  # measure the colours as scanned
                     geojson=out / f"{path.stem}.geojson" if args.geojson else None,
                     csv=out / f"{path.stem}.csv" if args.csv else None,
+                    mpp=known_mpp,
                 ),
                 desc=f"{path.name} export",
                 quiet=args.quiet,
@@ -235,7 +236,7 @@ def run(args) -> int:
         )
         dest = write_labels(out / f"{path.stem}.tif", res.labels)
         if args.geojson or args.csv:
-            table = measure_nuclei(res.labels, rgb)
+            table = measure_nuclei(res.labels, rgb, mpp=mpp)
             if args.csv:
                 write_csv(out / f"{path.stem}.csv", table)
             if args.geojson:

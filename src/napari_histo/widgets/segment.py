@@ -622,6 +622,7 @@ class SegmentWidget(FormJobMixin, Container):
             image,
             None if csv is None else Path(csv),
             None if geojson is None else Path(geojson),
+            self.mpp.value or None,  # the file's or the user's pixel size; 0 = unknown
             stage="exporting",
             description="Export nuclei",
             on_done=self._exported,
@@ -777,12 +778,13 @@ def _load_pair_job(project, name, shape):
     return labels.astype(np.uint32)
 
 
-def _export_job(labels, image, csv, geojson):
-    """Worker: measure every nucleus once; write the CSV and/or the GeoJSON."""
+def _export_job(labels, image, csv, geojson, mpp=None):
+    """Worker: measure every nucleus once (in µm too when ``mpp`` is known); write the CSV
+    and/or the GeoJSON."""
     from ..core.labels.export import write_csv, write_geojson
     from ..core.labels.measure import measure_nuclei
 
-    table = measure_nuclei(labels, None if image is None else np.asarray(image))
+    table = measure_nuclei(labels, None if image is None else np.asarray(image), mpp=mpp)
     paths = []
     if csv is not None:
         paths.append(write_csv(csv, table))

@@ -385,6 +385,7 @@ class SlideWidget(FormJobMixin, Container):
             layer_levels(layer)[0],
             geojson,
             csv,
+            layer.metadata.get("mpp"),  # µm columns when the file records its pixel size
             description="Export nuclei",
             on_done=done,
         )

@@ -15,10 +15,15 @@ COLUMNS = {
     "solidity": "",
     "mean_hematoxylin": "OD",
 }
+#: Added after ``perimeter`` when the pixel size is known (``mpp``): what pathologists report.
+MICRON_COLUMNS = {"area_um2": "µm²", "perimeter_um": "µm"}
 
 
 def measure_nuclei(
-    labels: np.ndarray, image: np.ndarray | None = None, offset: tuple[int, int] = (0, 0)
+    labels: np.ndarray,
+    image: np.ndarray | None = None,
+    offset: tuple[int, int] = (0, 0),
+    mpp: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Measure every nucleus of an instance label image.
 
@@ -31,6 +36,9 @@ def measure_nuclei(
         deconvolution, Ruifrok & Johnston). NaN without an image.
     offset : (row, col)
         Added to centroids, for a region cut from a larger image or slide.
+    mpp : float, optional
+        The pixel size in micrometres (from the file, or given): adds ``area_um2`` and
+        ``perimeter_um`` (``MICRON_COLUMNS``). Never a guessed magnification.
 
     Returns
     -------
@@ -42,7 +50,9 @@ def measure_nuclei(
     if labels.ndim != 2:
         raise ValueError(f"labels must be 2D, got shape {labels.shape}")
     if not labels.any():
-        return {k: np.zeros(0, dtype=np.int64 if k == "label" else np.float64) for k in COLUMNS}
+        return _with_microns(
+            {k: np.zeros(0, dtype=np.int64 if k == "label" else np.float64) for k in COLUMNS}, mpp
+        )
     labels, original = compact_ids(labels)
     # Per-object Python work only where it is needed (perimeter, convex hull); area, centroid
     # and eccentricity (skimage's inertia-tensor definition) from pixel sums over all nuclei at
@@ -79,7 +89,19 @@ def measure_nuclei(
         table["mean_hematoxylin"] = np.full(len(table["label"]), np.nan)
     if original is not None:
         table["label"] = original[ids]
-    return table
+    return _with_microns(table, mpp)
+
+
+def _with_microns(table: dict[str, np.ndarray], mpp: float | None) -> dict[str, np.ndarray]:
+    if not mpp or mpp <= 0:
+        return table
+    out = {}
+    for key, col in table.items():
+        out[key] = col
+        if key == "perimeter":
+            out["area_um2"] = table["area"] * float(mpp) ** 2
+            out["perimeter_um"] = col * float(mpp)
+    return out
 
 
 def compact_ids(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

@@ -280,13 +280,15 @@ def export_slide_iter(
     image_level0=None,
     geojson: str | os.PathLike | None = None,
     csv: str | os.PathLike | None = None,
+    mpp: float | None = None,
 ) -> Generator[Progress, None, int]:
     """Measure and outline every nucleus of a slide's label zarr, block by block (yields progress).
 
     Each nucleus is handled once, by the block that owns it (its id says which; a nucleus painted
     in a region edit, by where it lies), on that block's window, so nuclei crossing block borders
     are whole. Writes QuPath GeoJSON and/or CSV
-    atomically; returns the number of nuclei.
+    atomically; returns the number of nuclei. ``mpp`` (the slide's pixel size, when known) adds
+    the areas and perimeters in micrometres.
     """
     import contextlib
 
@@ -317,7 +319,7 @@ def export_slide_iter(
                 if not window.any():
                     continue
                 img = None if image_level0 is None else np.asarray(image_level0[r0:r1, c0:c1])
-                table = measure_nuclei(window, img, offset=(r0, c0))
+                table = measure_nuclei(window, img, offset=(r0, c0), mpp=mpp)
                 tables.append(table)
                 if out is not None:
                     out.add(window, table, offset=(r0, c0))
@@ -325,7 +327,7 @@ def export_slide_iter(
     merged = (
         {k: np.concatenate([tb[k] for tb in tables]) for k in tables[0]}
         if tables
-        else measure_nuclei(np.zeros((1, 1), np.uint32))
+        else measure_nuclei(np.zeros((1, 1), np.uint32), mpp=mpp)
     )
     if csv is not None:
         write_csv(csv, merged)
