@@ -302,7 +302,10 @@ def test_pixel_size_from_the_file_and_what_was_assumed(viewer_and_widget, qtbot,
     _segment(widget, qtbot)
     status = widget.status.value
     assert "0.5 µm/px" in status and "resampled x2.00" in status, status
-    # The export gives areas and perimeters in micrometres too (the pixel size is the file's).
+    # The features table and the export give areas and perimeters in micrometres too (the
+    # pixel size is the file's).
+    layer = viewer.layers["tile nuclei"]
+    qtbot.waitUntil(lambda: "area_um2" in layer.features.columns, timeout=30_000)
     assert widget.export(csv=tmp_path / "n.csv") is not None
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=60_000)
     with (tmp_path / "n.csv").open() as fh:

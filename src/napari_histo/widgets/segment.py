@@ -590,7 +590,12 @@ class SegmentWidget(FormJobMixin, Container):
                 self._measuring = None
 
         worker = create_worker(
-            _measure_table, labels, image, _start_thread=False, _ignore_errors=True
+            _measure_table,
+            labels,
+            image,
+            self.mpp.value or None,
+            _start_thread=False,
+            _ignore_errors=True,
         )
         worker.returned.connect(apply)
         worker.errored.connect(
@@ -794,12 +799,13 @@ def _export_job(labels, image, csv, geojson, mpp=None):
     return n, paths
 
 
-def _measure_table(labels: np.ndarray, image: np.ndarray | None):
-    """Worker: the measurements of every nucleus as a DataFrame indexed like napari features."""
+def _measure_table(labels: np.ndarray, image: np.ndarray | None, mpp: float | None = None):
+    """Worker: the measurements of every nucleus as a DataFrame indexed like napari features
+    (in µm too when the pixel size is known)."""
     import pandas as pd
 
     from ..core.labels.measure import measure_nuclei
 
-    df = pd.DataFrame(measure_nuclei(labels, image))
+    df = pd.DataFrame(measure_nuclei(labels, image, mpp=mpp))
     df.insert(0, "index", df["label"])
     return df
