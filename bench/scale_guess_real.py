@@ -63,10 +63,8 @@ def main(argv=None) -> int:
 
     from napari_histo.core.atomic import atomic_write_text
     from napari_histo.core.progress import drain
-    from napari_histo.core.seg.inference import segment_iter
     from napari_histo.core.seg.registry import load_model
-    from napari_histo.core.seg.scale import guess_factor
-    from napari_histo.core.seg.workflow import model_mpp
+    from napari_histo.core.seg.workflow import guess_scale_iter, model_mpp
 
     torch.set_num_threads(args.threads)
     tiles = svs_tiles() + os1_crop()
@@ -77,8 +75,7 @@ def main(argv=None) -> int:
         model = load_model(ROOT / "resources" / "seg" / name, "cpu")
         rows[name] = {}
         for tname, rgb, mpp in tiles:
-            first = drain(segment_iter(rgb, model, tta=False))
-            factor, why = guess_factor(first.labels, model.card)
+            factor, why, _ = drain(guess_scale_iter(rgb, model))  # what `segment` does
             true = mpp / model_mpp(model.card)
             rows[name][tname] = {"true": round(true, 3), "guessed": factor or 1.0, "why": why}
             print(f"| {name} | {tname} | {true:.2f} | {factor or 1.0:.2f} | {why} |", flush=True)

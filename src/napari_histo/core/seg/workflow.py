@@ -173,15 +173,10 @@ def segment_array_iter(
         from ..io import to_rgb_uint8
 
         image = to_rgb_uint8(image, "image")
-        probe = central_crop(image)
-        first = yield from staged(
-            segment_iter(probe, net, tta=False, normalizer=normalizer, **kw),
-            "guessing the magnification:",
-        )
-        factor, note = guess_factor(first.labels, net.card)
+        factor, note, first = yield from guess_scale_iter(image, net, normalizer, **kw)
         if factor is None:
             use_tta = net.spec.tta if tta is None else tta
-            if probe.shape == image.shape and not use_tta:
+            if first.labels.shape == image.shape[:2] and not use_tta:
                 res = first  # the first pass was the whole job
             else:
                 res = yield from segment_iter(image, net, tta=tta, normalizer=normalizer, **kw)
@@ -212,6 +207,24 @@ def segment_array_iter(
     if not mpp:
         res.scale = note  # the guess: what it saw and did
     return res
+
+
+def guess_scale_iter(
+    image: np.ndarray, net: Any, normalizer=None, **kw: Any
+) -> Generator[Progress, None, tuple[float | None, str, Any]]:
+    """Segment ``image``'s central crop as it is and guess from its nuclei how much to enlarge
+    the image (``scale.guess_factor``). Returns ``(factor or None, what was seen, the pass)``.
+
+    ``kw`` goes to ``segment_iter`` (tiling); the progress bar says the pass is the guess.
+    """
+    from .inference import segment_iter
+
+    first = yield from staged(
+        segment_iter(central_crop(image), net, tta=False, normalizer=normalizer, **kw),
+        "guessing the magnification:",
+    )
+    factor, note = guess_factor(first.labels, net.card)
+    return factor, note, first
 
 
 def model_mpp(card: dict) -> float | None:

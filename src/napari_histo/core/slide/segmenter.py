@@ -44,10 +44,9 @@ def guess_slide_mpp_iter(
     were the model's times the guessed factor, so that every window is enlarged alike (a guess
     per window would enlarge neighbours differently). Returns ``(mpp or None, what was seen)``.
     """
-    from ..seg.inference import segment_iter
     from ..seg.registry import load_model
-    from ..seg.scale import guess_factor, guess_settings
-    from ..seg.workflow import model_mpp
+    from ..seg.scale import guess_settings
+    from ..seg.workflow import guess_scale_iter, model_mpp
     from .segment import tissue_grid
 
     net = load_model(model, device=device)
@@ -60,7 +59,5 @@ def guess_slide_mpp_iter(
     r0 = min(int(i) * side, max(0, shape0[0] - side))
     c0 = min(int(j) * side, max(0, shape0[1] - side))
     window = np.asarray(base[r0 : r0 + side, c0 : c0 + side])[..., :3]
-    yield Progress(step=0, total=1, stage="scale", message="measuring nuclei to guess the scale")
-    first = yield from segment_iter(window, net, tta=False)
-    factor, why = guess_factor(first.labels, net.card)
+    factor, why, _ = yield from guess_scale_iter(window, net)
     return (factor * model_mpp(net.card) if factor else None), why
