@@ -233,3 +233,20 @@ def test_maskrcnn_targets_and_rasterize(crops):
         return float(loss.detach())
 
     assert np.isfinite(train_loss_on_empty_batch())
+
+
+def test_hovernet_shared_decoder_starts_from_a_two_decoder_model(crops):
+    from napari_histo.core.seg.hovernet import shared_decoder_from
+
+    _, parent, parent_maps = check_contract("hovernet", crops, steps=2)
+    net = shared_decoder_from(parent.state_dict())
+    assert not hasattr(net, "hv_decoder")
+    assert sum(p.numel() for p in net.parameters()) < 0.75 * sum(
+        p.numel() for p in parent.parameters()
+    )
+    arch = spec.get_arch("hovernet")
+    x, _ = batch(arch, crops)
+    maps = arch.predict(net, x)
+    torch.testing.assert_close(maps["np"], parent_maps["np"])  # the NP branch is the parent's
+    assert not torch.allclose(maps["hv"], parent_maps["hv"], atol=1e-2)  # the HV head is new
+    check_contract("hovernet", crops, steps=3, shared_decoder=True)
