@@ -313,3 +313,11 @@ def test_pixel_size_from_the_file_and_what_was_assumed(viewer_and_widget, qtbot,
     assert rows and all(
         float(r["area_um2"]) == pytest.approx(float(r["area"]) * 0.25, rel=1e-4) for r in rows
     )
+    # Choosing another image fills the field with that image's pixel size; the segmented
+    # tile's nuclei are still measured with their own.
+    viewer.add_image(np.zeros((64, 64, 3), np.uint8), name="other", rgb=True, metadata={"mpp": 2.0})
+    widget.image.value = "other"
+    assert widget.mpp.value == pytest.approx(2.0) and widget.segmented_mpp() == 0.5
+    assert widget.export(csv=tmp_path / "after.csv") is not None
+    qtbot.waitUntil(lambda: not widget.runner.running, timeout=60_000)
+    assert (tmp_path / "after.csv").read_text() == (tmp_path / "n.csv").read_text()

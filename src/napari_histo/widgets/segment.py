@@ -78,6 +78,7 @@ class SegmentWidget(FormJobMixin, Container):
         warm_up_torch()  # every action here needs torch: import it while the form is read
         self.labels_layer = None
         self._image_name = ""
+        self._image_mpp: float | None = None  # the segmented image's pixel size, when segmented
         self._merge_first: int | None = None
         self._dirty = False
         self.last_saved: float | None = None
@@ -320,6 +321,7 @@ class SegmentWidget(FormJobMixin, Container):
             self._set_status(msg)
             return None
         self._image_name = name
+        self._image_mpp = self.mpp.value or None
         self.state.set("project", self.project())
         self._set_status("segmenting…")
         return self.runner.start(
@@ -339,6 +341,17 @@ class SegmentWidget(FormJobMixin, Container):
             on_done=lambda res: self._show_result(layer, res),
             torch=True,
         )
+
+    def segmented_mpp(self) -> float | None:
+        """Pixel size of the segmented image, for its measurements (None: unknown).
+
+        The field's while that image is still the chosen one (the user may have typed it since);
+        once another image is chosen the field shows that image's, so the one it had when it
+        was segmented.
+        """
+        if self.image.value == self._image_name:
+            return self.mpp.value or None
+        return self._image_mpp
 
     def _show_file_mpp(self, image_name: str | None) -> None:
         """Fill the pixel size from the layer's file metadata (the reader puts it there)."""
@@ -593,7 +606,7 @@ class SegmentWidget(FormJobMixin, Container):
             _measure_table,
             labels,
             image,
-            self.mpp.value or None,
+            self.segmented_mpp(),
             _start_thread=False,
             _ignore_errors=True,
         )
@@ -627,7 +640,7 @@ class SegmentWidget(FormJobMixin, Container):
             image,
             None if csv is None else Path(csv),
             None if geojson is None else Path(geojson),
-            self.mpp.value or None,  # the file's or the user's pixel size; 0 = unknown
+            self.segmented_mpp(),  # the file's or the user's pixel size, never a guess
             stage="exporting",
             description="Export nuclei",
             on_done=self._exported,
@@ -726,6 +739,7 @@ class SegmentWidget(FormJobMixin, Container):
             return None
         layer = self.viewer.layers[name]
         self._image_name = name
+        self._image_mpp = float(layer.metadata.get("mpp") or 0) or None
         kwargs = {"scale": layer.scale[-2:], "translate": layer.translate[-2:]}
         lname = f"{name} nuclei"
         if lname in self.viewer.layers:
