@@ -110,19 +110,25 @@ def calibrate(grid: dict) -> tuple[int, list[dict]]:
 def score(model, pairs, guess: bool) -> dict:
     """Mean and per-tile metrics, with or without the guess (pixel size unknown)."""
     from napari_histo.core.progress import drain
-    from napari_histo.core.seg.metrics import evaluate
+    from napari_histo.core.seg.metrics import mean_scores, score_images
     from napari_histo.core.seg.workflow import segment_array_iter
 
-    per = {}
-    t0 = time.perf_counter()
-    for name, img, lab in pairs:
-        res = drain(segment_array_iter(img, model, device="cpu", tta=False, guess_scale=guess))
-        m = evaluate(lab, res.labels.astype(np.int32))
-        per[name] = {k: round(float(m[k]), 4) for k in ("aji", "dice", "pq")}
-        per[name]["scale"] = res.scale
     keys = ("aji", "dice", "pq")
+    scales = []
+
+    def predict(img):
+        res = drain(segment_array_iter(img, model, device="cpu", tta=False, guess_scale=guess))
+        scales.append(res.scale)
+        return res.labels
+
+    t0 = time.perf_counter()
+    full = score_images(pairs, predict, digits=4)
+    per = {
+        name: {**{k: m[k] for k in keys}, "scale": scale}
+        for (name, m), scale in zip(full.items(), scales, strict=True)
+    }
     return {
-        **{k: round(float(np.mean([p[k] for p in per.values()])), 4) for k in keys},
+        **mean_scores(per, keys, digits=4),
         "seconds": round(time.perf_counter() - t0, 1),
         "per_image": per,
     }

@@ -89,24 +89,23 @@ def source(name: str) -> str:
 
 
 def score(method, val) -> dict:
-    from napari_histo.core.seg.metrics import evaluate
+    from napari_histo.core.seg.metrics import mean_scores, score_images
 
-    per, seconds, pixels = {}, 0.0, 0
-    for name, img, lab in val:
+    seconds, pixels = 0.0, sum(lab.size for _, _, lab in val)
+
+    def timed(img):
+        nonlocal seconds
         t0 = time.perf_counter()
         pred = method(img)
         seconds += time.perf_counter() - t0
-        pixels += lab.size
-        res = evaluate(lab, pred)
-        per[name] = {k: round(float(res[k]), 4) for k in KEYS}
-        per[name]["n_pred"] = int(len(np.unique(pred)) - 1)
-        per[name]["n_true"] = int(len(np.unique(lab)) - 1)
+        return pred
+
+    per = score_images(val, timed, digits=4)
     at40 = {n: m for n, m in per.items() if source(n) != "20x (2x down)"}
-    mean = {k: round(float(np.mean([m[k] for m in at40.values()])), 4) for k in KEYS}
+    mean = mean_scores(at40, KEYS, digits=4)
     by_source = {}
     for src in sorted({source(n) for n in per}):
-        rows = [m for n, m in per.items() if source(n) == src]
-        by_source[src] = {k: round(float(np.mean([m[k] for m in rows])), 4) for k in KEYS}
+        by_source[src] = mean_scores({n: m for n, m in per.items() if source(n) == src}, KEYS, 4)
     return {
         **mean,
         "seconds": round(seconds, 2),

@@ -119,32 +119,25 @@ def set_default(name: str) -> None:
 def evaluate_model(folder: Path, val, tta: bool = False, mpp: float | None = None) -> dict:
     """Mean and per-image metrics of ``val``; ``mpp``: the images' pixel size, told to
     ``segment``'s own path (which resamples to the model's pixel size)."""
-    import numpy as np
-
     from napari_histo.core.progress import drain
     from napari_histo.core.seg.inference import segment_iter
-    from napari_histo.core.seg.metrics import evaluate
+    from napari_histo.core.seg.metrics import mean_scores, score_images
     from napari_histo.core.seg.registry import load_model
     from napari_histo.core.seg.workflow import segment_array_iter
 
     model = load_model(folder, "cpu")
-    per = {}
-    for name, img, lab in val:
+
+    def predict(img):
         if mpp is None:
             run = segment_iter(img, model, tta=tta)
         else:
             run = segment_array_iter(img, model, device="cpu", tta=tta, mpp=mpp)
-        pred = drain(run).labels.astype(np.int32)
-        per[name] = {k: round(float(v), 4) for k, v in evaluate(lab, pred).items()}
-        per[name]["n_pred"] = int(len(np.unique(pred)) - 1)
-        per[name]["n_true"] = int(len(np.unique(lab)) - 1)
+        return drain(run).labels
+
+    per = score_images(val, predict, digits=4)
     # precision and recall too: the card's mean line must not keep the training loop's values
     # (there the mean runs over the 40x and the 20x copies).
-    keys = ("dice", "aji", "f1", "precision", "recall", "pq", "dq", "sq")
-    return {
-        **{k: round(float(np.mean([m[k] for m in per.values()])), 4) for k in keys},
-        "per_image": per,
-    }
+    return {**mean_scores(per, digits=4), "per_image": per}
 
 
 HOW = {

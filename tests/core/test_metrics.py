@@ -192,3 +192,21 @@ def test_changed_regions_marks_what_a_correction_changed(tile):
     expect = np.isin(truth, [gone, small]) | added
     assert np.array_equal(changed, expect)
     assert not metrics.changed_regions(truth, truth).any()
+
+
+def test_score_images_rows_and_means(tile):
+    """Per-image rows (metrics and object counts) and their means, on a real mask and a
+    perturbed copy of it."""
+    crop = tile[:256, :256]
+    pairs = [("same", crop, crop), ("perturbed", crop, crop)]
+    preds = iter([crop, perturbed(crop)])
+    per = metrics.score_images(pairs, lambda _img: next(preds), digits=3)
+    assert list(per) == ["same", "perturbed"]
+    assert per["same"]["aji"] == per["same"]["pq"] == 1.0
+    assert per["same"]["n_pred"] == per["same"]["n_true"] == len(np.unique(crop)) - 1
+    direct = metrics.evaluate(crop, perturbed(crop))
+    assert per["perturbed"]["aji"] == round(direct["aji"], 3) < 1.0
+    assert per["perturbed"]["n_pred"] == len(np.unique(perturbed(crop))) - 1
+    mean = metrics.mean_scores(per, ("aji", "dice"))
+    assert mean["aji"] == pytest.approx((1.0 + per["perturbed"]["aji"]) / 2)
+    assert list(mean) == ["aji", "dice"]

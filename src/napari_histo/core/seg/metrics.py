@@ -10,6 +10,7 @@ when only one is; precision with no prediction and recall with no truth are 1.0 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -178,3 +179,37 @@ def evaluate(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
         "recall": f1["recall"],
         **panoptic_quality(truth, pred),
     }
+
+
+#: The keys of :func:`evaluate`, in its order.
+METRICS = ("dice", "aji", "f1", "precision", "recall", "pq", "dq", "sq")
+
+
+def score_images(
+    pairs: Iterable[tuple[str, np.ndarray, np.ndarray]],
+    predict: Callable[[np.ndarray], np.ndarray],
+    digits: int | None = None,
+) -> dict[str, dict[str, float]]:
+    """Per-image :func:`evaluate` of ``predict(image)`` against each ``(name, image, truth)``.
+
+    Each row also counts the objects (``n_pred``, ``n_true``); ``digits`` rounds the metrics.
+    """
+    per = {}
+    for name, img, truth in pairs:
+        pred = np.asarray(predict(img))
+        row = {k: float(v) for k, v in evaluate(truth, pred).items()}
+        if digits is not None:
+            row = {k: round(v, digits) for k, v in row.items()}
+        row["n_pred"] = int(np.count_nonzero(np.unique(pred)))
+        row["n_true"] = int(np.count_nonzero(np.unique(truth)))
+        per[name] = row
+    return per
+
+
+def mean_scores(
+    per: dict[str, dict[str, float]], keys: Iterable[str] = METRICS, digits: int | None = None
+) -> dict[str, float]:
+    """The mean over images of each of ``keys`` (of :func:`score_images` rows)."""
+    rows = list(per.values())
+    out = {k: float(np.mean([r[k] for r in rows])) if rows else float("nan") for k in keys}
+    return out if digits is None else {k: round(v, digits) for k, v in out.items()}

@@ -117,21 +117,20 @@ def validate(
     tile: Any = None,
 ) -> dict:
     """Segment every validation pair with ``net`` and score it (mean and per image)."""
+    import warnings
+
     from ..inference import segment_iter
-    from ..metrics import evaluate
+    from ..metrics import mean_scores, score_images
 
-    per: dict[str, dict] = {}
+    def predict(img: np.ndarray) -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # No multiple inference: it would multiply the cost of every validation.
+            return drain(segment_iter(img, model, tta=False, tile=tile)).labels
+
     with _in_eval(net, spec, device, "training") as model:
-        for name, img, lab in val:
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                # No multiple inference: it would multiply the cost of every validation.
-                pred = drain(segment_iter(img, model, tta=False, tile=tile)).labels
-            per[name] = {k: float(v) for k, v in evaluate(lab, pred).items()}
-    keys = next(iter(per.values())).keys() if per else ()
-    mean = {k: float(np.mean([m[k] for m in per.values()])) for k in keys}
+        per = score_images(val, predict)
+    mean = mean_scores(per) if per else {}
     return {**mean, "per_image": per}
 
 
