@@ -8,6 +8,7 @@
 #
 #   MIN=5.5 RUNS=runs bash scripts/train_all_gpu.sh
 #   JOBS=hovernet MIN=7 bash scripts/train_all_gpu.sh   # only the model nearest the aims, GPU to itself
+#   JOBS="hovernet hovernet_shared" MIN=7 bash scripts/train_all_gpu.sh  # and a candidate default
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=2
@@ -21,7 +22,7 @@ TEMPLATE=resources/samples/he_tiatoolbox_target.png
 SEG=(scripts/train_seg_default.py --device cuda --skip-final-eval --keep best --epochs 100
      --color-jitter 0.15 --scale-range 0.5 1.5 --blur 0.2 --max-minutes "$MIN" --threads 2)
 
-JOBS="${JOBS:-unet fullnet hovernet maskrcnn}"      # which segmentation jobs run
+JOBS="${JOBS:-unet fullnet hovernet maskrcnn}"      # which segmentation jobs run (+ hovernet_shared)
 
 job() {
   local name=$1
@@ -46,6 +47,11 @@ job fullnet "$PY" "${SEG[@]}" --arch fullnet --name fullnet_histo80 \
 # minutes, the second run with elastic deformation (seg.md): continue it.
 job hovernet "$PY" "${SEG[@]}" --arch hovernet --init hovernet_histo80_v4 --name hovernet_histo80_v5gpu \
   --batch 16 --steps-per-epoch 250 --lr 5e-4 --workers 3 --elastic 0.5
+# One decoder for both HoVer-Net branches: the U-Net's cost, so it could be the default. On 2 CPU
+# cores its new HV head had 105 minutes (seg.md); here it starts again from v4's encoder and NP branch.
+job hovernet_shared bash -c "$PY scripts/hovernet_shared_init.py --out $RUNS/seg/hovernet_shared_init \
+  && $PY ${SEG[*]} --init $RUNS/seg/hovernet_shared_init --name hovernet_shared_gpu \
+  --batch 16 --steps-per-epoch 250 --lr 5e-4 --workers 3 --elastic 0.5"
 job maskrcnn "$PY" "${SEG[@]}" --arch maskrcnn --name maskrcnn_jung80 \
   --batch 8 --steps-per-epoch 200 --lr 5e-4 --workers 3 --normalize-to "$TEMPLATE"
 if [ -n "${TRANSLATOR_ARGS:-}" ]; then
