@@ -321,3 +321,8 @@ def test_pixel_size_from_the_file_and_what_was_assumed(viewer_and_widget, qtbot,
     assert widget.export(csv=tmp_path / "after.csv") is not None
     qtbot.waitUntil(lambda: not widget.runner.running, timeout=60_000)
     assert (tmp_path / "after.csv").read_text() == (tmp_path / "n.csv").read_text()
+    # A pixel size typed while the segmented tile is chosen is its own (the user corrects it).
+    widget.image.value = "tile"
+    widget.mpp.value = 0.25
+    widget.image.value = "other"
+    assert widget.segmented_mpp() == 0.25

@@ -93,6 +93,7 @@ class SegmentWidget(FormJobMixin, Container):
         self._save_timer.setInterval(AUTOSAVE_DELAY_MS)
         self._save_timer.timeout.connect(self.save_now)
         self.image.changed.connect(self._on_image_changed)
+        self.mpp.changed.connect(self._on_mpp_changed)
         self.run_btn.changed.connect(lambda: self.run())
         self.cancel_btn.changed.connect(self.cancel)
         self.split_btn.changed.connect(lambda: self.split_last_line())
@@ -345,13 +346,14 @@ class SegmentWidget(FormJobMixin, Container):
     def segmented_mpp(self) -> float | None:
         """Pixel size of the segmented image, for its measurements (None: unknown).
 
-        The field's while that image is still the chosen one (the user may have typed it since);
-        once another image is chosen the field shows that image's, so the one it had when it
-        was segmented.
+        The field's when it was segmented, or as typed since while that image was the chosen
+        one; choosing another image fills the field with that image's and leaves this alone.
         """
-        if self.image.value == self._image_name:
-            return self.mpp.value or None
         return self._image_mpp
+
+    def _on_mpp_changed(self, value: float) -> None:
+        if self._image_name and self.image.value == self._image_name:
+            self._image_mpp = value or None
 
     def _show_file_mpp(self, image_name: str | None) -> None:
         """Fill the pixel size from the layer's file metadata (the reader puts it there)."""
