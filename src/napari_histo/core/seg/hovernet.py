@@ -109,6 +109,13 @@ class HoVerNetSpec:
         """A fresh :class:`HoVerNet` (``base`` = width of the first level)."""
         return HoVerNet(base=base, **kwargs)
 
+    def blank_maps(self, batch: int, height: int, width: int) -> dict[str, torch.Tensor]:
+        """The maps of tiles of bare glass, not run through the network: no nucleus, flat HV."""
+        return {
+            "np": torch.zeros((batch, 1, height, width)),
+            "hv": torch.zeros((batch, 2, height, width)),
+        }
+
     def make_targets(self, labels: np.ndarray) -> dict[str, np.ndarray]:
         """``np`` (H, W) int64 nucleus mask and ``hv`` (2, H, W) float32 maps."""
         labels = np.asarray(labels)
