@@ -149,6 +149,14 @@ HOW = {
 }
 
 
+def describe(arch: str, kwargs: dict) -> str:
+    """How an architecture finds nuclei, for a card's summary."""
+    how = HOW.get(arch, HOW["unet"])
+    if arch == "hovernet" and kwargs.get("shared_decoder"):
+        how += "; one decoder shared by both branches (the U-Net's cost)"
+    return how
+
+
 def cpu_speed(folder: Path, img, threads: int = 2) -> dict:
     """Segmentation speed on the CPU (``threads`` threads, no multiple inference) on ``img``."""
     import os
@@ -336,11 +344,16 @@ def main(argv=None) -> int:
         )
     cmd = ("python " if gpu else "nice -n 5 .venv/bin/python ") + "scripts/train_seg_default.py "
     cmd += shlex.join(sys.argv[1:] if argv is None else argv)
+    arch, kwargs = args.arch, json.loads(args.kwargs)
+    if args.init != "none":  # fine-tuning keeps the parent's architecture, whatever --arch says
+        from napari_histo.core.seg.registry import read_model
+
+        arch, kwargs = read_model(args.init)[:2]
     card = {
         "name": name,
         "summary": (
-            f"A small {args.arch} for H&E nuclei instance segmentation "
-            f"({HOW.get(args.arch, HOW['unet'])}), trained from scratch on {where} "
+            f"A small {arch} for H&E nuclei instance segmentation ({describe(arch, kwargs)}), "
+            f"trained from scratch on {where} "
             f"with scripts/train_seg_default.py. Validation figures are on {len(val)} held-out "
             "tiles (whole slides/patients: organs rare or absent in training, frozen sections, "
             "two whole TNBC patients), at 40x and downsampled 2x as a 20x scan; "
