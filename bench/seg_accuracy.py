@@ -168,6 +168,8 @@ def write_report() -> Path:
                 f"({m['machine']}).",
                 "",
             ]
+        for note in acc.get("notes", []):
+            lines += [f"Note: {note}.", ""]
         lines += [
             "| method | Dice | AJI | F1 | PQ | AJI MoNuSeg 40x | AJI TNBC 40x | AJI 20x | Mpx/s |",
             "|---|---|---|---|---|---|---|---|---|",

