@@ -15,12 +15,17 @@ from ..atomic import atomic_path, atomic_write_text
 
 
 def label_polygons(
-    labels: np.ndarray, offset: tuple[int, int] = (0, 0), tolerance: float = 0.5
+    labels: np.ndarray,
+    offset: tuple[int, int] = (0, 0),
+    tolerance: float = 0.5,
+    ids: np.ndarray | None = None,
 ) -> dict[int, np.ndarray]:
     """Outline of every nucleus as a closed (N, 2) polygon of (x, y) pixel coordinates.
 
     Contours follow pixel edges at half-pixel precision (marching squares on the padded mask),
     simplified by ``tolerance`` pixels; ``offset`` (row, col) places a region within a slide.
+    ``ids``: ``labels`` were already renumbered by :func:`.measure.compact_ids`, which returned
+    these original ids (the keys are then the original ids).
     """
     from scipy import ndimage
     from skimage.measure import find_contours
@@ -28,7 +33,7 @@ def label_polygons(
     from .measure import compact_ids
     from .polygons import simplify_rings
 
-    labels, original = compact_ids(labels)
+    labels, original = (np.asarray(labels), ids) if ids is not None else compact_ids(labels)
     found: list[tuple[int, tuple[slice, slice], np.ndarray]] = []
     for idx, sl in enumerate(ndimage.find_objects(labels), start=1):
         if sl is None:
@@ -56,9 +61,13 @@ def nuclei_features(
     measurements: dict[str, np.ndarray] | None = None,
     offset: tuple[int, int] = (0, 0),
     classification: str = "Nucleus",
+    ids: np.ndarray | None = None,
 ) -> Iterator[dict]:
-    """GeoJSON features of the nuclei of ``labels``, in QuPath's layout (detections + measurements)."""
-    polys = label_polygons(labels, offset=offset)
+    """GeoJSON features of the nuclei of ``labels``, in QuPath's layout (detections + measurements).
+
+    ``ids``: see :func:`label_polygons`.
+    """
+    polys = label_polygons(labels, offset=offset, ids=ids)
     rows = {}
     if measurements is not None and len(measurements.get("label", [])):
         keys = [k for k in measurements if k != "label"]
@@ -115,10 +124,11 @@ class GeoJSONWriter:
         self._fh.write('{"type": "FeatureCollection", "features": [')
         return self
 
-    def add(self, labels: np.ndarray, measurements=None, offset=(0, 0)) -> int:
-        """Append the nuclei of ``labels`` (placed at ``offset``); returns how many."""
+    def add(self, labels: np.ndarray, measurements=None, offset=(0, 0), ids=None) -> int:
+        """Append the nuclei of ``labels`` (placed at ``offset``; ``ids``: see
+        :func:`label_polygons`); returns how many."""
         n = 0
-        for feature in nuclei_features(labels, measurements, offset):
+        for feature in nuclei_features(labels, measurements, offset, ids=ids):
             self._fh.write(("," if self.count else "") + json.dumps(feature))
             self.count += 1
             n += 1

@@ -295,7 +295,7 @@ def export_slide_iter(
     import zarr
 
     from ..labels.export import GeoJSONWriter, write_csv
-    from ..labels.measure import measure_nuclei
+    from ..labels.measure import compact_ids, measure_nuclei
 
     group = zarr.open_group(str(labels_zarr), mode="r")
     info = group.attrs.get("napari_histo")
@@ -319,10 +319,14 @@ def export_slide_iter(
                 if not window.any():
                     continue
                 img = None if image_level0 is None else np.asarray(image_level0[r0:r1, c0:c1])
+                # Far into a slide the ids are sparse: renumber once for measuring and outlining.
+                window, ids = compact_ids(window)
                 table = measure_nuclei(window, img, offset=(r0, c0), mpp=mpp)
+                if ids is not None:
+                    table["label"] = ids[table["label"]]
                 tables.append(table)
                 if out is not None:
-                    out.add(window, table, offset=(r0, c0))
+                    out.add(window, table, offset=(r0, c0), ids=ids)
             yield Progress(step=i + 1, total=nby, stage="export")
     merged = (
         {k: np.concatenate([tb[k] for tb in tables]) for k in tables[0]}
