@@ -215,9 +215,11 @@ def write_report() -> Path:
             "|---|---|---|---|---|---|---|---|",
         ]
         for r in sp["rows"]:
+            maps = r.get("maps_mpx_s")
             lines.append(
                 f"| {r['arch']} | {r['params'] / 1e6:.2f} M | {r['device']} | {r['threads']} | "
-                f"{r['tta']} | {r['tile']} | {r['pipeline_mpx_s']:.3f} | {r['maps_mpx_s']:.3f} |"
+                f"{r['tta']} | {r['tile']} | {r['pipeline_mpx_s']:.3f} | "
+                f"{'-' if maps is None else f'{maps:.3f}'} |"
             )
         for note in sp.get("notes", []):
             lines += ["", note]
