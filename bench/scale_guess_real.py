@@ -21,7 +21,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-MODELS = ("hovernet_shared_histo80", "unet_histo80_v2", "hovernet_histo80_v4")
+MODELS = ("hovernet_shared_v2", "hovernet_shared_histo80", "unet_histo80_v2", "hovernet_histo80_v4")
 
 
 def svs_tiles(side: int = 1000):

@@ -18,7 +18,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = ("hovernet_shared_histo80", "unet_histo80_v2", "unet_histo80", "hovernet_histo80_v4")
+MODELS = (
+    "hovernet_shared_v2",
+    "hovernet_shared_histo80",
+    "unet_histo80_v2",
+    "unet_histo80",
+    "hovernet_histo80_v4",
+)
 
 
 def main(argv=None) -> int:
