@@ -24,3 +24,12 @@ def split_with_20x(sets: str = "all80"):
     script = train_script()
     train, val = script.load_split(sets)
     return train, val + script.rescale_pairs(val, 0.5)
+
+
+def shipped_models(card_key: str, skip_arch: tuple[str, ...] = ()) -> list[str]:
+    """Names of the shipped models whose card has ``card_key``, the default first (so a bench's
+    default list follows the registry instead of being edited when the default changes)."""
+    from napari_histo.core.seg.registry import list_models
+
+    infos = list_models(user_dir=ROOT / "nonexistent")
+    return [i.name for i in infos if i.shipped and i.card.get(card_key) and i.arch not in skip_arch]

@@ -21,7 +21,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-MODELS = ("hovernet_shared_v2", "hovernet_shared_histo80", "unet_histo80_v2", "hovernet_histo80_v4")
 
 
 def svs_tiles(side: int = 1000):
@@ -54,12 +53,16 @@ def os1_crop():
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=list(MODELS))
+    ap.add_argument(
+        "--models", nargs="+", default=None,
+        help="default: every shipped model with a magnification guess, the default first",
+    )  # fmt: skip
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
     import torch
+    from _split import shipped_models  # bench/ is on the path when run as a script
 
     from napari_histo.core.atomic import atomic_write_text
     from napari_histo.core.progress import drain
@@ -71,7 +74,7 @@ def main(argv=None) -> int:
     rows = {}
     print("| model | tile | true factor | guessed | what the guess saw |")
     print("|---|---|---|---|---|")
-    for name in args.models:
+    for name in args.models or shipped_models("scale_guess"):
         model = load_model(ROOT / "resources" / "seg" / name, "cpu")
         rows[name] = {}
         for tname, rgb, mpp in tiles:

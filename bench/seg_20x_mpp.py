@@ -18,24 +18,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = (
-    "hovernet_shared_v2",
-    "hovernet_shared_histo80",
-    "unet_histo80_v2",
-    "unet_histo80",
-    "hovernet_histo80_v4",
-)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=list(MODELS))
+    ap.add_argument(
+        "--models", nargs="+", default=None,
+        help="default: every shipped model whose card records a pixel size, the default first, "
+        "except FullNet and Mask R-CNN (slow and far behind on a CPU)",
+    )  # fmt: skip
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
     import torch
-    from _split import train_script
+    from _split import shipped_models, train_script
 
     from napari_histo.core.seg.registry import load_model
     from napari_histo.core.seg.workflow import model_mpp
@@ -47,7 +44,7 @@ def main(argv=None) -> int:
     rows = {}
     print("| model | 20x AJI, pixel size unknown | 20x AJI, 0.5 um/px given | Dice | PQ |")
     print("|---|---|---|---|---|")
-    for name in args.models:
+    for name in args.models or shipped_models("mpp", ("fullnet", "maskrcnn")):
         folder = ROOT / "resources" / "seg" / name
         trained = model_mpp(load_model(folder, "cpu").card)  # cached for evaluate_model
         if trained is None:
