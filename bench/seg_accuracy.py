@@ -131,6 +131,17 @@ def model_method(ref: str, tta: bool, guess: bool = False):
     return lambda img: drain(segment_iter(img, model, tta=tta)).labels
 
 
+def mark_default(row: str) -> str:
+    """``row`` with " (default)" after the model name if that model is the registry's default
+    now: the JSON keys rows by model name, so a change of default needs no renaming."""
+    from napari_histo.core.seg.registry import default_model_name
+
+    name = default_model_name()
+    if name and (row == name or row.startswith((f"{name},", f"{name} +"))):
+        return f"{name} (default){row[len(name) :]}"
+    return row
+
+
 #: Above this line seg.md is composed from the JSON results; below it are hand-written notes,
 #: which a new run keeps.
 NOTES_MARKER = (
@@ -177,7 +188,7 @@ def write_report() -> Path:
         for name, r in acc["methods"].items():
             src = r.get("by_source", {})
             lines.append(
-                f"| {name} | "
+                f"| {mark_default(name)} | "
                 + " | ".join(f"{r[k]:.3f}" for k in ("dice", "aji", "f1", "pq"))
                 + " | "
                 + " | ".join(
@@ -192,7 +203,7 @@ def write_report() -> Path:
                 f"{t}: {m['aji']:.3f} / {m['pq']:.3f} / {m['n_pred']} vs {m['n_true']}"
                 for t, m in r["per_image"].items()
             ]
-            lines.append(f"- {name}: " + "; ".join(cells))
+            lines.append(f"- {mark_default(name)}: " + "; ".join(cells))
         lines += [
             "",
             acc.get("reading", ""),
@@ -283,7 +294,7 @@ def main(argv=None) -> int:
         return 0
     methods = {"classical (rgb2hed + Otsu + watershed)": classical_baseline}
     for info in list_models(user_dir=ROOT / "nonexistent"):
-        label = f"{info.name}{' (default)' if info.default else ''}"
+        label = info.name  # the current default is marked when the table is written
         methods[label] = model_method(info.ref, False)
         if info.card.get("scale_guess"):
             methods[f"{label}, pixel size guessed"] = model_method(info.ref, False, guess=True)
