@@ -7,6 +7,9 @@ pixel size from the file (or ``--mpp``) and resamples the image to the model's t
 through that same function when the pixel size is given), for each model given.
 
     PYTHONPATH=src python bench/seg_20x_mpp.py --json bench/results/seg_20x_mpp.json
+
+``--write-card`` records the given-pixel-size scores as ``validation_20x_mpp_given`` in each
+model's card (card.json and card.md).
 """
 
 from __future__ import annotations
@@ -29,6 +32,10 @@ def main(argv=None) -> int:
     )  # fmt: skip
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--write-card", action="store_true",
+        help="record the scores with the pixel size given in each model's card",
+    )  # fmt: skip
     args = ap.parse_args(argv)
 
     import torch
@@ -58,10 +65,25 @@ def main(argv=None) -> int:
             f"{unknown['dice']:.3f} -> {given['dice']:.3f} | {unknown['pq']:.3f} -> {given['pq']:.3f} |",
             flush=True,
         )
+        if args.write_card:
+            record(folder, name, given)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=1))
     return 0
+
+
+def record(folder: Path, name: str, given: dict) -> None:
+    """Put the 20x scores with the pixel size given in the model's card."""
+    from napari_histo.core.weights import read_card, write_card
+
+    card = read_card(folder)
+    card["validation_20x_mpp_given"] = {
+        **{k: given[k] for k in ("dice", "aji", "f1", "pq")},
+        "note": "the 20x copies with their pixel size (0.5 um/px) given, so segment resamples "
+        f"them to the model's {card['mpp']} um/px (bench/seg_20x_mpp.py --models {name})",
+    }
+    write_card(folder, card)
 
 
 if __name__ == "__main__":
