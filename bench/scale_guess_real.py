@@ -8,6 +8,8 @@ tiles of 256 px. It prints the factor the guess picks for each tile.
 
     OMP_WAIT_POLICY=PASSIVE PYTHONPATH=src python bench/scale_guess_real.py \
         --json bench/results/scale_guess_real.json
+
+``--models NAME --merge`` adds or rescores one model's rows and keeps the others'.
 """
 
 from __future__ import annotations
@@ -59,6 +61,10 @@ def main(argv=None) -> int:
     )  # fmt: skip
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--merge", action="store_true",
+        help="keep the other models' rows already in --json (the new ones go first)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
 
     import torch
@@ -83,6 +89,9 @@ def main(argv=None) -> int:
             rows[name][tname] = {"true": round(true, 3), "guessed": factor or 1.0, "why": why}
             print(f"| {name} | {tname} | {true:.2f} | {factor or 1.0:.2f} | {why} |", flush=True)
     if args.json:
+        if args.merge and args.json.is_file():
+            old = json.loads(args.json.read_text())
+            rows = {**rows, **{k: v for k, v in old.items() if k not in rows}}
         atomic_write_text(args.json, json.dumps(rows, indent=1))
     return 0
 
