@@ -207,6 +207,8 @@ def finalize(folder: Path, val, val20, write: bool) -> dict:
         c["validation_20x"] = res20
         c["validation_tta8"] = out["tta8"]
         c["cpu_speed"] = speed
+        if "seconds" in c.get("training", {}):  # the card's one-line training time
+            c["minutes"] = round(c["training"]["seconds"] / 60, 1)
         atomic_write_text(folder / "card.json", json.dumps(c, indent=2) + "\n")
         atomic_write_text(folder / "card.md", card_markdown(c))
     return out
