@@ -131,12 +131,9 @@ def model_method(ref: str, tta: bool, guess: bool = False):
     return lambda img: drain(segment_iter(img, model, tta=tta)).labels
 
 
-def mark_default(row: str) -> str:
-    """``row`` with " (default)" after the model name if that model is the registry's default
-    now: the JSON keys rows by model name, so a change of default needs no renaming."""
-    from napari_histo.core.seg.registry import default_model_name
-
-    name = default_model_name()
+def mark_default(row: str, name: str | None) -> str:
+    """``row`` with " (default)" after the model name if that model is ``name``, the registry's
+    default now: the JSON keys rows by model name, so a change of default needs no renaming."""
     if name and (row == name or row.startswith((f"{name},", f"{name} +"))):
         return f"{name} (default){row[len(name) :]}"
     return row
@@ -158,7 +155,9 @@ def write_report() -> Path:
     acc_path, speed_path = RESULTS / "seg_accuracy.json", RESULTS / "seg_speed.json"
     lines = ["# Nuclei segmentation: accuracy and speed", ""]
     if acc_path.is_file():
-        acc = json.loads(acc_path.read_text())
+        from napari_histo.core.seg.registry import default_model_name
+
+        acc, default = json.loads(acc_path.read_text()), default_model_name()
         lines += [
             "## Accuracy on the validation split",
             "",
@@ -188,7 +187,7 @@ def write_report() -> Path:
         for name, r in acc["methods"].items():
             src = r.get("by_source", {})
             lines.append(
-                f"| {mark_default(name)} | "
+                f"| {mark_default(name, default)} | "
                 + " | ".join(f"{r[k]:.3f}" for k in ("dice", "aji", "f1", "pq"))
                 + " | "
                 + " | ".join(
@@ -203,7 +202,7 @@ def write_report() -> Path:
                 f"{t}: {m['aji']:.3f} / {m['pq']:.3f} / {m['n_pred']} vs {m['n_true']}"
                 for t, m in r["per_image"].items()
             ]
-            lines.append(f"- {mark_default(name)}: " + "; ".join(cells))
+            lines.append(f"- {mark_default(name, default)}: " + "; ".join(cells))
         lines += [
             "",
             acc.get("reading", ""),

@@ -198,9 +198,7 @@ def finalize(folder: Path, val, val20, write: bool) -> dict:
         "cpu": speed,
     }
     if write:
-        from napari_histo.core.atomic import atomic_write_text
-        from napari_histo.core.seg.registry import read_card
-        from napari_histo.core.weights import card_markdown
+        from napari_histo.core.weights import read_card, write_card
 
         c = read_card(folder)
         c["validation"] = {**c.get("validation", {}), **res}
@@ -209,8 +207,7 @@ def finalize(folder: Path, val, val20, write: bool) -> dict:
         c["cpu_speed"] = speed
         if "seconds" in c.get("training", {}):  # the card's one-line training time
             c["minutes"] = round(c["training"]["seconds"] / 60, 1)
-        atomic_write_text(folder / "card.json", json.dumps(c, indent=2) + "\n")
-        atomic_write_text(folder / "card.md", card_markdown(c))
+        write_card(folder, c)
     return out
 
 
