@@ -68,8 +68,10 @@ def main(argv=None) -> int:
         if args.write_card:
             record(folder, name, given)
     if args.json:
+        from napari_histo.core.atomic import atomic_write_text
+
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=1))
+        atomic_write_text(args.json, json.dumps(rows, indent=1))
     return 0
 
 
