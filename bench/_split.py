@@ -31,5 +31,5 @@ def shipped_models(card_key: str, skip_arch: tuple[str, ...] = ()) -> list[str]:
     default list follows the registry instead of being edited when the default changes)."""
     from napari_histo.core.seg.registry import list_models
 
-    infos = list_models(user_dir=ROOT / "nonexistent")
-    return [i.name for i in infos if i.shipped and i.card.get(card_key) and i.arch not in skip_arch]
+    infos = list_models(shipped_only=True)
+    return [i.name for i in infos if i.card.get(card_key) and i.arch not in skip_arch]

@@ -135,6 +135,7 @@ def test_list_models_and_resolve(tmp_path, saved):
         assert shipped[0].default
         assert models.resolve_model("default") == models.resolve_model(shipped[0].name)
     assert models.resolve_model(folder / "weights.safetensors") == folder
+    assert models.list_models(user, shipped_only=True) == shipped
 
 
 def test_importing_the_registry_does_not_import_torch():

@@ -181,7 +181,9 @@ def resolve_model(ref: str | os.PathLike = DEFAULT_ALIAS) -> Path:
     return _locate(ref)[0]
 
 
-def list_models(user_dir: str | os.PathLike | None = None) -> list[ModelInfo]:
+def list_models(
+    user_dir: str | os.PathLike | None = None, *, shipped_only: bool = False
+) -> list[ModelInfo]:
     """Shipped models (the default first), then the user's model versions, newest first.
 
     Parameters
@@ -189,6 +191,9 @@ def list_models(user_dir: str | os.PathLike | None = None) -> list[ModelInfo]:
     user_dir : path, optional
         Folder of fine-tuned versions (default: ``NAPARI_HISTO_MODELS`` or
         ``~/.napari-histo/models``). Hidden folders (unfinished training) are skipped.
+    shipped_only : bool
+        Only the models shipped with the package (benchmarks score these, whatever the
+        user has trained).
     """
     default = default_model_name()
     shipped = []
@@ -207,6 +212,8 @@ def list_models(user_dir: str | os.PathLike | None = None) -> list[ModelInfo]:
             )
         )
     shipped.sort(key=lambda i: (not i.default, i.name))
+    if shipped_only:
+        return shipped
     mine = []
     root = _user_dir(user_dir)
     if root.is_dir():
