@@ -190,6 +190,7 @@ CARD_FIELDS = (
     "parent_command",
     "validation_split",
     "command",
+    "command_note",
     "seed",
     "minutes",
     "mpp",
