@@ -171,6 +171,8 @@ def test_shipped_cards_trace_back_to_a_command_from_scratch():
         )
         text = card_markdown(card)
         assert all(cmd in text for cmd in chain), folder.name
+        # How the command was really run (environment, a resumed run) is shown beside it.
+        assert card.get("command_note", "") in text, folder.name
 
 
 def test_load_pairs_matches_by_stem_and_names_bad_files(tmp_path, pairs):
