@@ -2,7 +2,7 @@
 
 Usage (on a machine with a GPU; the CPU figures are in bench/seg_speed.py and the cards)::
 
-    python bench/gpu_speed.py resources/seg/unet_histo80 runs/seg/* [--side 4096] [--json OUT]
+    python bench/gpu_speed.py resources/seg/unet_histo80_v2 runs/seg/* [--side 4096] [--json OUT]
 
 For each model: seconds and Mpx/s of ``segment_iter`` (default tiling, no multiple inference)
 after a warm-up, in float32 and with bfloat16 autocast, the agreement of the bf16 labels with

@@ -111,7 +111,9 @@ def set_default(name: str) -> None:
 
     if not (SEG_DIR / name / "weights.safetensors").is_file():
         sys.exit(f"no shipped model {name!r} in {SEG_DIR}")
-    reg = {"default": name, "note": "the shipped model that 'default' stands for (see its card.md)"}
+    reg_file = SEG_DIR / "registry.json"
+    reg = json.loads(reg_file.read_text()) if reg_file.is_file() else {}
+    reg.update(default=name, note="the shipped model that 'default' stands for (see its card.md)")
     atomic_write_text(SEG_DIR / "registry.json", json.dumps(reg, indent=2) + "\n")
     print(f"default -> {name}")
 

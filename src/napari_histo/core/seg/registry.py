@@ -111,14 +111,24 @@ def shipped_dir() -> Path:
     return resource_path(SHIPPED_SUBDIR)
 
 
+def _registry() -> dict:
+    try:
+        reg = json.loads((shipped_dir() / REGISTRY_FILE).read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return reg if isinstance(reg, dict) else {}
+
+
 def default_model_name() -> str | None:
     """The shipped model that ``"default"`` stands for (None when none is shipped)."""
-    reg = shipped_dir() / REGISTRY_FILE
-    try:
-        name = json.loads(reg.read_text("utf-8")).get(DEFAULT_ALIAS)
-    except (OSError, ValueError, AttributeError):
-        return None
+    name = _registry().get(DEFAULT_ALIAS)
     return str(name) if name and (shipped_dir() / str(name) / WEIGHTS_FILE).is_file() else None
+
+
+def retired_models() -> dict[str, str]:
+    """Models shipped once and no longer: name -> the shipped model that superseded it."""
+    retired = _registry().get("retired", {})
+    return {str(k): str(v) for k, v in retired.items()} if isinstance(retired, dict) else {}
 
 
 def _shipped_names() -> list[str]:
@@ -155,6 +165,16 @@ def _locate(ref: str | os.PathLike) -> tuple[Path, Path]:
         for cand in (shipped_dir() / text, _user_dir(None) / text):
             if (cand / WEIGHTS_FILE).is_file():
                 return cand, cand / WEIGHTS_FILE
+    retired = retired_models()
+    if not p.exists() and text in retired:
+        successor, seen = retired[text], {text}
+        while successor in retired and successor not in seen:  # superseded in turn
+            seen.add(successor)
+            successor = retired[successor]
+        raise HistoError(
+            f"{text}: this model is no longer shipped; {successor} superseded it "
+            "(higher validation figures, see its card.md); use that or default"
+        )
     if not p.exists():
         names = ", ".join([DEFAULT_ALIAS, *_shipped_names()])
         raise HistoError(
