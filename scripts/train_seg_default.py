@@ -114,7 +114,7 @@ def set_default(name: str) -> None:
     reg_file = SEG_DIR / "registry.json"
     reg = json.loads(reg_file.read_text()) if reg_file.is_file() else {}
     reg.update(default=name, note="the shipped model that 'default' stands for (see its card.md)")
-    atomic_write_text(SEG_DIR / "registry.json", json.dumps(reg, indent=2) + "\n")
+    atomic_write_text(reg_file, json.dumps(reg, indent=2) + "\n")
     print(f"default -> {name}")
 
 

@@ -165,17 +165,17 @@ def _locate(ref: str | os.PathLike) -> tuple[Path, Path]:
         for cand in (shipped_dir() / text, _user_dir(None) / text):
             if (cand / WEIGHTS_FILE).is_file():
                 return cand, cand / WEIGHTS_FILE
-    retired = retired_models()
-    if not p.exists() and text in retired:
-        successor, seen = retired[text], {text}
-        while successor in retired and successor not in seen:  # superseded in turn
-            seen.add(successor)
-            successor = retired[successor]
-        raise HistoError(
-            f"{text}: this model is no longer shipped; {successor} superseded it "
-            "(higher validation figures, see its card.md); use that or default"
-        )
     if not p.exists():
+        retired = retired_models()  # read only when the name matched nothing
+        if text in retired:
+            successor, seen = retired[text], {text}
+            while successor in retired and successor not in seen:  # superseded in turn
+                seen.add(successor)
+                successor = retired[successor]
+            raise HistoError(
+                f"{text}: this model is no longer shipped; {successor} superseded it "
+                "(higher validation figures, see its card.md); use that or default"
+            )
         names = ", ".join([DEFAULT_ALIAS, *_shipped_names()])
         raise HistoError(
             f"{text}: no such segmentation model (give a model folder, its {WEIGHTS_FILE}, "
