@@ -13,7 +13,7 @@ M=${1:?usage: ship_default.sh NAME (a folder in runs/seg)}
 [ -f "runs/seg/$M/card.json" ] || { echo "no runs/seg/$M/card.json: train it first" >&2; exit 2; }
 py() { OMP_WAIT_POLICY=PASSIVE PYTHONPATH=src nice -n 5 .venv/bin/python "$@"; }
 
-py -c "import sys; sys.path.insert(0, 'scripts'); from train_seg_default import ship, RUNS; ship(RUNS / '$M', '$M')"
+py scripts/train_seg_default.py --ship-trained "$M"
 py scripts/train_seg_default.py --make-default "$M"
 # Its own magnification calibration (training tiles only), then every validation figure.
 py bench/scale_guess.py --model "$M" --grid "bench/results/scale_guess_grid_$M.json" \

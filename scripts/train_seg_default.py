@@ -260,6 +260,10 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--make-default", metavar="NAME", help="only point 'default' at a shipped model"
     )
+    ap.add_argument(
+        "--ship-trained", metavar="NAME",
+        help="only copy runs/seg/NAME into resources/seg/ (after --eval-only wrote its figures)",
+    )  # fmt: skip
     ap.add_argument("--eval-only", action="store_true")
     ap.add_argument("--sets", choices=sorted(SETS), default="all80", help="training data")
     ap.add_argument(
@@ -297,6 +301,9 @@ def main(argv=None) -> int:
     out = RUNS / name
     if args.make_default:
         set_default(args.make_default)
+        return 0
+    if args.ship_trained:
+        ship(RUNS / args.ship_trained, args.ship_trained)
         return 0
     train, val = load_split(args.sets)
     if args.normalize_to is not None:
