@@ -145,6 +145,15 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--write", action="store_true", help="record the area in the shipped card")
+    ap.add_argument(
+        "--hv-sigma", type=float, default=None,
+        help="HoVer-Net models: segment with this derivative width, not the card's (to choose "
+        "it on the training tiles alongside the area: compare the runs' mean AJI)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--calibrate-only", action="store_true",
+        help="stop after step 2 (training tiles only; no validation scores)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
 
     import torch
@@ -160,6 +169,14 @@ def main(argv=None) -> int:
         Path(args.model) if Path(args.model).is_dir() else ROOT / "resources" / "seg" / args.model
     )
     model = load_model(folder, "cpu")
+    if args.hv_sigma is not None:
+        import dataclasses
+
+        from napari_histo.core.seg.registry import with_inference_settings
+
+        spec = with_inference_settings(model.spec, {"hv_sigma": args.hv_sigma})
+        model = dataclasses.replace(model, spec=spec, card=dict(model.card))
+        print(f"hv_sigma {getattr(model.spec, 'hv_sigma', None)} (the card's is not used)")
 
     if args.area is not None:
         grid, area, table = None, args.area, []
@@ -183,8 +200,11 @@ def main(argv=None) -> int:
         chosen = next(r for r in table if r["area_px"] == area)
         print(
             f"chosen on {len(grid['40x'])} training tiles and their 20x copies: area {area} px² "
-            f"(mean AJI 40x {chosen['aji_40x']:.3f}, 20x {chosen['aji_20x']:.3f})"
+            f"(mean AJI 40x {chosen['aji_40x']:.4f}, 20x {chosen['aji_20x']:.4f}, "
+            f"both {chosen['aji_all']:.4f})"
         )
+        if args.calibrate_only:
+            return 0
         how = (
             f"chosen by bench/scale_guess.py on {len(grid['40x'])} training tiles and their "
             "2x-downsampled copies (best mean AJI); never on the validation split"
@@ -208,16 +228,20 @@ def main(argv=None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.json, json.dumps(out, indent=1))
     if args.write:
-        record(folder, model.card["scale_guess"], out)
+        sigma = None if args.hv_sigma is None else {"hv_sigma": args.hv_sigma}
+        record(folder, model.card["scale_guess"], out, sigma)
     return 0
 
 
-def record(folder: Path, guess: dict, out: dict) -> None:
-    """Put the guess and its validation scores (``out``, as ``--json`` saves it) in the card."""
+def record(folder: Path, guess: dict, out: dict, inference: dict | None = None) -> None:
+    """Put the guess and its validation scores (``out``, as ``--json`` saves it) in the card
+    (and ``inference`` settings it was calibrated with, into the card's ``inference``)."""
     from napari_histo.core.weights import read_card, write_card
 
     card = read_card(folder)
     card["scale_guess"] = guess
+    if inference:
+        card["inference"] = {**(card.get("inference") or {}), **inference}
     for mag in ("40x", "20x"):
         scores = out[mag]["guessed"]
         card[f"validation_{mag}_size_guessed"] = {
