@@ -201,9 +201,9 @@ CARD_FIELDS = (
 def card_markdown(card: dict) -> str:
     """A short human-readable card (``card.md``) from any model's ``card.json`` content.
 
-    Title and summary, one line per known field (:data:`CARD_FIELDS`), the commands of older
-    ``ancestors``, the training settings, every ``validation*`` block (mean figures, then one
-    line per image), notes and the input convention.
+    Title and summary, one line per known field (:data:`CARD_FIELDS`), the inference settings,
+    the commands of older ``ancestors``, the training settings, every ``validation*`` block
+    (mean figures, then one line per image), notes and the input convention.
     """
     lines = [f"# {card.get('name', 'napari-histo model')}", ""]
     if card.get("summary"):
@@ -228,6 +228,12 @@ def card_markdown(card: dict) -> str:
             f"- **magnification guess**: an image without a pixel size is enlarged when its "
             f"median nucleus is under {guess['area_px']} px² (at most "
             f"{guess.get('max_factor', 2)}x); {guess.get('how', '')}".rstrip("; ")
+        )
+    inference = card.get("inference")
+    if isinstance(inference, dict) and _numbers(inference):
+        how = inference.get("chosen_by")
+        lines.append(
+            f"- **inference**: {_numbers(inference)}" + (f"; chosen by {how}" if how else "")
         )
     for anc in card.get("ancestors") or []:  # the parent's own parents, oldest first
         lines.append(f"- **ancestor {anc.get('name', '?')}**: {anc.get('command', '')}")
