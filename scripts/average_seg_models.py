@@ -25,7 +25,6 @@ RUNS = ROOT / "runs" / "seg"
 #: Card fields the soup inherits from its last ingredient (the data and how it was split).
 INHERITED = (
     "data", "pairs", "pair_names", "validation_pairs", "validation_split", "license", "mpp",
-    "summary",
 )  # fmt: skip
 
 
@@ -44,6 +43,22 @@ def average_states(states: list[dict]) -> dict:
         else:
             out[k] = states[-1][k].clone()
     return out
+
+
+def summary(names: list[str], last_summary: str | None) -> str:
+    """The card's summary: what was averaged, then the last ingredient's own summary."""
+    text = (
+        f"The uniform mean of the weights of {', '.join(names[:-1])} and {names[-1]} (one "
+        "lineage, each continued from the one before), made by scripts/average_seg_models.py "
+        "with no training of its own."
+    )
+    return f"{text} The last of them: {last_summary}" if last_summary else text
+
+
+def _training_minutes(card: dict) -> float | None:
+    """A run's training minutes from its card (a run not yet scored has no ``minutes``)."""
+    seconds = (card.get("training") or {}).get("seconds")
+    return round(seconds / 60, 1) if seconds else None
 
 
 def main(argv=None) -> int:
@@ -65,6 +80,7 @@ def main(argv=None) -> int:
     names = [card.get("name") or str(folder) for _, _, _, card, folder in read]
     card = {k: last_card[k] for k in INHERITED if k in last_card}
     card.update(
+        summary=summary(names, last_card.get("summary")),
         parent=" + ".join(names),
         parent_command=" | ".join(str(c.get("command", "?")) for _, _, _, c, _ in read),
         ingredients=[
@@ -72,7 +88,7 @@ def main(argv=None) -> int:
                 "name": n,
                 "command": c.get("command"),
                 "seed": c.get("seed"),
-                "minutes": c.get("minutes"),
+                "minutes": c.get("minutes") or _training_minutes(c),
                 "validation_aji": (c.get("validation") or {}).get("aji"),
             }
             for n, (_, _, _, c, _) in zip(names, read, strict=True)
