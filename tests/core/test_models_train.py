@@ -105,7 +105,7 @@ def test_foreign_files_are_refused_in_one_line(tmp_path):
         (tmp_path / "missing", "no such segmentation model"),
         ("no_such_shipped_name", "no such segmentation model"),
         # Retired in the shipped registry.json: the message names the model shipped today.
-        ("hovernet_shared_v2", "no longer shipped; hovernet_shared_v6 superseded it"),
+        ("hovernet_shared_v2", "no longer shipped; hovernet_shared_v7_avg superseded it"),
         ("unet_histo80", "no longer shipped; unet_histo80_v2 superseded it"),
     ):
         with pytest.raises(HistoError, match=match) as info:
@@ -155,7 +155,8 @@ def test_importing_the_registry_does_not_import_torch():
 
 def test_shipped_cards_trace_back_to_a_command_from_scratch():
     """A continued model's card keeps every generation's command (a retired parent's card is
-    gone from the repository), back to one that starts from scratch; card.md shows them."""
+    gone from the repository), back to one that starts from scratch; card.md shows them (and
+    the card's inference settings)."""
     import re
 
     from napari_histo.core.weights import card_markdown
@@ -176,6 +177,10 @@ def test_shipped_cards_trace_back_to_a_command_from_scratch():
         assert all(cmd in text for cmd in chain), folder.name
         # How the command was really run (environment, a resumed run) is shown beside it.
         assert card.get("command_note", "") in text, folder.name
+        # Post-processing settings that differ from the architecture's are shown too.
+        for key, value in (card.get("inference") or {}).items():
+            if isinstance(value, int | float):
+                assert f"{key}={value}" in text, (folder.name, key)
 
 
 def test_load_pairs_matches_by_stem_and_names_bad_files(tmp_path, pairs):

@@ -77,7 +77,7 @@ def test_a_20x_tile_is_enlarged_and_a_40x_tile_left_as_it_is(monuseg, guessing_m
         segment_array_iter(small, guessing_model, "cpu", False, guess_scale=True), events.append
     )
     as_is = run(small)
-    # The default's median nucleus there is 88 px² against the card's 324: enlarged x1.92.
+    # The default's median nucleus there is 85 px² against the card's 324: enlarged x1.95.
     factor = re.search(r"enlarged x(\d\.\d\d)", guessed.scale)
     assert factor and float(factor[1]) >= 1.5, guessed.scale
     assert guessed.labels.shape == small.shape[:2]
@@ -89,7 +89,7 @@ def test_a_20x_tile_is_enlarged_and_a_40x_tile_left_as_it_is(monuseg, guessing_m
     assert as_is.scale == ""
     aji_guess = aggregated_jaccard_index(truth, guessed.labels.astype(np.int32))
     aji_as_is = aggregated_jaccard_index(truth, as_is.labels.astype(np.int32))
-    assert aji_guess > aji_as_is + 0.01, (aji_guess, aji_as_is)  # measured 0.586 against 0.574
+    assert aji_guess > aji_as_is + 0.01, (aji_guess, aji_as_is)  # measured 0.606 against 0.572
 
 
 def test_a_slide_without_a_pixel_size_is_guessed_once_from_its_tissue(monuseg, tmp_path):
