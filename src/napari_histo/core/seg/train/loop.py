@@ -308,7 +308,14 @@ def train_iter(
     import torch
 
     from ...device import resolve_device
-    from ..registry import STATE_FILE, build_from_state, read_model, save_model, state_tensors
+    from ..registry import (
+        STATE_FILE,
+        build_from_state,
+        read_model,
+        save_model,
+        state_tensors,
+        with_inference_settings,
+    )
     from ..spec import get_arch
 
     t_start = time.perf_counter()
@@ -384,6 +391,8 @@ def train_iter(
         parent = named if named and not named.startswith(".") else pfolder.name
         parent_lineage = lineage(parent_card)
         parent_fields = inherited(parent_card, parent)
+    # Validate as the model will segment: with the post-processing settings its card inherits.
+    spec = with_inference_settings(spec, parent_fields.get("inference") or {})
     net.to(dev).train()
     # Mixed precision by the device policy, unless asked off or the architecture trains in
     # float32 (``spec.train_autocast = False``).
