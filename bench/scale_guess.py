@@ -17,6 +17,11 @@ segmented again. The area is chosen here on training tiles, never on the validat
 card. The per-factor grid of step 1 is cached in ``--grid`` (a JSON file), so the scoring can
 be run again without it.
 
+``--hv-sigma S`` segments with another HoVer-Net derivative width than the card's, so the width
+is chosen together with the area, on training tiles too: run steps 1-2 once per width
+(``--calibrate-only``, a grid file each) and keep the width with the best mean AJI over both
+magnifications; ``--write`` then records it in the card's ``inference`` as well.
+
     OMP_WAIT_POLICY=PASSIVE PYTHONPATH=src python bench/scale_guess.py --model hovernet_histo80_v4 \
         --grid bench/results/scale_guess_grid_hovernet_histo80_v4.json --json \
         bench/results/scale_guess_hovernet_histo80_v4.json --write

@@ -3,10 +3,12 @@
 # measure what the README and bench/results/seg.md report for it (11-30 minutes on 2 CPU cores):
 #   bash scripts/ship_default.sh hovernet_shared_v6
 # Run after `scripts/train_seg_default.py ... --name NAME` and `--eval-only --name NAME` (which
-# writes the validation figures into the card). Afterwards, by hand: retire the superseded model
-# in resources/seg/registry.json, the README table, a seg.md section, the tests' measured
-# comments, the screenshots (scripts/readme_screenshots.py, tests/widgets/journey_scenario.py)
-# and the full suite. runs/ does not always survive between sessions: ship in the same one.
+# writes the validation figures into the card; its --inference JSON first sets post-processing,
+# e.g. a HoVer-Net width chosen with bench/scale_guess.py --hv-sigma). A weight average
+# (scripts/average_seg_models.py) is shipped the same way. Afterwards, by hand: retire the
+# superseded model in resources/seg/registry.json, the README table, a seg.md section, the
+# tests' measured comments, the screenshots (scripts/readme_screenshots.py,
+# tests/widgets/journey_scenario.py) and the full suite. runs/ does not always survive between sessions: ship in the same one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 M=${1:?usage: ship_default.sh NAME (a folder in runs/seg)}

@@ -118,6 +118,16 @@ def set_default(name: str) -> None:
     print(f"default -> {name}")
 
 
+def set_inference(folder: Path, settings: str) -> None:
+    """Merge JSON ``settings`` into the card's ``inference`` (what ``load_model`` applies)."""
+    from napari_histo.core.weights import read_card, write_card
+
+    card = read_card(folder)
+    card["inference"] = {**(card.get("inference") or {}), **json.loads(settings)}
+    write_card(folder, card)
+    print(f"{folder.name}: inference {card['inference']}")
+
+
 def evaluate_model(folder: Path, val, tta: bool = False, mpp: float | None = None) -> dict:
     """Mean and per-image metrics of ``val``; ``mpp``: the images' pixel size, told to
     ``segment``'s own path (which resamples to the model's pixel size)."""
@@ -265,6 +275,11 @@ def main(argv=None) -> int:
         help="only copy runs/seg/NAME into resources/seg/ (after --eval-only wrote its figures)",
     )  # fmt: skip
     ap.add_argument("--eval-only", action="store_true")
+    ap.add_argument(
+        "--inference", default=None, metavar="JSON",
+        help="with --eval-only: merge these post-processing settings into the card first, e.g. "
+        '\'{"hv_sigma": 2.5, "chosen_by": "..."}\' (chosen on training tiles, never on validation)',
+    )  # fmt: skip
     ap.add_argument("--sets", choices=sorted(SETS), default="all80", help="training data")
     ap.add_argument(
         "--scale-range", type=float, nargs=2, default=(0.5, 1.5), metavar=("LO", "HI"),
@@ -318,6 +333,8 @@ def main(argv=None) -> int:
     val_all = val + rescale_pairs(val, 0.5)
     if args.eval_only:
         folder = out if out.is_dir() else SEG_DIR / name
+        if args.inference:
+            set_inference(folder, args.inference)
         res = finalize(folder, val, val_all[len(val) :], write=folder.parent == RUNS)
         print(json.dumps({k: res[k] for k in ("validation", "tta8", "cpu")}, indent=2))
         if args.ship:
