@@ -56,12 +56,6 @@ def summary(names: list[str], last_summary: str | None) -> str:
     return f"{text} The last of them: {last_summary}" if last_summary else text
 
 
-def _training_minutes(card: dict) -> float | None:
-    """A run's training minutes from its card (a run not yet scored has no ``minutes``)."""
-    seconds = (card.get("training") or {}).get("seconds")
-    return round(seconds / 60, 1) if seconds else None
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("models", nargs="+", help="shipped names or model folders, oldest first")
@@ -89,7 +83,7 @@ def main(argv=None) -> int:
                 "name": n,
                 "command": c.get("command"),
                 "seed": c.get("seed"),
-                "minutes": c.get("minutes") or _training_minutes(c),
+                "minutes": c.get("minutes"),
                 "validation_aji": (c.get("validation") or {}).get("aji"),
             }
             for n, (_, _, _, c, _) in zip(names, read, strict=True)

@@ -217,8 +217,6 @@ def finalize(folder: Path, val, val20, write: bool) -> dict:
         c["validation_20x"] = res20
         c["validation_tta8"] = out["tta8"]
         c["cpu_speed"] = speed
-        if "seconds" in c.get("training", {}):  # the card's one-line training time
-            c["minutes"] = round(c["training"]["seconds"] / 60, 1)
         write_card(folder, c)
     return out
 

@@ -361,6 +361,7 @@ def test_fine_tunes_keep_every_generation_on_the_card(tmp_path, pairs, saved):
     drain(train_iter(pairs[:1], out=child, init=str(grand), card={"command": "cmd 1"}, **one))
     c1 = json.loads((child / "card.json").read_text())
     assert c1["name"] == "child" and c1["parent"] == "grand"
+    assert c1["minutes"] == round(c1["training"]["seconds"] / 60, 1)
     assert c1["parent_command"] == "cmd 0" and "ancestors" not in c1
     assert {k: c1.get(k) for k in settings} == settings
     # The magnification guess's area is kept, and the card says whose calibration it is.

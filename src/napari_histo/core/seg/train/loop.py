@@ -602,6 +602,7 @@ def train_iter(
                 "seconds": round(seconds, 1),
                 "stopped": stop_reason,
             },
+            "minutes": round(seconds / 60, 1),  # card.md's one-line training time
             "validation": final_val,
             "history": history,
             **parent_fields,
