@@ -20,7 +20,8 @@ be run again without it.
 ``--hv-sigma S`` segments with another HoVer-Net derivative width than the card's, so the width
 is chosen together with the area, on training tiles too: run steps 1-2 once per width
 (``--calibrate-only``, a grid file each) and keep the width with the best mean AJI over both
-magnifications; ``--write`` then records it in the card's ``inference`` as well.
+magnifications. It reaches a card through ``scripts/train_seg_default.py --eval-only --inference``,
+which rescores the card with it (so ``--write`` refuses ``--hv-sigma``).
 
     OMP_WAIT_POLICY=PASSIVE PYTHONPATH=src python bench/scale_guess.py --model hovernet_histo80_v4 \
         --grid bench/results/scale_guess_grid_hovernet_histo80_v4.json --json \
@@ -160,6 +161,11 @@ def main(argv=None) -> int:
         help="stop after step 2 (training tiles only; no validation scores)",
     )  # fmt: skip
     args = ap.parse_args(argv)
+    if args.write and args.hv_sigma is not None:
+        ap.error(
+            "--write keeps the card's width: set a new one with train_seg_default.py "
+            "--eval-only --inference, which rescores the card, then calibrate without --hv-sigma"
+        )
 
     import torch
     from _split import train_script
@@ -233,20 +239,16 @@ def main(argv=None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(args.json, json.dumps(out, indent=1))
     if args.write:
-        sigma = None if args.hv_sigma is None else {"hv_sigma": args.hv_sigma}
-        record(folder, model.card["scale_guess"], out, sigma)
+        record(folder, model.card["scale_guess"], out)
     return 0
 
 
-def record(folder: Path, guess: dict, out: dict, inference: dict | None = None) -> None:
-    """Put the guess and its validation scores (``out``, as ``--json`` saves it) in the card
-    (and ``inference`` settings it was calibrated with, into the card's ``inference``)."""
+def record(folder: Path, guess: dict, out: dict) -> None:
+    """Put the guess and its validation scores (``out``, as ``--json`` saves it) in the card."""
     from napari_histo.core.weights import read_card, write_card
 
     card = read_card(folder)
     card["scale_guess"] = guess
-    if inference:
-        card["inference"] = {**(card.get("inference") or {}), **inference}
     for mag in ("40x", "20x"):
         scores = out[mag]["guessed"]
         card[f"validation_{mag}_size_guessed"] = {

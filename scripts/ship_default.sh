@@ -8,7 +8,8 @@
 # (scripts/average_seg_models.py) is shipped the same way. Afterwards, by hand: retire the
 # superseded model in resources/seg/registry.json, the README table, a seg.md section, the
 # tests' measured comments, the screenshots (scripts/readme_screenshots.py,
-# tests/widgets/journey_scenario.py) and the full suite. runs/ does not always survive between sessions: ship in the same one.
+# tests/widgets/journey_scenario.py) and the full suite. runs/ does not always survive between
+# sessions: ship in the same one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 M=${1:?usage: ship_default.sh NAME (a folder in runs/seg)}
