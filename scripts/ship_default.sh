@@ -5,9 +5,10 @@
 # Run after `scripts/train_seg_default.py ... --name NAME` and `--eval-only --name NAME` (which
 # writes the validation figures into the card; its --inference JSON first sets post-processing,
 # e.g. a HoVer-Net width chosen with bench/scale_guess.py --hv-sigma). A weight average
-# (scripts/average_seg_models.py) is shipped the same way. Afterwards, by hand: retire the
-# superseded model in resources/seg/registry.json, the README table, a seg.md section, the
-# tests' measured comments, the screenshots (scripts/readme_screenshots.py,
+# (scripts/average_seg_models.py) is shipped the same way. The previous default is retired
+# (registry.json records what superseded it; its folder is deleted: `git rm` it). Afterwards, by
+# hand: the README table, a seg.md section, the tests' measured comments (and the test naming
+# the newest successor of retired models), the screenshots (scripts/readme_screenshots.py,
 # tests/widgets/journey_scenario.py) and the full suite. runs/ does not always survive between
 # sessions: ship in the same one.
 set -euo pipefail
@@ -17,7 +18,7 @@ M=${1:?usage: ship_default.sh NAME (a folder in runs/seg)}
 py() { OMP_WAIT_POLICY=PASSIVE PYTHONPATH=src nice -n 5 .venv/bin/python "$@"; }
 
 py scripts/train_seg_default.py --ship-trained "$M"
-py scripts/train_seg_default.py --make-default "$M"
+py scripts/train_seg_default.py --make-default "$M" --retire-previous
 # Its own magnification calibration (training tiles only), then every validation figure.
 py bench/scale_guess.py --model "$M" --grid "bench/results/scale_guess_grid_$M.json" \
   --json "bench/results/scale_guess_$M.json" --write

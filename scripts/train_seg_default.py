@@ -14,7 +14,8 @@ run); ``--ship`` copies weights + card into ``resources/seg/NAME``. Each shipped
 records its exact command, seed and minutes.
 
 ``--eval-only`` scores a trained model folder (runs/ or resources/) on the validation split;
-``--make-default NAME`` (without training) only points ``"default"`` at a shipped model.
+``--make-default NAME`` (without training) only points ``"default"`` at a shipped model (with
+``--retire-previous``, the previous default is recorded as superseded and its folder removed).
 Without ../shared/data the script says so in one line.
 """
 
@@ -24,6 +25,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -106,16 +108,25 @@ def rescale_pairs(pairs, factor: float):
     return out
 
 
-def set_default(name: str) -> None:
+def set_default(name: str, retire_previous: bool = False) -> None:
+    """Point ``"default"`` at shipped ``name``; with ``retire_previous``, also record the
+    previous default as superseded by it and delete its folder from ``resources/seg``."""
     from napari_histo.core.atomic import atomic_write_text
+    from napari_histo.core.seg.registry import REGISTRY_FILE
 
     if not (SEG_DIR / name / "weights.safetensors").is_file():
         sys.exit(f"no shipped model {name!r} in {SEG_DIR}")
-    reg_file = SEG_DIR / "registry.json"
+    reg_file = SEG_DIR / REGISTRY_FILE
     reg = json.loads(reg_file.read_text()) if reg_file.is_file() else {}
+    previous = reg.get("default")
     reg.update(default=name, note="the shipped model that 'default' stands for (see its card.md)")
+    if retire_previous and previous and previous != name:
+        reg.setdefault("retired", {})[previous] = name
     atomic_write_text(reg_file, json.dumps(reg, indent=2) + "\n")
     print(f"default -> {name}")
+    if retire_previous and previous and previous != name and (SEG_DIR / previous).is_dir():
+        shutil.rmtree(SEG_DIR / previous)
+        print(f"retired {previous} (its folder removed; {name}'s card keeps its command)")
 
 
 def set_inference(folder: Path, settings: str) -> None:
@@ -269,6 +280,11 @@ def main(argv=None) -> int:
         "--make-default", metavar="NAME", help="only point 'default' at a shipped model"
     )
     ap.add_argument(
+        "--retire-previous",
+        action="store_true",
+        help="with --make-default: record the previous default as superseded and remove it",
+    )
+    ap.add_argument(
         "--ship-trained", metavar="NAME",
         help="only copy runs/seg/NAME into resources/seg/ (after --eval-only wrote its figures)",
     )  # fmt: skip
@@ -313,7 +329,7 @@ def main(argv=None) -> int:
     name = args.name or f"{args.arch}_monuseg"
     out = RUNS / name
     if args.make_default:
-        set_default(args.make_default)
+        set_default(args.make_default, args.retire_previous)
         return 0
     if args.ship_trained:
         ship(RUNS / args.ship_trained, args.ship_trained)
