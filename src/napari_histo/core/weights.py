@@ -230,11 +230,10 @@ def card_markdown(card: dict) -> str:
             f"{guess.get('max_factor', 2)}x); {guess.get('how', '')}".rstrip("; ")
         )
     inference = card.get("inference")
-    if isinstance(inference, dict) and _numbers(inference):
+    settings = _numbers(inference) if isinstance(inference, dict) else ""
+    if settings:
         how = inference.get("chosen_by")
-        lines.append(
-            f"- **inference**: {_numbers(inference)}" + (f"; chosen by {how}" if how else "")
-        )
+        lines.append(f"- **inference**: {settings}" + (f"; chosen by {how}" if how else ""))
     for anc in card.get("ancestors") or []:  # the parent's own parents, oldest first
         lines.append(f"- **ancestor {anc.get('name', '?')}**: {anc.get('command', '')}")
     tr = card.get("training") or {}
