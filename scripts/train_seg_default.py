@@ -305,6 +305,10 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--keep", choices=("best", "last"), default="best")
     ap.add_argument(
+        "--ema", type=float, metavar="DECAY",
+        help="validate and keep a moving average of the weights (decay per step, e.g. 0.999)",
+    )  # fmt: skip
+    ap.add_argument(
         "--keep-on", choices=("40x+20x", "40x"), default="40x+20x",
         help="the validation tiles the training loop scores each epoch (and --keep best keeps "
         "by): the 40x tiles and their 2x-downsampled copies, or the 40x tiles only (when the "
@@ -451,6 +455,7 @@ def main(argv=None) -> int:
         scale_range=tuple(args.scale_range),
         blur=args.blur,
         elastic=args.elastic,
+        ema=args.ema,
         workers=args.workers,
     )
     folder = drain(gen, log)

@@ -519,3 +519,35 @@ def test_a_save_killed_mid_write_leaves_a_loadable_model(tmp_path, saved):
     state = loaded.net.state_dict()
     assert set(state) == set(good)
     assert any(not torch.equal(state[k], good[k]) for k in good), "no save ever completed"
+
+
+def test_moving_average_of_the_weights_is_validated_kept_and_resumed(tmp_path, pairs, saved):
+    """With ``ema`` the model keeps the weights' moving average: after two steps at decay 0.99
+    it lies about 2 % of the way from the parent to the last step's weights, and an
+    interrupted run resumes its average (the same weights as a run left alone)."""
+    parent, _ = saved
+    start = models.read_weights(parent / "weights.safetensors")[0]
+
+    def dist(folder):
+        w = models.read_weights(folder / "weights.safetensors")[0]
+        floats = [k for k in start if start[k].is_floating_point()]  # not the batch counts
+        return sum(float((w[k] - start[k]).norm()) for k in floats)
+
+    kw = dict(init=str(parent), val_pairs=pairs[2:], keep="last", lr=1e-2, seed=2, **FAST)
+    drain(train_iter(pairs[:2], out=tmp_path / "raw", epochs=1, **kw))
+    drain(train_iter(pairs[:2], out=tmp_path / "avg", epochs=1, ema=0.99, **kw))
+    raw, avg = dist(tmp_path / "raw"), dist(tmp_path / "avg")
+    assert 0.005 * raw < avg < 0.05 * raw, (raw, avg)
+    card = json.loads((tmp_path / "avg" / "card.json").read_text())
+    assert card["training"]["ema"] == 0.99
+    assert "moving average" in card["validation"]["selected"]
+
+    out = tmp_path / "resumed"
+    _interrupt_after_first_epoch(train_iter(pairs[:2], out=out, epochs=2, ema=0.99, **kw))
+    drain(train_iter(pairs[:2], out=out, epochs=2, ema=0.99, resume=True, **kw))
+    drain(train_iter(pairs[:2], out=tmp_path / "whole", epochs=2, ema=0.99, **kw))
+    a = models.read_weights(out / "weights.safetensors")[0]
+    b = models.read_weights(tmp_path / "whole" / "weights.safetensors")[0]
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    with pytest.raises(HistoError, match="ema must be a decay"):
+        drain(train_iter(pairs[:2], out=tmp_path / "bad", ema=1.0, **kw))

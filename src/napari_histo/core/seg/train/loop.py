@@ -109,6 +109,33 @@ def _parent_disagreement(
     return masks
 
 
+def _update_ema(ema_state: dict, net: Any, decay: float) -> None:
+    """One step of the weights' moving average (integer buffers, e.g. batch counts, copied)."""
+    import torch
+
+    with torch.no_grad():
+        for k, v in net.state_dict().items():
+            e = ema_state[k]
+            if e.dtype.is_floating_point:
+                e.lerp_(v.detach(), 1.0 - decay)
+            else:
+                e.copy_(v)
+
+
+@contextlib.contextmanager
+def _averaged(net: Any, ema_state: dict | None):
+    """``net`` holds the moving-average weights for the block (nothing changes without one)."""
+    if ema_state is None:
+        yield net
+        return
+    raw = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    net.load_state_dict(ema_state)
+    try:
+        yield net
+    finally:
+        net.load_state_dict(raw)
+
+
 def validate(
     net: Any,
     spec: Any,
@@ -232,6 +259,7 @@ def train_iter(
     workers: int = 0,
     focus: bool = False,
     loss_patience: int | None = None,
+    ema: float | None = None,
 ) -> Generator[Progress, None, Path]:
     """Train or fine-tune a segmentation model; yields progress, returns the model folder.
 
@@ -299,6 +327,10 @@ def train_iter(
     loss_patience : int, optional
         Stop once the epoch's mean training loss has not improved by 1 % for this many epochs
         (the training pairs' own plateau; no validation needed).
+    ema : float, optional
+        Keep an exponential moving average of the weights with this decay per step (e.g.
+        0.999); validation scores, and the model keeps, the average instead of the last step's
+        weights. It starts from the parent's (or the initial) weights.
 
     Returns
     -------
@@ -325,6 +357,8 @@ def train_iter(
         raise HistoError(f"keep must be 'best' or 'last', got {keep!r}")
     if int(epochs) < 1:
         raise HistoError(f"epochs must be at least 1, got {epochs}")
+    if ema is not None and not 0.0 < float(ema) < 1.0:
+        raise HistoError(f"ema must be a decay between 0 and 1 (e.g. 0.999), got {ema}")
 
     # Data.
     named: list[tuple[str, np.ndarray, np.ndarray]] = []
@@ -438,6 +472,15 @@ def train_iter(
     best_state = _sub(ckpt_tensors, "best") or None
     if ckpt_tensors:
         _restore_optimizer(opt, ckpt_tensors, state_meta.get("optimizer", {}))
+    # The moving average lives on the training device beside the network (resumed from the
+    # checkpoint when the interrupted run kept one).
+    ema_state = None
+    if ema is not None:
+        saved_ema = _sub(ckpt_tensors, "ema")
+        ema_state = {
+            k: (saved_ema[k].to(v.device, v.dtype) if k in saved_ema else v.detach().clone())
+            for k, v in net.state_dict().items()
+        }
     if epoch >= int(epochs) and ckpt_path is not None and ckpt_path.parent == out:
         return out  # a finished model already trained this far
 
@@ -464,6 +507,7 @@ def train_iter(
         if focus_masks
         else "none",
         "keep": keep,
+        "ema": float(ema) if ema is not None else None,
         "device": str(dev),
         "mixed_precision": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "off",
     }
@@ -532,6 +576,8 @@ def train_iter(
                 torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
                 opt.step()
                 step += 1
+                if ema_state is not None:
+                    _update_ema(ema_state, net, float(ema))
                 lv = float(loss.detach())
                 losses.append(lv)
                 yield Progress(
@@ -541,17 +587,19 @@ def train_iter(
             metrics = {"loss": float(np.mean(losses))}
             improved = False
             if val_set:
-                res = validate(net, spec, dev, val_set, tile)
+                with _averaged(net, ema_state):
+                    res = validate(net, spec, dev, val_set, tile)
+                    candidate = state_tensors(net)
                 metrics.update({f"val_{k}": v for k, v in res.items() if k != "per_image"})
                 aji = res.get("aji", 0.0)
                 if best_aji is None or aji > best_aji + 1e-4:
                     best_aji, best_epoch, best_val = float(aji), epoch, res
-                    best_state = state_tensors(net)
+                    best_state = candidate
                     bad_epochs, improved = 0, True
                 else:
                     bad_epochs += 1
             history.append({"epoch": epoch, **{k: round(v, 5) for k, v in metrics.items()}})
-            _write_checkpoint(work / CHECKPOINT_FILE, net, best_state, opt, meta_now())
+            _write_checkpoint(work / CHECKPOINT_FILE, net, best_state, opt, meta_now(), ema_state)
             msg = "best so far" if improved else ""
             yield Progress(
                 step=epoch, total=int(epochs), stage="epoch", metrics=metrics, message=msg
@@ -573,18 +621,19 @@ def train_iter(
                 break
 
         use_best = keep == "best" and best_state is not None
-        weights = best_state if use_best else state_tensors(net)
-        if val_set:
-            if use_best:
-                final_val = {**best_val, "epoch": best_epoch, "selected": "best validation AJI"}
-            else:
+        final_val = {}
+        with _averaged(net, ema_state):
+            weights = best_state if use_best else state_tensors(net)
+            if val_set and not use_best:
                 final_val = {
                     **validate(net, spec, dev, val_set, tile),
                     "epoch": epoch,
                     "selected": "last epoch",
                 }
-        else:
-            final_val = {}
+        if val_set and use_best:
+            final_val = {**best_val, "epoch": best_epoch, "selected": "best validation AJI"}
+        if final_val and ema_state is not None:
+            final_val["selected"] += f" (moving average of the weights, decay {ema:g})"
         seconds = trained_s + (time.perf_counter() - t_start)
         full_card = {
             "name": out.name,  # not the work folder's, which save_model would take
