@@ -1,8 +1,9 @@
-"""Post-processing settings of a U-Net or HoVer-Net model, chosen on the validation split.
+"""Post-processing settings of a U-Net or HoVer-Net model, scored on the validation split
+(or, with ``--on training``, on training tiles, where a setting may be chosen).
 
-The network's maps are computed once per validation tile (default tiling, no multiple
-inference); every setting is then scored on them (mean AJI and PQ over the 40x tiles; the 20x
-copies are the check that a setting does not trade one magnification for the other).
+The network's maps are computed once per tile (default tiling, no multiple inference); every
+setting is then scored on them (mean AJI and PQ over the 40x tiles; the 20x copies are the
+check that a setting does not trade one magnification for the other).
 
 - A ternary model (U-Net): every combination of ``min_size``, ``seed_threshold`` and ``grow`` of
   :func:`napari_histo.core.seg.postprocess.instances_from_ternary`, then objects under a
@@ -108,15 +109,30 @@ def main(argv=None) -> int:
         action="store_true",
         help="U-Net: only vary the sizes (10 settings); HoVer-Net: the marker threshold (4)",
     )
+    p.add_argument(
+        "--on", choices=("validation", "training"), default="validation",
+        help="the tiles: the validation split, or scale_guess.py's training subset (19 tiles; "
+        "settings chosen there are not chosen on the figures the cards report); each with its "
+        "2x-downsampled copies",
+    )  # fmt: skip
+    p.add_argument(
+        "--hv-sigmas", type=float, nargs="+", default=HV_SIGMAS, metavar="S",
+        help="HoVer-Net derivative widths to try",
+    )  # fmt: skip
     p.add_argument("--json", type=Path, default=ROOT / "bench/results/postprocess_search.json")
     args = p.parse_args(argv)
     import torch
-    from _split import split_with_20x
+    from _split import split_with_20x, train_script
 
     from napari_histo.core.seg.registry import load_model
 
     torch.set_num_threads(args.threads)
-    _, val = split_with_20x()
+    train, val = split_with_20x()
+    if args.on == "training":
+        from scale_guess import training_subset
+
+        sub = training_subset(train)
+        val = sub + train_script().rescale_pairs(sub, 0.5)
     model = load_model(args.model, "cpu")
     spec = model.spec
     hover = model.arch == "hovernet"
@@ -132,7 +148,7 @@ def main(argv=None) -> int:
     if hover:
         grid = [
             {**current, "fg_threshold": f, "marker_threshold": m, "hv_sigma": s}
-            for f, m, s in itertools.product(FG_THRESHOLDS, MARKER_THRESHOLDS, HV_SIGMAS)
+            for f, m, s in itertools.product(FG_THRESHOLDS, MARKER_THRESHOLDS, args.hv_sigmas)
         ]
         if args.quick:  # the marker threshold alone
             grid = [g for g in grid if (g["fg_threshold"], g["hv_sigma"]) == (0.5, 2.0)]
