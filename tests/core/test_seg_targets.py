@@ -221,6 +221,27 @@ def test_hover_targets_recover_tile(tile_labels):
     assert rel.max() >= 0.95 * (len(np.unique(lab)) - 1)  # the small true nuclei mostly stay
 
 
+def test_the_relative_threshold_is_capped_unless_a_card_raises_the_cap(tile_labels):
+    """Specks of 81 px are under 0.4 x the median nucleus (254 px here), but over the 60 px cap
+    that the relative threshold keeps by default; a card's ``relative_cap`` of 130 drops them."""
+    from napari_histo.core.seg.registry import with_inference_settings
+    from napari_histo.core.seg.spec import get_arch
+
+    lab = np.asarray(tile_labels).astype(np.int32)
+    specks = np.zeros_like(lab)
+    spots = [(y, x) for y in range(8, 990, 60) for x in range(8, 990, 60)]
+    spots = [(y, x) for y, x in spots if not lab[y - 4 : y + 13, x - 4 : x + 13].any()][:10]
+    for k, (y, x) in enumerate(spots, start=1):
+        specks[y : y + 9, x : x + 9] = lab.max() + k
+    with_specks = np.where(specks > 0, specks, lab)
+    maps = {"np": (with_specks > 0).astype(np.float32), "hv": targets.hv_maps(with_specks)}
+    hover = with_inference_settings(get_arch("hovernet"), {"relative_min_size": 0.4})
+    capped, _ = hover.instances(maps)
+    raised, _ = with_inference_settings(hover, {"relative_cap": 130}).instances(maps)
+    assert len(spots) >= 5 and capped[specks > 0].all() and not raised[specks > 0].any()
+    assert raised.max() >= 0.9 * (len(np.unique(lab)) - 1)  # the true nuclei mostly stay
+
+
 def test_a_card_sets_the_hovernet_post_processing(tile_labels):
     """The card's fg_threshold / marker_threshold / hv_sigma reach HoVer-Net's watershed."""
     from napari_histo.core.seg.registry import with_inference_settings

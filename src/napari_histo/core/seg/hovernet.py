@@ -96,6 +96,8 @@ class HoVerNetSpec:
     #: 0.486 -> 0.408); bench/results/postprocess.md.
     min_size = 10
     relative_min_size: float | None = 0.3
+    #: That threshold's upper clip, in pixels: at 40x it decides (bench/size_filter_search.py).
+    relative_cap = 60
     #: Foreground where the nuclear-pixel probability reaches ``fg_threshold``; boundary energy
     #: from Gaussian derivatives of width ``hv_sigma``; markers where it stays under
     #: ``marker_threshold``. A card's ``inference`` section may set them.
@@ -153,6 +155,7 @@ class HoVerNetSpec:
             marker_threshold=self.marker_threshold,
             sigma=self.hv_sigma,
             relative_min_size=self.relative_min_size,
+            relative_cap=self.relative_cap,
         )
 
 

@@ -104,6 +104,7 @@ def instances_from_ternary(
     holes: bool = True,
     seed_threshold: float | None = None,
     relative_min_size: float | None = None,
+    relative_cap: int = 60,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Instances from ternary probabilities (background, inside, boundary).
 
@@ -134,6 +135,8 @@ def instances_from_ternary(
     seed_threshold : None for argmax seeds, else the margin of inside over boundary probability.
     relative_min_size : then also drop instances under this fraction of the median instance
         (:func:`remove_small`).
+    relative_cap : the largest that relative threshold may be, in pixels (at 40x it, not the
+        fraction, decides).
 
     Returns
     -------
@@ -162,7 +165,7 @@ def instances_from_ternary(
         labels = watershed(-probs[INSIDE], markers=seeds, mask=mask).astype(np.int64)
         if holes:
             fill_holes(labels)
-        labels = remove_small(labels, min_size, relative_min_size)
+        labels = remove_small(labels, min_size, relative_min_size, (10, relative_cap))
     return labels, _confidence(labels, 1.0 - probs[BACKGROUND], 1.0 - probs[INSIDE])
 
 
@@ -213,6 +216,7 @@ def instances_from_hover(
     marker_threshold: float = 0.4,
     sigma: float = 2.0,
     relative_min_size: float | None = None,
+    relative_cap: int = 60,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Instances from HoVer-Net outputs by marker-controlled watershed (Graham et al. 2019).
 
@@ -233,6 +237,8 @@ def instances_from_hover(
     sigma : width of the derivative filters, in pixels.
     relative_min_size : then also drop instances under this fraction of the median instance
         (:func:`remove_small`).
+    relative_cap : the largest that relative threshold may be, in pixels (at 40x it, not the
+        fraction, decides).
 
     Returns
     -------
@@ -258,7 +264,7 @@ def instances_from_hover(
     markers, _ = ndi.label(marker)
     markers = remove_small(markers, min_size)
     labels = watershed(dist, markers=markers, mask=blb).astype(np.int64)
-    labels = remove_small(labels, min_size, relative_min_size)
+    labels = remove_small(labels, min_size, relative_min_size, (10, relative_cap))
     return labels, _confidence(labels, prob, 1.0 - prob)
 
 

@@ -316,6 +316,7 @@ INFERENCE_SETTINGS = (
     "min_votes",
     "min_size",
     "relative_min_size",
+    "relative_cap",
     "seed_threshold",
     "grow",
     "fg_threshold",

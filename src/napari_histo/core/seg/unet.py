@@ -37,6 +37,8 @@ class TernarySpec:
     grow: int | str | None = "half"
     seed_threshold: float | None = 0.4
     relative_min_size: float | None = None
+    #: The relative threshold's upper clip, in pixels (a card may raise it).
+    relative_cap = 60
     #: Multiple inference when the caller leaves it to the architecture (off: 8x the time).
     tta: bool | int = False
 
@@ -81,6 +83,7 @@ class TernarySpec:
             grow=self.grow,
             seed_threshold=self.seed_threshold,
             relative_min_size=self.relative_min_size,
+            relative_cap=self.relative_cap,
         )
 
 
