@@ -1,7 +1,7 @@
 """The debris filter of a HoVer-Net model: fraction of the median object x its upper clip.
 
 ``remove_small`` drops objects under ``relative_min_size`` x the image's median object, the
-threshold clipped to 10-60 px. At 40x the median nucleus is about 300 px², so the clip (60 px),
+threshold clipped to 10-60 px (the cap is the spec's ``relative_cap``). At 40x the median nucleus is about 300 px², so the clip (60 px),
 not the fraction, decides. This scores fractions 0.3/0.4/0.5 x clips 60/80/100/130 px on
 ``scale_guess.py``'s training subset and on the validation split (each with 2x-downsampled
 copies), the maps computed once per tile (default tiling, no multiple inference).
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
         "command": "OMP_WAIT_POLICY=PASSIVE PYTHONPATH=src python bench/size_filter_search.py "
         + " ".join(sys.argv[1:] if argv is None else argv),
         "model": model.name,
-        "shipped": {"relative": sp.relative_min_size, "clip": 60},
+        "shipped": {"relative": sp.relative_min_size, "clip": sp.relative_cap},
     }
     for tag, pairs in (
         ("training", sub + train_script().rescale_pairs(sub, 0.5)),
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
             per = {}
             for name, _, truth, shipped in maps:
                 labels = remove_small(unfiltered[name], sp.min_size, frac, (10, clip))
-                if (frac, clip) == (sp.relative_min_size, 60):  # reproduces the shipped path
+                if (frac, clip) == (sp.relative_min_size, sp.relative_cap):  # the shipped path
                     assert np.array_equal(labels, shipped), name
                 per[name] = evaluate(truth, labels)
             at40 = [v for n, v in per.items() if "@" not in n]

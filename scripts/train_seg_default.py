@@ -119,12 +119,13 @@ def set_default(name: str, retire_previous: bool = False) -> None:
     reg_file = SEG_DIR / REGISTRY_FILE
     reg = json.loads(reg_file.read_text()) if reg_file.is_file() else {}
     previous = reg.get("default")
+    retire = retire_previous and previous and previous != name
     reg.update(default=name, note="the shipped model that 'default' stands for (see its card.md)")
-    if retire_previous and previous and previous != name:
+    if retire:
         reg.setdefault("retired", {})[previous] = name
     atomic_write_text(reg_file, json.dumps(reg, indent=2) + "\n")
     print(f"default -> {name}")
-    if retire_previous and previous and previous != name and (SEG_DIR / previous).is_dir():
+    if retire and (SEG_DIR / previous).is_dir():
         shutil.rmtree(SEG_DIR / previous)
         print(f"retired {previous} (its folder removed; {name}'s card keeps its command)")
 
