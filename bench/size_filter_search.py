@@ -1,10 +1,11 @@
 """The debris filter of a HoVer-Net model: fraction of the median object x its upper clip.
 
 ``remove_small`` drops objects under ``relative_min_size`` x the image's median object, the
-threshold clipped to 10-60 px (the cap is the spec's ``relative_cap``). At 40x the median nucleus is about 300 px², so the clip (60 px),
-not the fraction, decides. This scores fractions 0.3/0.4/0.5 x clips 60/80/100/130 px on
-``scale_guess.py``'s training subset and on the validation split (each with 2x-downsampled
-copies), the maps computed once per tile (default tiling, no multiple inference).
+threshold clipped to 10-60 px (the cap is the spec's ``relative_cap``). At 40x the median
+nucleus is about 300 px², so the clip (60 px), not the fraction, decides. This scores
+fractions 0.3/0.4/0.5 x clips 60/80/100/130 px on ``scale_guess.py``'s training subset and on
+the validation split (each with 2x-downsampled copies), the maps computed once per tile
+(default tiling, no multiple inference).
 
 ::
 
