@@ -199,6 +199,18 @@ def test_ternary_targets_recover_tiles(tile_labels):
     assert scores["aji"] > 0.99 and scores["pq"] > 0.98
 
 
+def _with_square_specks(lab: np.ndarray, side: int, n: int = 10):
+    """``lab`` with up to ``n`` new side x side square objects at least 4 px from any nucleus:
+    (labels with the specks, the specks alone, their corners)."""
+    specks = np.zeros_like(lab)
+    spots = [(y, x) for y in range(8, 990, 60) for x in range(8, 990, 60)]
+    reach = side + 4
+    spots = [(y, x) for y, x in spots if not lab[y - 4 : y + reach, x - 4 : x + reach].any()][:n]
+    for k, (y, x) in enumerate(spots, start=1):
+        specks[y : y + side, x : x + side] = lab.max() + k
+    return np.where(specks > 0, specks, lab), specks, spots
+
+
 def test_hover_targets_recover_tile(tile_labels):
     hv = targets.hv_maps(tile_labels)
     inst, conf = postprocess.instances_from_hover((tile_labels > 0).astype(np.float32), hv)
@@ -208,12 +220,7 @@ def test_hover_targets_recover_tile(tile_labels):
     # Specks of 49 px far from any nucleus (the smallest squares HoVer-Net's markers keep): a
     # fixed 10 px keeps them, 0.3 x the median nucleus (254 px here) drops them.
     lab = np.asarray(tile_labels).astype(np.int32)
-    specks = np.zeros_like(lab)
-    spots = [(y, x) for y in range(8, 990, 60) for x in range(8, 990, 60)]
-    spots = [(y, x) for y, x in spots if not lab[y - 4 : y + 11, x - 4 : x + 11].any()][:10]
-    for k, (y, x) in enumerate(spots, start=1):
-        specks[y : y + 7, x : x + 7] = lab.max() + k
-    with_specks = np.where(specks > 0, specks, lab)
+    with_specks, specks, spots = _with_square_specks(lab, 7)
     prob, hv = (with_specks > 0).astype(np.float32), targets.hv_maps(with_specks)
     fixed, _ = postprocess.instances_from_hover(prob, hv)
     rel, _ = postprocess.instances_from_hover(prob, hv, relative_min_size=0.3)
@@ -228,12 +235,7 @@ def test_the_relative_threshold_is_capped_unless_a_card_raises_the_cap(tile_labe
     from napari_histo.core.seg.spec import get_arch
 
     lab = np.asarray(tile_labels).astype(np.int32)
-    specks = np.zeros_like(lab)
-    spots = [(y, x) for y in range(8, 990, 60) for x in range(8, 990, 60)]
-    spots = [(y, x) for y, x in spots if not lab[y - 4 : y + 13, x - 4 : x + 13].any()][:10]
-    for k, (y, x) in enumerate(spots, start=1):
-        specks[y : y + 9, x : x + 9] = lab.max() + k
-    with_specks = np.where(specks > 0, specks, lab)
+    with_specks, specks, spots = _with_square_specks(lab, 9)
     maps = {"np": (with_specks > 0).astype(np.float32), "hv": targets.hv_maps(with_specks)}
     hover = with_inference_settings(get_arch("hovernet"), {"relative_min_size": 0.4})
     capped, _ = hover.instances(maps)
