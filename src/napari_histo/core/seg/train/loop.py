@@ -589,13 +589,14 @@ def train_iter(
             if val_set:
                 with _averaged(net, ema_state):
                     res = validate(net, spec, dev, val_set, tile)
-                    candidate = state_tensors(net)
+                    aji = res.get("aji", 0.0)
+                    improved = best_aji is None or aji > best_aji + 1e-4
+                    if improved:  # the weights just validated (the average, with ``ema``)
+                        best_state = state_tensors(net)
                 metrics.update({f"val_{k}": v for k, v in res.items() if k != "per_image"})
-                aji = res.get("aji", 0.0)
-                if best_aji is None or aji > best_aji + 1e-4:
+                if improved:
                     best_aji, best_epoch, best_val = float(aji), epoch, res
-                    best_state = candidate
-                    bad_epochs, improved = 0, True
+                    bad_epochs = 0
                 else:
                     bad_epochs += 1
             history.append({"epoch": epoch, **{k: round(v, 5) for k, v in metrics.items()}})
