@@ -23,9 +23,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "seg"
-#: Card fields the soup inherits from its last ingredient (the data and how it was split).
-INHERITED = (
-    "data", "pairs", "pair_names", "validation_pairs", "validation_split", "license", "mpp",
+#: Card fields the soup takes from its last ingredient: the data and how it was split. What it
+#: segments with (pixel size, post-processing, magnification guess) it takes as a fine-tune
+#: takes its parent's (``train.loop.inherited``).
+DATA_FIELDS = (
+    "data", "pairs", "pair_names", "validation_pairs", "validation_split", "license",
 )  # fmt: skip
 
 
@@ -65,6 +67,7 @@ def main(argv=None) -> int:
         ap.error("give at least two models")
 
     from napari_histo.core.seg.registry import read_model, save_model
+    from napari_histo.core.seg.train.loop import inherited
 
     read = [read_model(m) for m in args.models]
     archs = {(arch, repr(sorted(kw.items()))) for arch, kw, *_ in read}
@@ -73,7 +76,8 @@ def main(argv=None) -> int:
     arch, kwargs, _, last_card, _ = read[-1]
     state = average_states([tensors for _, _, tensors, _, _ in read])
     names = [card.get("name") or str(folder) for _, _, _, card, folder in read]
-    card = {k: last_card[k] for k in INHERITED if k in last_card}
+    card = {k: last_card[k] for k in DATA_FIELDS if k in last_card}
+    card.update(inherited(last_card, names[-1]))
     card.update(
         summary=summary(names, last_card.get("summary")),
         parent=" + ".join(names),
