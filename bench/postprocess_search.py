@@ -127,12 +127,14 @@ def main(argv=None) -> int:
     from napari_histo.core.seg.registry import load_model
 
     torch.set_num_threads(args.threads)
-    train, val = split_with_20x()
-    if args.on == "training":
+    if args.on == "training":  # the validation tiles are neither scored nor resampled
         from scale_guess import training_subset
 
-        sub = training_subset(train)
-        val = sub + train_script().rescale_pairs(sub, 0.5)
+        script = train_script()
+        sub = training_subset(script.load_split("all80")[0])
+        val = sub + script.rescale_pairs(sub, 0.5)
+    else:
+        _, val = split_with_20x()
     model = load_model(args.model, "cpu")
     spec = model.spec
     hover = model.arch == "hovernet"
