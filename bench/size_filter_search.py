@@ -43,14 +43,16 @@ def main(argv=None) -> int:
     from scale_guess import training_subset
 
     from napari_histo.core.seg.metrics import evaluate
-    from napari_histo.core.seg.postprocess import instances_from_hover, remove_small
-    from napari_histo.core.seg.registry import load_model
+    from napari_histo.core.seg.postprocess import remove_small
+    from napari_histo.core.seg.registry import load_model, with_inference_settings
 
     torch.set_num_threads(args.threads)
     train, val = split_with_20x()
     sub = training_subset(train)
     model = load_model(args.model, "cpu")
     sp = model.spec
+    # The shipped post-processing without its relative filter, which is applied per setting below.
+    no_relative = with_inference_settings(sp, {"relative_min_size": None})
     t0 = time.time()
     doc: dict = {
         "command": "OMP_WAIT_POLICY=PASSIVE PYTHONPATH=src python bench/size_filter_search.py "
@@ -63,13 +65,7 @@ def main(argv=None) -> int:
         ("validation", val),
     ):
         maps = maps_of(model, pairs)
-        unfiltered = {
-            name: instances_from_hover(
-                m["np"], m["hv"], threshold=sp.fg_threshold, min_size=sp.min_size,
-                marker_threshold=sp.marker_threshold, sigma=sp.hv_sigma, relative_min_size=None,
-            )[0]
-            for name, m, _, _ in maps
-        }  # fmt: skip
+        unfiltered = {name: no_relative.instances(m)[0] for name, m, _, _ in maps}
         rows = []
         for frac, clip in itertools.product(FRACTIONS, CLIPS):
             per = {}
