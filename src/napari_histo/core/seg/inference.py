@@ -216,7 +216,6 @@ def make_predictor(model: Any, transforms=((0, False),)) -> Predictor:
     import torch
 
     from ..device import amp_dtype as _amp
-    from .batchnorm_fold import fold_batchnorm
     from .spec import to_input
 
     net, spec, dev = model.net, model.spec, model.device
@@ -233,9 +232,6 @@ def make_predictor(model: Any, transforms=((0, False),)) -> Predictor:
         # Only the network runs in bfloat16; the spec's activations (softmax...) stay float32.
         keep = () if opted_in else tuple(getattr(spec, "cpu_float32_modules", ()))
         net = _CpuAutocast(net, _amp(dev), keep)
-    elif not use_amp:
-        # In float32, BatchNorms folded into their convolutions: the same maps, faster (a copy).
-        net = fold_batchnorm(net)
 
     blank = getattr(spec, "blank_maps", None)
 
