@@ -175,8 +175,11 @@ def main(argv=None) -> int:
         + " ".join(sys.argv[1:] if argv is None else argv),
         "model": str(model.folder) if hasattr(model, "folder") else args.model,
         "tiles": [n for n, *_ in maps],
+        "scored_on": args.on,
         "current": now,
-        "best_by_val_aji_40x": best,
+        # The best 40x AJI of the tiles scored (``best_by_val_aji_40x`` in files written before
+        # --on training existed, when they were always the validation split's).
+        "best_by_aji_40x": best,
         "rows": rows,
         "seconds": round(time.time() - t0),
     }
