@@ -16,7 +16,7 @@ from torch import nn
 
 from . import spec
 from .losses import dice_loss, hv_loss
-from .postprocess import instances_from_hover
+from .postprocess import RELATIVE_RANGE, instances_from_hover
 from .targets import hv_maps
 from .unet import UNetDecoder, UNetEncoder, level_widths
 
@@ -97,7 +97,7 @@ class HoVerNetSpec:
     min_size = 10
     relative_min_size: float | None = 0.3
     #: That threshold's upper clip, in pixels: at 40x it decides (bench/size_filter_search.py).
-    relative_cap = 60
+    relative_cap = RELATIVE_RANGE[1]
     #: Foreground where the nuclear-pixel probability reaches ``fg_threshold``; boundary energy
     #: from Gaussian derivatives of width ``hv_sigma``; markers where it stays under
     #: ``marker_threshold``. A card's ``inference`` section may set them.

@@ -16,6 +16,10 @@ from skimage.segmentation import expand_labels, relabel_sequential, watershed
 
 from .targets import BACKGROUND, BOUNDARY, INSIDE
 
+#: The clip of :func:`remove_small`'s relative threshold, in pixels. At 40x (median nucleus about
+#: 300 px²) the upper end decides, not the fraction; a card's ``relative_cap`` may raise it.
+RELATIVE_RANGE = (10, 60)
+
 _CROSS = ndi.generate_binary_structure(2, 1)
 _SQUARE = ndi.generate_binary_structure(2, 2)
 
@@ -44,7 +48,7 @@ def remove_small(
     labels: np.ndarray,
     min_size: int,
     relative: float | None = None,
-    relative_range: tuple[int, int] = (10, 60),
+    relative_range: tuple[int, int] = RELATIVE_RANGE,
 ) -> np.ndarray:
     """Drop instances smaller than ``min_size`` pixels and renumber ``1..N`` (uint32).
 
@@ -104,7 +108,7 @@ def instances_from_ternary(
     holes: bool = True,
     seed_threshold: float | None = None,
     relative_min_size: float | None = None,
-    relative_cap: int = 60,
+    relative_cap: int = RELATIVE_RANGE[1],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Instances from ternary probabilities (background, inside, boundary).
 
@@ -165,7 +169,9 @@ def instances_from_ternary(
         labels = watershed(-probs[INSIDE], markers=seeds, mask=mask).astype(np.int64)
         if holes:
             fill_holes(labels)
-        labels = remove_small(labels, min_size, relative_min_size, (10, relative_cap))
+        labels = remove_small(
+            labels, min_size, relative_min_size, (RELATIVE_RANGE[0], relative_cap)
+        )
     return labels, _confidence(labels, 1.0 - probs[BACKGROUND], 1.0 - probs[INSIDE])
 
 
@@ -216,7 +222,7 @@ def instances_from_hover(
     marker_threshold: float = 0.4,
     sigma: float = 2.0,
     relative_min_size: float | None = None,
-    relative_cap: int = 60,
+    relative_cap: int = RELATIVE_RANGE[1],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Instances from HoVer-Net outputs by marker-controlled watershed (Graham et al. 2019).
 
@@ -264,7 +270,7 @@ def instances_from_hover(
     markers, _ = ndi.label(marker)
     markers = remove_small(markers, min_size)
     labels = watershed(dist, markers=markers, mask=blb).astype(np.int64)
-    labels = remove_small(labels, min_size, relative_min_size, (10, relative_cap))
+    labels = remove_small(labels, min_size, relative_min_size, (RELATIVE_RANGE[0], relative_cap))
     return labels, _confidence(labels, prob, 1.0 - prob)
 
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from . import spec
 from .losses import dice_loss, weighted_cross_entropy
-from .postprocess import instances_from_ternary
+from .postprocess import RELATIVE_RANGE, instances_from_ternary
 from .targets import BACKGROUND, INSIDE, ternary_labels, weight_map
 
 
@@ -38,7 +38,7 @@ class TernarySpec:
     seed_threshold: float | None = 0.4
     relative_min_size: float | None = None
     #: The relative threshold's upper clip, in pixels (a card may raise it).
-    relative_cap = 60
+    relative_cap = RELATIVE_RANGE[1]
     #: Multiple inference when the caller leaves it to the architecture (off: 8x the time).
     tta: bool | int = False
 
