@@ -389,7 +389,12 @@ def clear_model_cache() -> None:
 
 def state_tensors(net: nn.Module) -> dict[str, torch.Tensor]:
     """A CPU copy of a network's state dict, ready for safetensors."""
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
+    return cpu_tensors(net.state_dict())
+
+
+def cpu_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A CPU copy of named tensors (a state dict, a moving average), ready for safetensors."""
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
 
 
 def save_model(

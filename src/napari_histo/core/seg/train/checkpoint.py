@@ -49,13 +49,13 @@ def _restore_optimizer(opt: Any, tensors: dict, meta: dict) -> None:
 def _write_checkpoint(
     path: Path, net: Any, best: dict | None, opt: Any, meta: dict, ema: dict | None = None
 ) -> None:
-    from ..registry import state_tensors
+    from ..registry import cpu_tensors, state_tensors
 
     tensors = {f"net.{k}": v for k, v in state_tensors(net).items()}
     if best is not None:
         tensors.update({f"best.{k}": v for k, v in best.items()})
     if ema is not None:
-        tensors.update({f"ema.{k}": v.detach().cpu().contiguous().clone() for k, v in ema.items()})
+        tensors.update({f"ema.{k}": v for k, v in cpu_tensors(ema).items()})
     opt_t, opt_meta = _optimizer_tensors(opt)
     tensors.update(opt_t)
     state = json.dumps({**meta, "optimizer": opt_meta}, default=str)

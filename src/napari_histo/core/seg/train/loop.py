@@ -621,18 +621,20 @@ def train_iter(
                 stop_reason = f"time cap of {max_seconds:.0f} s reached"
                 break
 
-        use_best = keep == "best" and best_state is not None
         final_val = {}
-        with _averaged(net, ema_state):
-            weights = best_state if use_best else state_tensors(net)
-            if val_set and not use_best:
-                final_val = {
-                    **validate(net, spec, dev, val_set, tile),
-                    "epoch": epoch,
-                    "selected": "last epoch",
-                }
-        if val_set and use_best:
-            final_val = {**best_val, "epoch": best_epoch, "selected": "best validation AJI"}
+        if keep == "best" and best_state is not None:  # already validated (and averaged)
+            weights = best_state
+            if val_set:
+                final_val = {**best_val, "epoch": best_epoch, "selected": "best validation AJI"}
+        else:
+            with _averaged(net, ema_state):
+                weights = state_tensors(net)
+                if val_set:
+                    final_val = {
+                        **validate(net, spec, dev, val_set, tile),
+                        "epoch": epoch,
+                        "selected": "last epoch",
+                    }
         if final_val and ema_state is not None:
             final_val["selected"] += f" (moving average of the weights, decay {ema:g})"
         seconds = trained_s + (time.perf_counter() - t_start)
