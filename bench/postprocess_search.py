@@ -122,17 +122,13 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, default=ROOT / "bench/results/postprocess_search.json")
     args = p.parse_args(argv)
     import torch
-    from _split import split_with_20x, train_script
+    from _split import split_with_20x, train_script, training_subset_with_20x
 
     from napari_histo.core.seg.registry import load_model
 
     torch.set_num_threads(args.threads)
     if args.on == "training":  # the validation tiles are neither scored nor resampled
-        from scale_guess import training_subset
-
-        script = train_script()
-        sub = training_subset(script.load_split("all80")[0])
-        val = sub + script.rescale_pairs(sub, 0.5)
+        val = training_subset_with_20x(train_script().load_split("all80")[0])
     else:
         _, val = split_with_20x()
     model = load_model(args.model, "cpu")

@@ -45,13 +45,6 @@ AREAS = tuple(range(60, 410, 10))
 MAX_FACTOR = 2.0
 
 
-def training_subset(train):
-    """Every 3rd MoNuSeg and every 4th TNBC training tile (the grid is slow on 2 cores)."""
-    mon = [p for p in train if not p[0].startswith("tnbc")][::3]
-    tnbc = [p for p in train if p[0].startswith("tnbc")][::4]
-    return mon + tnbc
-
-
 def grid_scores(model, pairs, factors, log=print) -> dict:
     """Per tile: AJI / Dice / PQ and median nucleus area at each resample factor."""
     from napari_histo.core.progress import drain
@@ -168,7 +161,7 @@ def main(argv=None) -> int:
         )
 
     import torch
-    from _split import train_script
+    from _split import train_script, training_subset
 
     from napari_histo.core.atomic import atomic_write_text
     from napari_histo.core.seg.registry import load_model

@@ -38,9 +38,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, default=ROOT / "bench/results/size_filter_search.json")
     args = p.parse_args(argv)
     import torch
-    from _split import split_with_20x, train_script
+    from _split import split_with_20x, training_subset_with_20x
     from postprocess_search import maps_of
-    from scale_guess import training_subset
 
     from napari_histo.core.seg.metrics import evaluate
     from napari_histo.core.seg.postprocess import remove_small
@@ -48,7 +47,6 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     train, val = split_with_20x()
-    sub = training_subset(train)
     model = load_model(args.model, "cpu")
     sp = model.spec
     # The shipped post-processing without its relative filter, which is applied per setting below.
@@ -61,7 +59,7 @@ def main(argv=None) -> int:
         "shipped": {"relative": sp.relative_min_size, "clip": sp.relative_cap},
     }
     for tag, pairs in (
-        ("training", sub + train_script().rescale_pairs(sub, 0.5)),
+        ("training", training_subset_with_20x(train)),
         ("validation", val),
     ):
         maps = maps_of(model, pairs)
