@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     from postprocess_search import maps_of
 
     from napari_histo.core.seg.metrics import evaluate
-    from napari_histo.core.seg.postprocess import remove_small
+    from napari_histo.core.seg.postprocess import RELATIVE_RANGE, remove_small
     from napari_histo.core.seg.registry import load_model, with_inference_settings
 
     torch.set_num_threads(args.threads)
@@ -68,7 +68,9 @@ def main(argv=None) -> int:
         for frac, clip in itertools.product(FRACTIONS, CLIPS):
             per = {}
             for name, _, truth, shipped in maps:
-                labels = remove_small(unfiltered[name], sp.min_size, frac, (10, clip))
+                labels = remove_small(
+                    unfiltered[name], sp.min_size, frac, (RELATIVE_RANGE[0], clip)
+                )
                 if (frac, clip) == (sp.relative_min_size, sp.relative_cap):  # the shipped path
                     assert np.array_equal(labels, shipped), name
                 per[name] = evaluate(truth, labels)
