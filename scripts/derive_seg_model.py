@@ -39,6 +39,7 @@ def derived_card(card: dict, name: str, settings: dict, command: str) -> dict:
     from napari_histo.core.seg.train.loop import lineage
 
     old = card.get("name", "?")
+    changed = ", ".join(f"{k} {v}" for k, v in settings.items() if k != "chosen_by")
     out = {
         k: v
         for k, v in card.items()
@@ -52,10 +53,9 @@ def derived_card(card: dict, name: str, settings: dict, command: str) -> dict:
         command=command,
         minutes=0.0,
         inference={**(card.get("inference") or {}), **settings},
-        summary=f"The weights of {old} with other post-processing "
-        f"({', '.join(f'{k} {v}' for k, v in settings.items() if k != 'chosen_by')}), made by "
+        summary=f"The weights of {old} with other post-processing ({changed}), made by "
         f"scripts/derive_seg_model.py with no training of its own. {old}: {card.get('summary', '')}",
-        notes=[*(card.get("notes") or []), f"{name}: {old}'s weights, inference {settings}"],
+        notes=[*(card.get("notes") or []), f"{name}: {old}'s weights; inference: {changed}"],
     )
     return out
 
