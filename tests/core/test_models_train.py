@@ -105,7 +105,7 @@ def test_foreign_files_are_refused_in_one_line(tmp_path):
         (tmp_path / "missing", "no such segmentation model"),
         ("no_such_shipped_name", "no such segmentation model"),
         # Retired in the shipped registry.json: the message names the model shipped today.
-        ("hovernet_shared_v2", "no longer shipped; hovernet_shared_v7_avg superseded it"),
+        ("hovernet_shared_v2", "no longer shipped; hovernet_shared_v10 superseded it"),
         ("unet_histo80", "no longer shipped; unet_histo80_v2 superseded it"),
     ):
         with pytest.raises(HistoError, match=match) as info:
