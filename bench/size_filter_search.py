@@ -133,7 +133,7 @@ def main(argv=None) -> int:
                 labels = remove_small(
                     unfiltered[name], sp.min_size, frac, (RELATIVE_RANGE[0], clip)
                 )
-                if (frac, clip) == (sp.relative_min_size, sp.relative_cap):  # the shipped path
+                if (frac, clip) == shipped_setting:  # the shipped path
                     assert np.array_equal(labels, shipped), name
                 per[name] = {k: float(v) for k, v in evaluate(truth, labels).items()}
             scores[(frac, clip)] = per

@@ -22,16 +22,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "seg"
-#: Card fields measured with the old settings (the scoring and shipping steps write them anew),
-#: and the old version's timestamps.
-MEASURED = (
-    "validation",
-    "validation_20x",
-    "validation_tta8",
-    "cpu_speed",
-    "created",
-    "created_iso",
-)
+#: Card fields that describe the split, not figures measured on it.
+SPLIT_FIELDS = ("validation_split", "validation_pairs")
+#: Besides the ``validation*`` figures: fields of the old version that the new one must not carry
+#: (the scoring and shipping steps write them anew; the timestamps are the save's).
+MEASURED = ("cpu_speed", "created", "created_iso")
 
 
 def derived_card(card: dict, name: str, settings: dict, command: str) -> dict:
@@ -43,8 +38,7 @@ def derived_card(card: dict, name: str, settings: dict, command: str) -> dict:
     out = {
         k: v
         for k, v in card.items()
-        if k not in MEASURED
-        and not (k.startswith("validation_") and k.endswith(("_guessed", "_given")))
+        if k not in MEASURED and (k in SPLIT_FIELDS or not k.startswith("validation"))
     }
     out.update(lineage(card))
     out.update(
