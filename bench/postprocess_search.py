@@ -90,13 +90,21 @@ def score(maps, settings: dict) -> dict:
             "n_true": len(np.unique(truth)) - 1,
         }
     at40 = [m for n, m in per.items() if "@" not in n]
+    mean = magnification_means(per)
+    mean["n_pred_over_true"] = float(
+        sum(m["n_pred"] for m in at40) / max(1, sum(m["n_true"] for m in at40))
+    )
+    return mean
+
+
+def magnification_means(per: dict) -> dict:
+    """Means of per-tile metrics: AJI / Dice / PQ / F1 over the 40x tiles, AJI / PQ over the
+    2x-downsampled copies (``name@0.5x``; NaN when there are none)."""
+    at40 = [m for n, m in per.items() if "@" not in n]
     at20 = [m for n, m in per.items() if "@" in n]
     mean = {k: float(np.mean([m[k] for m in at40])) for k in ("aji", "dice", "pq", "f1")}
     mean["aji_20x"] = float(np.mean([m["aji"] for m in at20])) if at20 else float("nan")
     mean["pq_20x"] = float(np.mean([m["pq"] for m in at20])) if at20 else float("nan")
-    mean["n_pred_over_true"] = float(
-        sum(m["n_pred"] for m in at40) / max(1, sum(m["n_true"] for m in at40))
-    )
     return mean
 
 

@@ -46,12 +46,9 @@ def group_of(name: str) -> str:
 
 
 def _means(per_tile: dict, names: list[str]) -> dict:
-    at40 = [per_tile[n] for n in names if "@" not in n]
-    at20 = [per_tile[n] for n in names if "@" in n]
-    out = {k: float(np.mean([v[k] for v in at40])) for k in ("aji", "dice", "pq", "f1")}
-    out["aji_20x"] = float(np.mean([v["aji"] for v in at20]))
-    out["pq_20x"] = float(np.mean([v["pq"] for v in at20]))
-    return out
+    from postprocess_search import magnification_means
+
+    return magnification_means({n: per_tile[n] for n in names})
 
 
 def choose(scores: dict, names: list[str], shipped: tuple) -> tuple:
